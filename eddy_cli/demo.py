@@ -1,16 +1,110 @@
-"""`eddy demo`: the seed's scenario end to end on one machine (filled in by the demo work)."""
+"""`eddy demo`: the seed's scenario end to end on one machine, no cluster and no cloud account.
+
+Object store (embedded SeaweedFS) behind an OSS-like link → workers with the seed's MEM tier → the
+seed's pod through the webhook over HTTPS → the seed's DataLoad → the sidecar's FUSE mount, copied out
+with the cache and without it. Prints the seed's `kubectl get` tables and, last, the speed-up.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
+
+from eddy.quantity import parse_quantity
+from eddy_cli.demo_steps import DemoRun
+
+SEED_DIR_CANDIDATES = ("../shared/seed", "shared/seed")
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("demo", help="run the seed scenario locally")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "demo",
+        help="run the seed scenario locally (S3 server, workers, webhook, preload, FUSE copy)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--size", default="1Gi", help="data set size, a quantity (default 1Gi)")
+    parser.add_argument("--workers", type=int, default=1, help="worker replicas (the seed uses 1)")
+    parser.add_argument(
+        "--bandwidth",
+        default="50M",
+        help="OSS-like link cap in bytes/s, a quantity (default 50M: the seed's cache-less copy, "
+        "1.16 GiB in 24.966 s); 0 disables",
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=15.0, help="OSS-like per-request latency; 0 disables"
+    )
+    parser.add_argument("--seed-dir", type=Path, help="folder with the seed manifests (default: built in)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) after the run")
+    parser.add_argument(
+        "--no-fuse", action="store_true", help="read through the sidecar's reader without a mount"
+    )
     parser.set_defaults(func=_run)
 
 
+def find_seed_dir(explicit: Path | None) -> Path:
+    """The seed's manifests: given, beside the repo (`../shared/seed`), or the copy shipped in the package."""
+    if explicit:
+        return explicit
+    here = Path(__file__).resolve().parent
+    for candidate in SEED_DIR_CANDIDATES:
+        path = (here.parent / candidate).resolve()
+        if (path / "dataset.yaml").exists():
+            return path
+    return here / "seed"
+
+
+def fuse_usable() -> tuple[bool, str]:
+    if not os.path.exists("/dev/fuse"):
+        return False, "/dev/fuse does not exist"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return False, "no permission to open /dev/fuse"
+    if shutil.which("fusermount3") is None:
+        return False, "fusermount3 is not installed (apt-get install fuse3)"
+    return True, ""
+
+
 def _run(args: argparse.Namespace) -> int:
-    print("eddy demo: not built yet")
-    return 2
+    return asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    total = parse_quantity(args.size)
+    bandwidth = parse_quantity(args.bandwidth)
+    use_fuse, why_not = fuse_usable()
+    if args.no_fuse:
+        use_fuse, why_not = False, "--no-fuse was given"
+    work = Path(tempfile.mkdtemp(prefix="eddy-demo-"))
+    run = DemoRun(
+        work=work,
+        seed_dir=find_seed_dir(args.seed_dir),
+        total=total,
+        workers=args.workers,
+        bandwidth=bandwidth,
+        latency_s=args.latency_ms / 1000,
+        use_fuse=use_fuse,
+        why_no_fuse=why_not,
+    )
+    started = time.monotonic()
+    try:
+        await run.execute()
+    except asyncio.CancelledError:
+        print("\ninterrupted: cleaning up")
+        return 130
+    except Exception as exc:
+        print(f"\ndemo failed: {exc}")
+        print(f"logs: {work}/logs (kept)")
+        args.keep = True
+        return 1
+    finally:
+        await run.close(keep=args.keep)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"(demo took {time.monotonic() - started:.0f}s)")
+    return 0

@@ -16,8 +16,14 @@ def register(subparsers: Any) -> None:
         description="Parse every Fluid object in the files; print one line per error "
         "(file, object, field path) and exit non-zero if any.",
     )
-    parser.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
-                        help="a YAML or JSON manifest (repeatable; '-' reads standard input)")
+    parser.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a YAML or JSON manifest (repeatable; '-' reads standard input)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -34,6 +34,14 @@ class LoadResult:
             lines.extend(f"{self.path}: {label}: {e}" for e in error.errors)
         return lines
 
+    def note_lines(self) -> list[str]:
+        """Fluid fields present in valid objects that Eddy accepts but does not act on."""
+        return [
+            f"{self.path}: {model.kind}/{model.meta.name}: {path}: accepted, ignored by Eddy"
+            for model in self.models
+            for path in model.ignored
+        ]
+
 
 def _documents(path: str) -> list[Any]:
     try:
@@ -41,12 +49,22 @@ def _documents(path: str) -> list[Any]:
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        if path.endswith(".json"):
-            doc = json.loads(text)
-            return list(doc.get("items", [])) if doc.get("kind", "").endswith("List") else [doc]
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [json.loads(text)] if path.endswith(".json") else list(yaml.safe_load_all(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ManifestError(f"{path}: {where}not valid YAML: {exc.problem or exc.context}") from None
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: not valid YAML/JSON: {exc}") from None
+        raise ManifestError(f"{path}: not valid YAML/JSON: {' '.join(str(exc).split())}") from None
+    out: list[Any] = []
+    for doc in docs:
+        # `kubectl get -o yaml` of several objects gives a `List` (or `DatasetList`, ...) with items.
+        if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List"):
+            items = doc.get("items")
+            out.extend(items if isinstance(items, list) else [])
+        elif doc is not None:
+            out.append(doc)
+    return out
 
 
 def load_manifests(
@@ -56,7 +74,8 @@ def load_manifests(
     result = LoadResult(path)
     for index, doc in enumerate(_documents(path)):
         kind = doc.get("kind", "") if isinstance(doc, dict) else ""
-        name = (doc.get("metadata") or {}).get("name", "") if isinstance(doc, dict) else ""
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        name = meta.get("name", "") if isinstance(meta, dict) else ""
         if kind not in KINDS and not strict_kinds and isinstance(doc, dict) and kind:
             result.skipped.append(f"{kind}/{name}")
             continue

@@ -18,6 +18,12 @@ SECRETS_MOUNT_DIR = "/etc/eddy/secrets"
 WORKER_PORT = 8080
 SIDECAR_HEALTH_PORT = 8701
 
+# Classic sidecars leave when the controller sets this pod annotation; they see it through a downwardAPI
+# volume of the pod's annotations (see controller/podfinish.py for why this mechanism).
+STOP_ANNOTATION = "eddy.fluid.io/sidecar-stop"
+PODINFO_DIR = "/etc/eddy/podinfo"
+PODINFO_ANNOTATIONS = f"{PODINFO_DIR}/annotations"
+
 
 def dataset_id(namespace: str, name: str) -> str:
     return f"{namespace}-{name}"

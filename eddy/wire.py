@@ -38,6 +38,29 @@ HEADER_CRC = "X-Eddy-Crc32c"
 # Metadata blob name under which the preloader stores the listing snapshot (loadMetadata: true).
 LISTING_SNAPSHOT = "listing"
 
+# Optional on every request (query parameter; also a `"dataset"` field of the warm body): the
+# `namespace/name` (or bare `name`) of the dataset the caller means. A worker serving another dataset
+# answers 404 `unknown_dataset`, so a misrouted request never reads another dataset's cache.
+DATASET_PARAM = "dataset"
+
+# Meta blobs are small (a listing snapshot); a bigger PUT gets 413.
+META_MAX_BYTES = 64 * 1024 * 1024
+
+# The `"error"` codes of JSON error bodies, with the status each comes with.
+ERR_BAD_REQUEST = "bad_request"  # 400: malformed block reference, body or parameter
+ERR_UNKNOWN_DATASET = "unknown_dataset"  # 404
+ERR_UNKNOWN_MOUNT = "unknown_mount"  # 404: the dataset has no mount of that name
+ERR_NOT_FOUND = "not_found"  # 404: no meta blob of that name
+ERR_OBJECT_GONE = "object_gone"  # 404: the object no longer exists in the object store
+ERR_OBJECT_CHANGED = "object_changed"  # 412: the object's ETag is not the block's
+ERR_RANGE = "range_not_satisfiable"  # 416: a Range outside the block
+ERR_TOO_LARGE = "too_large"  # 413: a meta blob over META_MAX_BYTES
+ERR_STORE_DENIED = "object_store_denied"  # 502: the object store refused the worker's credentials
+ERR_STORE_FAILED = "object_store_error"  # 502: the object store answered with an error
+ERR_STORE_UNAVAILABLE = "object_store_unavailable"  # 503: the object store kept failing (retries spent)
+ERR_STORE_TIMEOUT = "object_store_timeout"  # 504
+ERR_CACHE_FULL = "cache_full"  # warm result only: the block does not fit in any level
+
 
 def ref_to_params(ref: BlockRef) -> dict[str, str]:
     return {

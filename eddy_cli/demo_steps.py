@@ -19,14 +19,14 @@ from typing import Any
 import aiohttp
 import jsonpatch
 import yaml
-from eddy.local.s3server import LocalS3, start_seaweedfs
-from eddy.objectstore import ObjectStore
-from eddy.secrets import SecretSource
-from eddy.workerclient import WorkerClient
 
 from eddy.api import parse_dataset
 from eddy.local.link import Link
+from eddy.local.s3server import LocalS3, start_seaweedfs
+from eddy.objectstore import ObjectStore
 from eddy.quantity import human_size, parse_quantity, percentage
+from eddy.secrets import SecretSource
+from eddy.workerclient import WorkerClient
 from eddy_cli.demo_data import DataSet, upload
 from eddy_cli.procs import Processes, eddy_command, is_mounted, unmount
 from eddy_cli.tables import age, table

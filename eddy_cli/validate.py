@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         for line in result.error_lines():
             print(line, file=sys.stderr)
             errors += 1
+        for line in result.note_lines():
+            print(f"note: {line}")
+        for skipped in result.skipped:
+            print(f"note: {path}: {skipped}: not a Fluid kind, skipped")
     if errors:
         print(f"{errors} error(s)", file=sys.stderr)
         return 1

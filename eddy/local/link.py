@@ -120,8 +120,8 @@ class Link:
         turn = {"server_spoke": True}
         try:
             await asyncio.gather(self._pump_up(client_r, up_w, turn), self._pump_down(up_r, client_w, turn))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # a peer went away, or stop() cancelled the connection: both end it quietly
         finally:
             for writer in (client_w, up_w):
                 writer.close()

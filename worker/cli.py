@@ -1,16 +1,93 @@
-"""`eddy worker`: command-line entry of the worker part."""
+"""`eddy worker`: run one cache worker for one dataset (see docs/worker.md)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
 from typing import Any
+
+from aiohttp import web
+
+from eddy.api import ValidationError
+from eddy.config import ConfigError
+from eddy.manifests import ManifestError
+from eddy.names import WORKER_PORT
+from eddy.secrets import SecretError
+from worker.tierstore import TierStoreError
+
+log = logging.getLogger("worker")
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("worker", help="(not yet available)")
-    parser.set_defaults(func=_not_yet)
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "worker", help="run a cache worker (tiered block cache with read-through) for one dataset",
+        description="Serve one dataset's blocks from MEM/SSD/HDD tiers; misses read through.",
+    )
+    parser.add_argument("-f", "--file", action="append", metavar="FILE",
+                        help="manifest file: the Dataset (and its JindoRuntime: the tiers); repeatable")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the controller's config file (default /etc/eddy/config/eddy.yaml) when no -f")
+    parser.add_argument("--dataset", metavar="NAME", help="the Dataset to serve when the files hold several")
+    parser.add_argument("--namespace", metavar="NS", help="the Dataset's namespace")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1 with -f, 0.0.0.0 with --config)")
+    parser.add_argument("--port", type=int,
+                        help=f"listen port (default {WORKER_PORT}, or the config file's workers.port)")
+    parser.add_argument("--secret-dir", metavar="DIR",
+                        help="mounted Secret volumes <DIR>/<secret>/<key> (default /etc/eddy/secrets)")
+    parser.add_argument("--level-path", action="append", metavar="MEDIUM=DIR",
+                        help="this worker's own directory for a level, e.g. MEM=/dev/shm/eddy-w0")
+    parser.add_argument("--level-quota", action="append", metavar="MEDIUM=SIZE",
+                        help="override a level's quota, e.g. MEM=1Gi; repeatable")
+    parser.add_argument("--serve-mode", choices=("sendfile", "memory"), default="sendfile",
+                        help="hits: check in place then sendfile, or read+check+stream (default sendfile)")
+    parser.add_argument("--verify", choices=("changed", "always"), default="changed",
+                        help="check a hit's CRC32C when its file changed or was not checked for "
+                             "--reverify-after seconds (default), or on every hit")
+    parser.add_argument("--reverify-after", type=float, default=60.0, metavar="SECONDS",
+                        help="with --verify changed: re-check a block at least this often (default 60)")
+    parser.add_argument("--max-fetches", type=int, default=8, help="object-store reads in flight (default 8)")
+    parser.add_argument("--warm-concurrency", type=int, default=8, help="blocks warmed at once per request")
+    parser.add_argument("--store-timeout", type=float, default=30.0, help="object-store request timeout (s)")
+    parser.add_argument("--no-promote", action="store_true", help="never move blocks up to the first level")
+    parser.set_defaults(func=run)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    print("eddy worker: this part is not built yet")
-    return 2
+async def run(args: argparse.Namespace) -> int:
+    from worker.server import WorkerServer
+    from worker.settings import SettingsError, build_settings
+
+    try:
+        settings, (host, port) = build_settings(args)
+    except (SettingsError, ManifestError, ConfigError, ValidationError, ValueError) as exc:
+        log.error("eddy worker: %s", exc)
+        return 2
+    server = WorkerServer(settings)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+    except (TierStoreError, SecretError) as exc:
+        log.error("eddy worker: %s", exc)
+        await runner.cleanup()
+        return 2
+    site = web.TCPSite(runner, host, port, backlog=256)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("eddy worker: cannot listen on %s:%d: %s", host, port, exc.strerror)
+        await runner.cleanup()
+        return 2
+    levels = ", ".join(f"{lvl.mediumtype}={lvl.path} ({lvl.quota} bytes)" for lvl in settings.levels)
+    log.info("worker for %s listening on http://%s:%d; levels %s",
+             settings.dataset.meta.key, host, port, levels)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("worker stopping")
+        await runner.cleanup()
+    return 0

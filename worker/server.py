@@ -1,0 +1,370 @@
+"""The worker's HTTP server (aiohttp): eddy/wire.py's API over a `BlockService`.
+
+`make_app(settings)` builds the application; its startup opens the tiered store (re-indexing the
+block files found on the levels) and the object-store clients, and its cleanup closes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from eddy.api import Dataset
+from eddy.blocks import BlockRef
+from eddy.objectstore import ObjectStore
+from eddy.secrets import SecretSource
+from eddy.wire import (
+    BLOCK_PATH,
+    DATASET_PARAM,
+    ERR_BAD_REQUEST,
+    ERR_NOT_FOUND,
+    ERR_RANGE,
+    ERR_TOO_LARGE,
+    ERR_UNKNOWN_DATASET,
+    HEADER_CACHE,
+    HEADER_CRC,
+    HEADER_TIER,
+    META_MAX_BYTES,
+    META_PATH,
+    PURGE_PATH,
+    STATS_PATH,
+    WARM_PATH,
+    BadBlockRef,
+    ref_from_mapping,
+)
+from worker.errors import BadRequest, describe
+from worker.metastore import BadMetaName, MetaStore
+from worker.metrics import WorkerMetrics
+from worker.service import BlockService
+from worker.tierstore import LevelConfig, TierStore
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+MAX_WARM_BLOCKS = 10_000
+
+
+@dataclass
+class WorkerSettings:
+    dataset: Dataset
+    levels: list[LevelConfig]
+    secrets: SecretSource | None = None
+    max_fetches: int = 8
+    warm_concurrency: int = 8
+    serve_mode: str = "sendfile"  # "sendfile" (check in place, sendfile) or "memory" (read, check, stream)
+    verify: str = "changed"  # "changed" or "always" (see BlockService.read_hit)
+    reverify_after: float = 60.0
+    promote: bool = True
+    store_timeout: float = 30.0
+    meta_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+_STATUS_CODES = {404: ERR_NOT_FOUND, 405: "method_not_allowed", 413: ERR_TOO_LARGE}
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _HTTPError as exc:
+        return json_error(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, _STATUS_CODES.get(exc.status, ERR_BAD_REQUEST), exc.reason)
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        status, code, message = describe(exc)
+        if status == 500:
+            log.exception("%s %s failed", request.method, request.path)
+        return json_error(status, code, message)
+
+
+def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
+    """`(start, stop)` (stop exclusive) of a single `bytes=` range inside a block of `length` bytes."""
+    if header is None:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip() != "bytes" or not spec or "," in spec:
+        raise _HTTPError(400, ERR_BAD_REQUEST, f"Range {header!r}: only one 'bytes=a-b' range is supported")
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if not dash:
+            raise ValueError
+        if first == "":
+            suffix = int(last)
+            if suffix <= 0:
+                raise ValueError
+            start, stop = max(0, length - suffix), length
+        else:
+            start = int(first)
+            stop = int(last) + 1 if last else length
+            if start < 0 or stop <= start:
+                raise ValueError
+    except ValueError:
+        raise _HTTPError(400, ERR_BAD_REQUEST, f"Range {header!r} is malformed") from None
+    if start >= length:
+        raise _HTTPError(
+            416, ERR_RANGE, f"Range {header!r} starts past the end of the {length}-byte block",
+            {"Content-Range": f"bytes */{length}"},
+        )
+    return start, min(stop, length)
+
+
+class WorkerServer:
+    """The handlers, with the store, service and metrics they share."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.dataset = settings.dataset
+        self.metrics = WorkerMetrics()
+        self.store = TierStore(settings.levels, promote=settings.promote)
+        self.metrics.watch_store(self.store)
+        self.meta = MetaStore(settings.meta_dir)
+        self.service: BlockService | None = None
+        self.ready = False
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def start(self, _app: web.Application | None = None) -> None:
+        await self.store.open()
+        await self.meta.open()
+        stores = {
+            m.name: ObjectStore.for_mount(
+                m, self.settings.secrets, request_timeout=self.settings.store_timeout
+            )
+            for m in self.dataset.mounts
+        }
+        self.service = BlockService(
+            self.dataset, self.store, stores, self.metrics, max_fetches=self.settings.max_fetches,
+            warm_concurrency=self.settings.warm_concurrency, serve_mode=self.settings.serve_mode,
+            verify=self.settings.verify, reverify_after=self.settings.reverify_after,
+        )
+        self.ready = True
+        log.info("worker for dataset %s ready: %d blocks cached (%d bytes)",
+                 self.dataset.meta.key, len(self.store.index), self.store.cached_bytes)
+
+    async def stop(self, _app: web.Application | None = None) -> None:
+        self.ready = False
+        if self.service is not None:
+            await self.service.close()
+        await self.store.close()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[error_middleware], client_max_size=META_MAX_BYTES + (1 << 20))
+        app.on_startup.append(self.start)
+        app.on_cleanup.append(self.stop)
+        r = app.router
+        r.add_get(BLOCK_PATH, self.get_block, allow_head=False)
+        r.add_post(WARM_PATH, self.warm)
+        r.add_put(META_PATH, self.put_meta)
+        r.add_get(META_PATH, self.get_meta, allow_head=False)
+        r.add_get(STATS_PATH, self.stats, allow_head=False)
+        r.add_delete(PURGE_PATH, self.purge)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics_text)
+        return app
+
+    # -------------------------------------------------------------------------------------- helpers
+    def _service(self) -> BlockService:
+        if self.service is None or not self.ready:
+            raise _HTTPError(503, "not_ready", "the worker is starting or stopping")
+        return self.service
+
+    def _check_dataset(self, value: str | None) -> None:
+        if not value:
+            return
+        meta = self.dataset.meta
+        if value not in (meta.key, meta.name):
+            raise _HTTPError(404, ERR_UNKNOWN_DATASET,
+                             f"this worker serves dataset {meta.key}, not {value!r}")
+
+    # ---------------------------------------------------------------------------------------- block
+    async def get_block(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        result = "error"
+        try:
+            service = self._service()
+            self._check_dataset(request.query.get(DATASET_PARAM))
+            ref = ref_from_mapping(request.query)
+            service.check_ref(ref)
+            rng = parse_range(request.headers.get("Range"), ref.length)
+            verified = await service.read_hit(ref)
+            if verified is not None:
+                result = "hit"
+                hit = verified.hit
+                self.metrics.hits.labels(hit.mediumtype).inc()
+                self.store.maybe_promote(hit)
+                headers = {
+                    HEADER_CACHE: "hit", HEADER_TIER: hit.mediumtype, HEADER_CRC: str(hit.header.data_crc)
+                }
+                if verified.file is not None:
+                    offset = hit.header.header_len
+                    return await self._send_file(request, verified.file, offset, ref, rng, headers)
+                assert verified.data is not None
+                return await self._send_bytes(request, verified.data, rng, headers)
+            result = "miss"
+            self.metrics.misses.inc()
+            fetched = await service.fetch(ref)
+            headers = {HEADER_CACHE: "miss", HEADER_TIER: fetched.tier, HEADER_CRC: str(fetched.crc)}
+            return await self._send_bytes(request, fetched.data, rng, headers)
+        except BaseException:
+            result = "error"
+            raise
+        finally:
+            self.metrics.request_seconds.labels("block", result).observe(time.perf_counter() - t0)
+
+    def _response(
+        self, n: int, total: int, rng: tuple[int, int] | None, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(status=206 if rng is not None else 200, headers=headers)
+        resp.content_type = "application/octet-stream"
+        resp.headers["Accept-Ranges"] = "bytes"
+        if rng is not None:
+            resp.headers["Content-Range"] = f"bytes {rng[0]}-{rng[1] - 1}/{total}"
+        resp.content_length = n
+        return resp
+
+    async def _send_bytes(
+        self, request: web.Request, data: bytes, rng: tuple[int, int] | None, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        start, stop = rng if rng is not None else (0, len(data))
+        resp = self._response(stop - start, len(data), rng, headers)
+        await resp.prepare(request)
+        view = memoryview(data)
+        for off in range(start, stop, CHUNK):
+            await resp.write(view[off:min(off + CHUNK, stop)])
+        await resp.write_eof()
+        self.metrics.served_bytes.inc(stop - start)
+        return resp
+
+    async def _send_file(
+        self, request: web.Request, file: BinaryIO, offset: int, ref: BlockRef, rng: tuple[int, int] | None,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        start, stop = rng if rng is not None else (0, ref.length)
+        with file:
+            resp = self._response(stop - start, ref.length, rng, headers)
+            await resp.prepare(request)
+            if stop > start:
+                transport = request.transport
+                if transport is None:
+                    raise ConnectionResetError("client went away")
+                await asyncio.get_running_loop().sendfile(transport, file, offset + start, stop - start)
+            await resp.write_eof()
+        self.metrics.served_bytes.inc(stop - start)
+        return resp
+
+    # ----------------------------------------------------------------------------------------- warm
+    async def warm(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        service = self._service()
+        self._check_dataset(request.query.get(DATASET_PARAM))
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadRequest("warm body is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("blocks"), list):
+            raise BadRequest('warm body must be {"blocks": [block reference, ...]}')
+        self._check_dataset(body.get(DATASET_PARAM))
+        raw_blocks = body["blocks"]
+        if len(raw_blocks) > MAX_WARM_BLOCKS:
+            raise BadRequest(
+                f"warm takes at most {MAX_WARM_BLOCKS} blocks per request, got {len(raw_blocks)}"
+            )
+        refs: list[BlockRef | Exception] = []
+        for raw in raw_blocks:
+            try:
+                if not isinstance(raw, dict):
+                    raise BadBlockRef(f"block reference {raw!r} is not an object")
+                ref = ref_from_mapping(raw)
+                service.check_ref(ref)
+                refs.append(ref)
+            except Exception as exc:  # reported in this block's result
+                refs.append(exc)
+        results = await service.warm(refs)
+        self.metrics.request_seconds.labels("warm", "ok").observe(time.perf_counter() - t0)
+        return web.json_response({"results": results})
+
+    # ----------------------------------------------------------------------------------------- meta
+    async def put_meta(self, request: web.Request) -> web.StreamResponse:
+        self._check_dataset(request.query.get(DATASET_PARAM))
+        name = request.match_info["name"]
+        if request.content_length is not None and request.content_length > META_MAX_BYTES:
+            raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {META_MAX_BYTES} bytes")
+        data = await request.read()
+        if len(data) > META_MAX_BYTES:
+            raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {META_MAX_BYTES} bytes")
+        try:
+            await self.meta.put(name, data)
+        except BadMetaName as exc:
+            raise BadRequest(str(exc)) from None
+        return web.json_response({"name": name, "bytes": len(data)})
+
+    async def get_meta(self, request: web.Request) -> web.StreamResponse:
+        self._check_dataset(request.query.get(DATASET_PARAM))
+        name = request.match_info["name"]
+        try:
+            data = self.meta.get(name)
+        except BadMetaName as exc:
+            raise BadRequest(str(exc)) from None
+        if data is None:
+            raise _HTTPError(404, ERR_NOT_FOUND, f"no meta blob named {name!r}")
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    # -------------------------------------------------------------------------------------- control
+    async def stats(self, request: web.Request) -> web.StreamResponse:
+        self._check_dataset(request.query.get(DATASET_PARAM))
+        return web.json_response({
+            "dataset": self.dataset.meta.key,
+            "cached_bytes": self.store.cached_bytes,
+            "blocks": len(self.store.index),
+            "levels": self.store.stats(),
+            "inflight": self.service.inflight if self.service else 0,
+            "meta": self.meta.names(),
+            "ready": self.ready,
+        })
+
+    async def purge(self, request: web.Request) -> web.StreamResponse:
+        self._check_dataset(request.query.get(DATASET_PARAM))
+        blocks, size = await self.store.purge()
+        log.info("purged %d blocks (%d bytes) of dataset %s", blocks, size, self.dataset.meta.key)
+        return web.json_response({"dataset": self.dataset.meta.key, "blocks": blocks, "bytes": size})
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        if not self.ready:
+            return json_error(503, "not_ready", "the worker is starting or stopping")
+        return web.json_response({"status": "ready", "dataset": self.dataset.meta.key})
+
+    async def metrics_text(self, request: web.Request) -> web.StreamResponse:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(settings: WorkerSettings) -> web.Application:
+    return WorkerServer(settings).app()

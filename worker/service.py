@@ -1,0 +1,257 @@
+"""The worker's block logic between HTTP and the tiered store: hits, read-through, single-flight, warm.
+
+- A hit is verified (CRC32C of the data against the block file's header) before a byte is served; a
+  block that fails is discarded and fetched again.
+- A miss reads the block from the object store pinned to the block's ETag (If-Match), keeps it, and
+  serves it. Concurrent misses of one block share one object-store request (single-flight), and the
+  number of object-store reads in flight is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from eddy.api import Dataset
+from eddy.blocks import BlockRef
+from eddy.objectstore import ObjectStore
+from eddy.wire import ERR_CACHE_FULL, BadBlockRef
+from worker.blockfile import (
+    BlockFileError,
+    Stamp,
+    crc32c,
+    fd_stamp,
+    open_block,
+    read_verified,
+    verify_fd,
+)
+from worker.errors import UnknownMount, describe
+from worker.eviction import CacheFull
+from worker.metrics import WorkerMetrics
+from worker.tierstore import CacheWriteError, Hit, TierStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A block read through from the object store; `tier` is where it was kept ("" if it was not)."""
+
+    data: bytes
+    crc: int
+    tier: str
+    keep_error: str = ""
+
+
+@dataclass(frozen=True)
+class VerifiedHit:
+    """A hit whose data passed its checksum: `data` when read into memory, else `file`, the very file
+    that was checked, open for sendfile (the receiver closes it)."""
+
+    hit: Hit
+    data: bytes | None
+    file: BinaryIO | None = None
+
+
+class BlockService:
+    def __init__(
+        self,
+        dataset: Dataset,
+        store: TierStore,
+        object_stores: Mapping[str, ObjectStore],
+        metrics: WorkerMetrics,
+        *,
+        max_fetches: int = 8,
+        warm_concurrency: int = 8,
+        serve_mode: str = "sendfile",
+        verify: str = "changed",
+        reverify_after: float = 60.0,
+    ) -> None:
+        if serve_mode not in ("memory", "sendfile"):
+            raise ValueError(f"serve mode {serve_mode!r} is not 'memory' or 'sendfile'")
+        if verify not in ("always", "changed"):
+            raise ValueError(f"verify policy {verify!r} is not 'always' or 'changed'")
+        self.verify = verify
+        self.reverify_after = reverify_after
+        self.dataset = dataset
+        self.store = store
+        self.object_stores = dict(object_stores)
+        self.metrics = metrics
+        self.serve_mode = serve_mode
+        self.warm_concurrency = warm_concurrency
+        self._fetch_slots = asyncio.Semaphore(max_fetches)
+        self._inflight: dict[tuple[str, int, int], asyncio.Task[Fetched]] = {}
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def check_ref(self, ref: BlockRef) -> None:
+        """Reject references the worker must not serve: unknown mount, no ETag to pin."""
+        if ref.mount not in self.object_stores:
+            names = ", ".join(sorted(self.object_stores)) or "none"
+            raise UnknownMount(
+                f"dataset {self.dataset.meta.key} has no mount {ref.mount!r} (mounts: {names})"
+            )
+        if not ref.etag:
+            raise BadBlockRef("block reference needs an 'etag' (blocks are pinned to one object version)")
+
+    # ------------------------------------------------------------------------------------------ hits
+    async def read_hit(self, ref: BlockRef) -> VerifiedHit | None:
+        """The block from the store, checked; None if it is not there (or was corrupt and is now gone).
+
+        `verify="always"` checks the data's CRC32C on every hit. `"changed"` (the default) checks it on
+        the first hit after the block was found or written, again whenever the file's inode, size, mtime
+        or ctime changed (any write to it), and again once `reverify_after` seconds have passed since the
+        last check (a rolling scrub of hot blocks); between checks, clients check `X-Eddy-Crc32c`.
+        """
+        for attempt in range(2):
+            hit = self.store.lookup(ref)
+            if hit is None:
+                return None
+            h = hit.header
+            try:
+                if self.serve_mode == "memory":
+                    check = (hit.path, h.header_len, h.data_len, h.data_crc)
+                    return VerifiedHit(hit, await asyncio.to_thread(read_verified, *check))
+                fd, writable = open_block(hit.path)  # a quick syscall; the check itself runs in a thread
+            except FileNotFoundError:
+                if attempt == 0:
+                    await self.store.settled()  # it was being moved: look again once the move is done
+                    continue
+                return None
+            except (BlockFileError, OSError) as exc:
+                await self._corrupt(hit, exc)
+                return None
+            try:
+                if not (self.verify == "changed" and self._still_good(hit, fd)):
+                    stamp = await self._verify(fd, writable, h.header_len, h.data_len, h.data_crc)
+                    hit.entry.verified = (stamp, time.monotonic())
+            except (BlockFileError, OSError) as exc:
+                os.close(fd)
+                await self._corrupt(hit, exc)
+                return None
+            return VerifiedHit(hit, None, os.fdopen(fd, "rb", buffering=0))
+        return None
+
+    @staticmethod
+    async def _verify(fd: int, writable: bool, header_len: int, data_len: int, data_crc: int) -> Stamp:
+        """The check in a thread; if the request is cancelled meanwhile, the fd is closed after it."""
+        check = asyncio.to_thread(verify_fd, fd, writable, header_len, data_len, data_crc)
+        task = asyncio.ensure_future(check)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda _: os.close(fd))
+            raise
+
+    async def _corrupt(self, hit: Hit, exc: BaseException) -> None:
+        log.warning("block %s on %s failed its check (%s); discarding it",
+                    hit.entry.digest, hit.mediumtype, exc)
+        await self.store.discard(hit)
+
+    def _still_good(self, hit: Hit, fd: int) -> bool:
+        """Under `verify="changed"`: checked recently, and the file is untouched since (an fstat)."""
+        if not isinstance(hit.entry.verified, tuple):
+            return False
+        stamp, when = hit.entry.verified
+        if time.monotonic() - when >= self.reverify_after:
+            return False
+        return bool(fd_stamp(fd) == stamp)
+
+    # ----------------------------------------------------------------------------------- read-through
+    async def fetch(self, ref: BlockRef) -> Fetched:
+        """Read a block through from the object store and keep it; one request per block at a time."""
+        self.check_ref(ref)
+        # The digest names (mount, key, ETag, index); the sizes join the key so a reader using another
+        # block size never receives a block cut differently.
+        flight = (ref.digest, ref.object_size, ref.block_size)
+        task = self._inflight.get(flight)
+        if task is None:
+            task = asyncio.create_task(self._fetch(ref))
+            self._inflight[flight] = task
+            task.add_done_callback(lambda t: self._done(flight, t))
+        return await asyncio.shield(task)
+
+    def _done(self, flight: tuple[str, int, int], task: asyncio.Task[Fetched]) -> None:
+        if self._inflight.get(flight) is task:
+            del self._inflight[flight]
+        if not task.cancelled():
+            task.exception()  # retrieved here so an unawaited failure is not logged as lost
+
+    async def _fetch(self, ref: BlockRef) -> Fetched:
+        store = self.object_stores[ref.mount]
+        async with self._fetch_slots:
+            t0 = time.perf_counter()
+            try:
+                data = await store.get_range(ref.key, ref.start, ref.end, etag=ref.etag)
+            except BaseException as exc:
+                self.metrics.readthrough.labels(type(exc).__name__).inc()
+                raise
+            finally:
+                self.metrics.readthrough_seconds.observe(time.perf_counter() - t0)
+        self.metrics.readthrough.labels("ok").inc()
+        self.metrics.readthrough_bytes.inc(len(data))
+        if len(data) != ref.length:
+            raise BadBlockRef(
+                f"object {ref.key!r} (ETag {ref.etag}) holds {len(data)} bytes for block {ref.index}, "
+                f"not {ref.length}: the reference's size ({ref.object_size}) is wrong"
+            )
+        crc = crc32c(data)
+        try:
+            tier = await self.store.put(ref, data, crc)
+        except CacheFull as exc:
+            self.metrics.cache_write_failures.labels("full").inc()
+            return Fetched(data, crc, "", str(exc))
+        except CacheWriteError as exc:
+            self.metrics.cache_write_failures.labels("io").inc()
+            log.warning("block %s not kept: %s", ref.digest, exc)
+            return Fetched(data, crc, "", str(exc))
+        return Fetched(data, crc, tier)
+
+    # ------------------------------------------------------------------------------------------ warm
+    async def warm(self, refs: list[BlockRef | Exception]) -> list[dict[str, Any]]:
+        """Cache every block (already cached ones are left alone); one result per block, in order."""
+        slots = asyncio.Semaphore(self.warm_concurrency)
+
+        async def one(i: int, item: BlockRef | Exception) -> dict[str, Any]:
+            if isinstance(item, Exception):
+                return self._warm_error(i, item)
+            async with slots:
+                hit = self.store.lookup(item)
+                if hit is not None:
+                    self.metrics.warmed.labels("cached").inc()
+                    return {"index": i, "status": "cached", "tier": hit.mediumtype,
+                            "bytes": hit.header.data_len}
+                try:
+                    fetched = await self.fetch(item)
+                except Exception as exc:  # every failure becomes this block's result
+                    return self._warm_error(i, exc)
+            if not fetched.tier:
+                self.metrics.warmed.labels("error").inc()
+                return {"index": i, "status": "error", "tier": "", "bytes": len(fetched.data),
+                        "code": ERR_CACHE_FULL, "error": f"fetched but not kept: {fetched.keep_error}"}
+            self.metrics.warmed.labels("fetched").inc()
+            return {"index": i, "status": "fetched", "tier": fetched.tier, "bytes": len(fetched.data)}
+
+        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(refs))))
+
+    def _warm_error(self, i: int, exc: BaseException) -> dict[str, Any]:
+        self.metrics.warmed.labels("error").inc()
+        _, code, message = describe(exc)
+        return {"index": i, "status": "error", "tier": "", "bytes": 0, "code": code, "error": message}
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        for task in list(self._inflight.values()):
+            with contextlib.suppress(BaseException):
+                await task
+        for store in self.object_stores.values():
+            await store.close()

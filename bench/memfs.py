@@ -1,0 +1,123 @@
+"""A pyfuse3 filesystem serving one file from memory: the ceiling for FUSE from Python on this machine.
+
+    python -m bench.memfs --mountpoint DIR --size-mib N [--direct-io/--no-direct-io] [--seed S]
+
+Serves `DIR/data.bin` whose bytes are `bench_content(size, seed)` (the same bytes the sidecar
+benchmark uploads), as memoryview slices (no copy per request). It uses the same pyfuse3/asyncio
+plumbing and kernel tuning as the sidecar, so the gap between the two is the sidecar's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import os
+import random
+import signal
+import stat
+from typing import Any
+
+import pyfuse3
+import pyfuse3.asyncio as pyfuse3_asyncio
+
+MiB = 1024 * 1024
+FILE_NAME = "data.bin"
+FILE_INODE = 2
+
+
+def bench_content(size: int, seed: int = 7) -> bytes:
+    """`size` bytes: one random MiB repeated, each MiB stamped with its index (so misplaced MiBs show)."""
+    rng = random.Random(seed)
+    chunk = rng.randbytes(MiB)
+    out = bytearray(size)
+    for i, start in enumerate(range(0, size, MiB)):
+        piece = (i.to_bytes(8, "big") * 2 + chunk[16:])[: size - start]
+        out[start : start + len(piece)] = piece
+    return bytes(out)
+
+
+class MemFS(pyfuse3.Operations):
+    def __init__(self, data: bytes, direct_io: bool) -> None:
+        super().__init__()
+        self.data = memoryview(data)
+        self.direct_io = direct_io
+
+    def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.entry_timeout = attr.attr_timeout = 60
+        if inode == pyfuse3.ROOT_INODE:
+            attr.st_mode, attr.st_nlink, attr.st_size = stat.S_IFDIR | 0o555, 2, 0
+        elif inode == FILE_INODE:
+            attr.st_mode, attr.st_nlink, attr.st_size = stat.S_IFREG | 0o444, 1, len(self.data)
+        else:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        attr.st_blksize = MiB
+        attr.st_blocks = -(-attr.st_size // 512)
+        return attr
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attr(inode)
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if parent_inode == pyfuse3.ROOT_INODE and name == FILE_NAME.encode():
+            return self._attr(FILE_INODE)
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if start_id == 0:
+            pyfuse3.readdir_reply(token, FILE_NAME.encode(), self._attr(FILE_INODE), 1)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if inode != FILE_INODE:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return pyfuse3.FileInfo(fh=inode, direct_io=self.direct_io, keep_cache=False)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.data[off : off + size]  # type: ignore[return-value]
+
+
+async def serve(mountpoint: str, data: bytes, direct_io: bool, readahead_kib: int) -> None:
+    from sidecar.lifecycle import terminate_fuse
+    from sidecar.mounts import probe, set_kernel_readahead
+
+    pyfuse3_asyncio.enable()
+    pyfuse3.init(MemFS(data, direct_io), mountpoint, {"fsname=eddy-memfs", "ro"})
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    main = loop.create_task(pyfuse3.main())
+    # after the INIT exchange (the kernel lowers read-ahead to the INIT reply's value)
+    await asyncio.to_thread(probe, mountpoint, 10.0)
+    await asyncio.to_thread(set_kernel_readahead, mountpoint, readahead_kib)
+    stopper = loop.create_task(stop.wait())
+    try:
+        await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        terminate_fuse()
+        await asyncio.wait_for(main, 10)
+    finally:
+        stopper.cancel()
+        pyfuse3.close(unmount=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.memfs", description=__doc__)
+    parser.add_argument("--mountpoint", required=True)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--direct-io", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--kernel-readahead-kib", type=int, default=4096)
+    args = parser.parse_args(argv)
+    data = bench_content(args.size_mib * MiB, args.seed)
+    os.makedirs(args.mountpoint, exist_ok=True)
+    asyncio.run(serve(args.mountpoint, data, args.direct_io, args.kernel_readahead_kib))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""The read-only FUSE filesystem: a thin pyfuse3 adapter over `DatasetReader` and its namespace.
+
+Every mutating call fails with EROFS (the mount is also `ro`, so the kernel usually answers first).
+Reads go to the reader; any failure there becomes EIO, never an exception that would stop pyfuse3's
+main loop. An open file gets the kernel page cache kept (`keep_cache`) only while the object's ETag is
+the one the previous open saw, so a replaced object is never served from stale pages.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+
+from sidecar.namespace import NAME_MAX, Node
+from sidecar.reader import DatasetReader, FileHandle, ObjectChangedError, ReadError
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class FsOptions:
+    uid: int = 0
+    gid: int = 0
+    direct_io: bool = False
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    io_size: int = 1 << 20  # st_blksize: readers such as cp size their buffers from it
+
+
+def _erofs() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.EROFS)
+
+
+class EddyFS(pyfuse3.Operations):
+    enable_writeback_cache = False
+    supports_dot_lookup = True
+
+    def __init__(self, reader: DatasetReader, options: FsOptions) -> None:
+        super().__init__()
+        self.reader = reader
+        self.ns = reader.namespace
+        self.options = options
+        self._handles: dict[int, FileHandle] = {}
+        self._next_fh = 1
+        self._opened_etag: dict[int, str] = {}
+        self.requests = 0
+
+    # ------------------------------------------------------------------ attributes
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.ino
+        attr.generation = 0
+        attr.entry_timeout = self.options.entry_timeout
+        attr.attr_timeout = self.options.attr_timeout
+        if node.is_dir:
+            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_nlink = 2
+            attr.st_size = 0
+        else:
+            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_nlink = 1
+            attr.st_size = node.size
+        attr.st_uid = self.options.uid
+        attr.st_gid = self.options.gid
+        attr.st_rdev = 0
+        attr.st_blksize = self.options.io_size
+        attr.st_blocks = -(-attr.st_size // 512)
+        mtime_ns = int(node.mtime * NS)
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
+        return attr
+
+    def _node(self, ino: int) -> Node:
+        node = self.ns.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        self.requests += 1
+        node = self.ns.lookup(parent_inode, os.fsdecode(name))
+        if node is None:
+            if len(name) > NAME_MAX:
+                raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attributes(node)
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.attributes(self._node(inode))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        return None  # inode numbers live as long as the process; nothing to free
+
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        self._node(inode)
+        return not mode & os.W_OK
+
+    # ------------------------------------------------------------------ directories
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        if not self._node(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for next_id, child in self.ns.entries(fh, start_id):
+            if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self.attributes(child), next_id):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = self.options.io_size
+        st.f_frsize = 4096
+        st.f_blocks = -(-self.ns.stats.bytes // st.f_frsize)
+        st.f_bfree = st.f_bavail = 0
+        st.f_files = self.ns.stats.files + self.ns.stats.dirs
+        st.f_ffree = st.f_favail = 0
+        st.f_namemax = NAME_MAX
+        return st
+
+    # ------------------------------------------------------------------ files
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise _erofs()
+        handle = self.reader.open_file(node)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        keep = self._opened_etag.get(inode) == node.etag
+        self._opened_etag[inode] = node.etag
+        return pyfuse3.FileInfo(fh=fh, direct_io=self.options.direct_io, keep_cache=keep)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        try:
+            # A memoryview is fine: pyfuse3 takes any contiguous buffer (no copy to bytes).
+            return await self.reader.read(handle, off, size)  # type: ignore[return-value]
+        except ObjectChangedError as exc:
+            log.warning("read of %s failed: %s", handle.key, exc)
+            self._opened_etag.pop(handle.ino, None)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except ReadError as exc:
+            log.warning("read of %s failed: %s", handle.key, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:  # never let an exception stop the FUSE main loop
+            log.exception("unexpected error reading %s", handle.key)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    @property
+    def open_handles(self) -> int:
+        return len(self._handles)
+
+    # ------------------------------------------------------------------ read-only
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return []
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise _erofs()
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise _erofs()
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise _erofs()
+
+    async def rename(self, *args: Any) -> None:
+        raise _erofs()
+
+    async def symlink(self, *args: Any) -> Any:
+        raise _erofs()
+
+    async def link(self, *args: Any) -> Any:
+        raise _erofs()
+
+    async def setxattr(self, *args: Any) -> None:
+        raise _erofs()
+
+    async def removexattr(self, *args: Any) -> None:
+        raise _erofs()

@@ -1,0 +1,47 @@
+"""The sidecar's Prometheus metrics (one registry per sidecar, served on `/metrics`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class SidecarMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.fetched_bytes = Counter(
+            "eddy_sidecar_fetched_bytes", "Block bytes fetched, by source (worker or store)", ["source"],
+            registry=r,
+        )
+        self.fetches = Counter("eddy_sidecar_fetches", "Block fetches, by source", ["source"], registry=r)
+        self.fallbacks = Counter(
+            "eddy_sidecar_fallbacks",
+            "Times a worker could not serve a block and the next owner or the store was tried, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.read_bytes = Counter("eddy_sidecar_read_bytes", "Bytes returned to readers", registry=r)
+        self.read_seconds = Histogram(
+            "eddy_sidecar_read_seconds", "Latency of one read request", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.fetch_seconds = Histogram(
+            "eddy_sidecar_block_fetch_seconds", "Latency of one block fetch, by source", ["source"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.read_errors = Counter("eddy_sidecar_read_errors", "Reads that failed, by reason", ["reason"],
+                                   registry=r)
+        self.changed_objects = Counter(
+            "eddy_sidecar_changed_objects", "Objects found replaced (ETag mismatch) during a read", registry=r
+        )
+        self.cache_hits = Gauge("eddy_sidecar_cache_hits", "Block cache hits since start", registry=r)
+        self.cache_misses = Gauge("eddy_sidecar_cache_misses", "Block cache misses since start", registry=r)
+        self.cache_bytes = Gauge("eddy_sidecar_cache_bytes", "Bytes held in the block cache", registry=r)
+        self.workers_down = Gauge("eddy_sidecar_workers_down", "Workers currently skipped as down",
+                                  registry=r)
+        self.files = Gauge("eddy_sidecar_files", "Files in the mounted namespace", registry=r)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 if absent); for tests, the bench and logs."""
+        return self.registry.get_sample_value(name, labels) or 0.0

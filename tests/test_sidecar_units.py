@@ -1,0 +1,251 @@
+"""Pure parts of the sidecar: namespace, snapshot format, read-ahead policy, block cache, breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+from typing import Any
+
+import pytest
+import yaml
+
+from eddy.blocks import BlockRef
+from eddy.objectstore import ObjectInfo
+from eddy.snapshot import SnapshotError, decode_snapshot, encode_snapshot
+from sidecar.blockcache import BlockCache
+from sidecar.namespace import ROOT_INODE, Namespace, split_key
+from sidecar.readahead import MiB, ReadaheadPolicy, ReadaheadState
+
+
+def objs(*rows: tuple[str, int]) -> list[ObjectInfo]:
+    return [ObjectInfo(key, size, f"etag-{i}", 1_700_000_000.0 + i) for i, (key, size) in enumerate(rows)]
+
+
+# ---------------------------------------------------------------------------------------- namespace
+def test_namespace_builds_dirs_from_prefixes_and_markers() -> None:
+    ns = Namespace()
+    listing = objs(("a/b/c.txt", 3), ("a/d.bin", 10), ("empty/", 0), ("top", 0))
+    stats = ns.load({"demo": listing}, {"demo": "/"})
+    assert stats.files == 3 and stats.bytes == 13 and stats.skipped == 0
+    root = ns.get(ROOT_INODE)
+    assert root is not None and root.sorted_names() == ["a", "empty", "top"]
+    a = ns.resolve("/a")
+    assert a is not None and a.is_dir and a.sorted_names() == ["b", "d.bin"]
+    c = ns.resolve("a/b/c.txt")
+    assert c is not None and not c.is_dir and c.size == 3 and c.key == "a/b/c.txt" and c.mount == "demo"
+    empty = ns.resolve("empty")
+    assert empty is not None and empty.is_dir and empty.sorted_names() == []
+    top = ns.resolve("top")
+    assert top is not None and not top.is_dir and top.size == 0
+    assert [p for p, _ in ns.files()] == ["a/b/c.txt", "a/d.bin", "top"]
+    assert [p for p, n in ns.walk() if n.is_dir] == ["a", "a/b", "empty"]
+
+
+def test_namespace_mount_path_places_the_listing() -> None:
+    ns = Namespace()
+    ns.load({"one": objs(("x", 1)), "two": objs(("y", 2))}, {"one": "/", "two": "/sub/two"})
+    assert ns.resolve("x") is not None
+    y = ns.resolve("sub/two/y")
+    assert y is not None and y.mount == "two" and y.key == "y"
+
+
+def test_namespace_skips_bad_keys_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    bad = ["a//b", "/lead", "./x", "a/../b", "n\x00ul", "x" * 256, "ok/" + "y" * 256, "", "/"]
+    ns = Namespace()
+    with caplog.at_level(logging.WARNING, logger="sidecar.namespace"):
+        stats = ns.load({"m": objs(*[(k, 1) for k in bad], ("fine/" + "z" * 255, 5))}, {"m": "/"})
+    assert stats.files == 1 and stats.skipped == len(bad)
+    assert ns.resolve("fine/" + "z" * 255) is not None
+    assert sum("skipped" in r.getMessage() for r in caplog.records) == len(bad)
+    assert isinstance(split_key("a//b"), str) and split_key("a/b/") == (["a", "b"], True)
+
+
+def test_namespace_file_and_dir_conflict_keeps_the_directory() -> None:
+    ns = Namespace()
+    for order in (objs(("a", 4), ("a/b", 1)), objs(("a/b", 1), ("a", 4))):
+        stats = ns.load({"m": order}, {"m": "/"})
+        a = ns.resolve("a")
+        assert a is not None and a.is_dir and stats.files == 1 and stats.skipped == 1
+        assert ns.resolve("a/b") is not None
+
+
+def test_namespace_inodes_stable_across_reloads_and_lookup_dots() -> None:
+    ns = Namespace()
+    ns.load({"m": objs(("d/f1", 1), ("d/f2", 2))}, {"m": "/"})
+    f1, d = ns.resolve("d/f1"), ns.resolve("d")
+    assert f1 is not None and d is not None
+    ns.load({"m": objs(("d/f0", 1), ("d/f1", 5), ("e", 1))}, {"m": "/"})
+    f1b, db = ns.resolve("d/f1"), ns.resolve("d")
+    assert f1b is not None and db is not None
+    assert (f1b.ino, db.ino) == (f1.ino, d.ino) and f1b.size == 5
+    assert ns.resolve("d/f2") is None
+    assert ns.lookup(d.ino, "..") is ns.get(ROOT_INODE) and ns.lookup(d.ino, ".") is db
+    assert ns.path_of(f1.ino) == "d/f1"
+
+
+def test_namespace_large_directory_offsets_resume_exactly() -> None:
+    names = [f"f{i:05d}" for i in range(5000)]
+    ns = Namespace()
+    ns.load({"m": objs(*[(f"big/{n}", 1) for n in names])}, {"m": "/"})
+    big = ns.resolve("big")
+    assert big is not None
+    seen: list[str] = []
+    offset = 0
+    while True:  # a reader that takes 97 entries per readdir call, like a small getdents buffer
+        batch = []
+        for next_off, node in ns.entries(big.ino, offset):
+            batch.append(node.name)
+            offset = next_off
+            if len(batch) == 97:
+                break
+        if not batch:
+            break
+        seen.extend(batch)
+    assert seen == names
+    assert list(ns.entries(big.ino, len(names))) == []
+
+
+def test_namespace_update_file_after_change() -> None:
+    ns = Namespace()
+    ns.load({"m": objs(("f", 3), ("g", 1))}, {"m": "/"})
+    node = ns.update_file("m", "f", ObjectInfo("f", 9, "new", 5.0))
+    assert node is not None and node.size == 9 and node.etag == "new"
+    assert ns.update_file("m", "g", None) is None
+    root = ns.get(ROOT_INODE)
+    assert ns.resolve("g") is None and root is not None and root.sorted_names() == ["f"]
+
+
+# ---------------------------------------------------------------------------------------- snapshot
+def test_snapshot_round_trip_and_exact_format() -> None:
+    listed = objs(("a/b", 3), ("dir/", 0))
+    blob = encode_snapshot({"demo": listed})
+    doc = json.loads(gzip.decompress(blob))
+    assert doc == {"version": 1, "mounts": {"demo": [["a/b", 3, "etag-0", 1_700_000_000.0],
+                                                      ["dir/", 0, "etag-1", 1_700_000_001.0]]}}
+    assert decode_snapshot(blob) == {"demo": listed}
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [b"not gzip", gzip.compress(b"[]"), gzip.compress(b'{"version": 2, "mounts": {}}'),
+     gzip.compress(b'{"version": 1, "mounts": {"m": [["k", "x", "e", 1]]}}')],
+)
+def test_snapshot_rejects_malformed(blob: bytes) -> None:
+    with pytest.raises(SnapshotError):
+        decode_snapshot(blob)
+
+
+# ---------------------------------------------------------------------------------------- read-ahead
+def test_readahead_window_doubles_with_streak_up_to_cap() -> None:
+    policy = ReadaheadPolicy(initial=8 * MiB, cap=64 * MiB, tolerance=2 * MiB)
+    state = ReadaheadState(policy)
+    windows = [state.observe(i * MiB, MiB) for i in range(7)]
+    assert windows == [0, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB, 64 * MiB, 64 * MiB]
+
+
+def test_readahead_tolerates_small_seeks_and_reordering() -> None:
+    state = ReadaheadState(ReadaheadPolicy(initial=MiB, cap=8 * MiB, tolerance=512 * 1024))
+    state.observe(0, 131072)
+    assert state.observe(262144, 131072) > 0  # kernel read-ahead request arriving early
+    assert state.observe(131072, 131072) > 0  # ...and the one it overtook
+    assert state.observe(393216 + 200_000, 4096) > 0  # a small forward skip
+
+
+def test_readahead_random_reader_never_triggers() -> None:
+    state = ReadaheadState(ReadaheadPolicy())
+    offsets = [700 * MiB, 3 * MiB, 512 * MiB, 90 * MiB, 900 * MiB, 40 * MiB, 300 * MiB]
+    assert all(state.observe(o, 4096) == 0 for o in offsets)
+    # a random reader that once touches offset 0 still needs a second sequential read
+    assert state.observe(0, 4096) == 0
+
+
+# ---------------------------------------------------------------------------------------- block cache
+def ref(i: int, size: int = 4 * MiB) -> BlockRef:
+    return BlockRef("m", "k", "e", i, size * 100, size)
+
+
+async def test_block_cache_single_flight_and_lru_bound() -> None:
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def fetch(r: BlockRef) -> bytes:
+        calls.append(r.index)
+        await gate.wait()
+        return bytes([r.index]) * r.length
+
+    cache = BlockCache(capacity=10 * MiB, prefetch_budget=4 * MiB)
+    readers = [asyncio.create_task(cache.get(ref(0), fetch)) for _ in range(8)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*readers)
+    assert calls == [0] and all(r == b"\x00" * 4 * MiB for r in results)
+    await cache.get(ref(1), fetch)
+    await cache.get(ref(2), fetch)  # 3 x 4 MiB > 10 MiB: block 0 is evicted
+    assert cache.cached_bytes == 8 * MiB and ref(0) not in cache and ref(2) in cache
+    # read-ahead is bounded by the in-flight budget
+    gate.clear()
+    assert cache.prefetch(ref(3), fetch) is True
+    assert cache.prefetch(ref(4), fetch) is False
+    assert cache.prefetch(ref(3), fetch) is False
+    gate.set()
+    assert await cache.get(ref(3), fetch) == b"\x03" * 4 * MiB
+    assert calls == [0, 1, 2, 3]
+    await cache.close()
+
+
+async def test_block_cache_failure_is_shared_and_not_cached() -> None:
+    attempts = 0
+
+    async def flaky(r: BlockRef) -> bytes:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.01)
+        if attempts == 1:
+            raise OSError("boom")
+        return b"x" * r.length
+
+    cache = BlockCache(capacity=64 * MiB, prefetch_budget=0)
+    results = await asyncio.gather(*(cache.get(ref(5), flaky) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results) and attempts == 1
+    assert await cache.get(ref(5), flaky) == b"x" * 4 * MiB and attempts == 2
+
+
+# ---------------------------------------------------------------------------------------- settings
+def test_settings_from_config_file_or_manifests(tmp_path: Any) -> None:
+    from eddy.config import build_config
+    from sidecar.settings import ReaderOptions, load_settings
+
+    dataset = {
+        "apiVersion": "data.fluid.io/v1alpha1", "kind": "Dataset", "metadata": {"name": "ds"},
+        "spec": {"mounts": [{"mountPoint": "oss://b/dir", "name": "demo", "path": "/",
+                             "options": {"fs.oss.endpoint": "http://127.0.0.1:9"}}]},
+    }
+    runtime = {"apiVersion": "data.fluid.io/v1alpha1", "kind": "JindoRuntime", "metadata": {"name": "ds"},
+               "spec": {"replicas": 3}}
+    config = tmp_path / "eddy.yaml"
+    build_config(dataset, runtime, worker_urls=("http://w0:1",), block_size=MiB).write(config)
+    cfg = load_settings(str(config))
+    assert cfg.workers() == ["http://w0:1"] and cfg.block_size == MiB
+    assert load_settings(str(config), workers=["http://x:2"]).workers() == ["http://x:2"]
+    assert load_settings(str(config), no_workers=True).workers() == []
+    manifest = tmp_path / "dataset.yaml"
+    manifest.write_text(yaml.safe_dump_all([dataset, runtime]))
+    from_files = load_settings(None, [str(manifest)])
+    assert from_files.dataset.meta.name == "ds" and from_files.workers() == []  # no cluster DNS locally
+    assert load_settings(None, [str(manifest)], workers=["http://w:3"], block_size=4096).block_size == 4096
+    # read-ahead is kept inside the cache so prefetched blocks survive until read
+    opts = ReaderOptions(cache_bytes=16 * MiB, readahead=ReadaheadPolicy(cap=64 * MiB)).bounded()
+    assert opts.readahead.cap == 8 * MiB and opts.prefetch_budget == 8 * MiB
+
+
+def test_downward_api_annotations_parse_and_stop_request() -> None:
+    from sidecar.stopfile import parse_downward_annotations, stop_requested
+
+    text = 'a.io/x="1"\nnote="line \\"quoted\\"\\nsecond"\nbroken line\neddy.fluid.io/sidecar-stop="true"\n'
+    parsed = parse_downward_annotations(text)
+    assert parsed == {"a.io/x": "1", "note": 'line "quoted"\nsecond', "eddy.fluid.io/sidecar-stop": "true"}
+    assert stop_requested(text)
+    assert not stop_requested('eddy.fluid.io/sidecar-stop="false"\n')
+    assert not stop_requested("")

@@ -1,0 +1,341 @@
+"""The DataLoad consumer: turns DataLoad events into loads, one run per DataLoad at a time.
+
+Events come from an informer (list, then watch; see preloader/kubeapi.py) and go to `on_event`, which
+never blocks and never raises: each DataLoad gets one task, keyed `namespace/name`.
+
+- `policy: Once` (default): a DataLoad that is not `Complete`/`Failed` runs once. One left `Executing`
+  by a previous preloader process is run again, which resumes it: blocks already cached answer
+  "cached" and are not fetched again.
+- `policy: Cron`: runs at each time of its 5-field `schedule` (on the injected clock), recording
+  `lastScheduleTime` and `lastSuccessfulTime`.
+- Deleting a DataLoad cancels its task (its warm requests stop at once). Events for a DataLoad that
+  is already being handled are ignored (our own status patches come back as MODIFIED events): never
+  two runs of one DataLoad in parallel. A global semaphore bounds the loads running at once.
+- Bad input never crashes the consumer: a malformed spec, another namespace than the Dataset's, an
+  empty target, unreachable workers end `Failed` with a condition saying exactly what; a Dataset that
+  does not exist yet keeps the DataLoad `Pending` (condition + Event) and is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from eddy.api import DataLoad, Dataset, ValidationError, parse_dataload, parse_dataset, parse_runtime
+from eddy.blocks import DEFAULT_BLOCK_SIZE
+from eddy.names import worker_url
+from eddy.quantity import parse_quantity
+from eddy.secrets import SecretSource
+from eddy.workerclient import WorkerClient
+from preloader import status as st
+from preloader.dispatch import Progress, RetryPolicy
+from preloader.load import LoadError, LoadJob, run_load
+from preloader.options import parse_options
+from preloader.schedule import Clock, SystemClock, backoff, next_run, validate_schedule
+
+log = logging.getLogger(__name__)
+
+
+class PreloaderApi(Protocol):
+    """What the consumer needs from the Kubernetes API (preloader/kubeapi.py implements it)."""
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    async def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+    async def secrets(self, namespace: str, names: tuple[str, ...]) -> SecretSource: ...
+
+
+@dataclass
+class ConsumerSettings:
+    max_concurrent_loads: int = 4
+    workers: tuple[str, ...] = ()  # override the Dataset's workers (tests, local)
+    secrets: SecretSource | None = None  # None: read the Dataset's Secrets through the API
+    block_size: int = DEFAULT_BLOCK_SIZE
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    wait_base: float = 1.0  # backoff while the Dataset does not exist yet
+    wait_cap: float = 30.0
+    progress_interval: float = 1.0
+
+
+@dataclass
+class _Entry:
+    uid: str
+    task: asyncio.Task[None]
+
+
+class _Stop(Exception):
+    """The run ended (its final status is written)."""
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+def ufs_total_bytes(text: str) -> int:
+    """`1.16GiB` (a Dataset's ufsTotal) back to bytes, approximately; 0 if unknown."""
+    try:
+        return parse_quantity(text.strip().removesuffix("B")) if text else 0
+    except ValueError:
+        return 0
+
+
+class Consumer:
+    def __init__(self, api: PreloaderApi, settings: ConsumerSettings | None = None,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+        self.api = api
+        self.settings = settings or ConsumerSettings()
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.entries: dict[tuple[str, str], _Entry] = {}
+        # uid of each DataLoad whose handling ended in this process: a late event carrying an older
+        # status (say "Executing" from a progress patch) must not start it again.
+        self.finished: dict[tuple[str, str], str] = {}
+        self.runs_started = 0
+        self._slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_loads))
+
+    # ------------------------------------------------------------------------------------- events
+    def on_event(self, type_: str, obj: Mapping[str, Any]) -> None:
+        key = _key(obj)
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
+        entry = self.entries.get(key)
+        if type_ == "DELETED":
+            self.finished.pop(key, None)
+            if entry is not None and (not uid or entry.uid == uid):
+                log.info("DataLoad %s/%s deleted: cancelling its work", *key)
+                entry.task.cancel()
+                self.entries.pop(key, None)
+            return
+        if self.finished.get(key) == uid:
+            return
+        if entry is not None and not entry.task.done():
+            if entry.uid == uid:
+                return  # already being handled (our own status patches come back as events)
+            entry.task.cancel()  # deleted and re-created under the same name
+        task = asyncio.create_task(self._handle(dict(obj)), name=f"dataload {key[0]}/{key[1]}")
+        self.entries[key] = _Entry(uid, task)
+        task.add_done_callback(functools.partial(self._done, key))
+
+    def _done(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        entry = self.entries.get(key)
+        if entry is not None and entry.task is task:
+            self.entries.pop(key, None)
+            if not task.cancelled():
+                self.finished[key] = entry.uid
+        if not task.cancelled() and task.exception() is not None:
+            log.error("DataLoad %s/%s: handler crashed: %r", *key, task.exception())
+
+    async def close(self) -> None:
+        tasks = [e.task for e in self.entries.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.entries.clear()
+
+    # ------------------------------------------------------------------------------------ handling
+    async def _handle(self, obj: dict[str, Any]) -> None:
+        ns, name = _key(obj)
+        status = obj.get("status") or {}
+        conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+        try:
+            dl = parse_dataload(obj, default_namespace=ns)
+        except ValidationError as exc:
+            message = f"invalid DataLoad: {exc}"
+            if status.get("phase") != st.FAILED or not any(c.get("message") == message for c in conditions):
+                await self._fail(obj, "InvalidSpec", message, None, conditions)
+            return
+        try:
+            if dl.policy == "Cron":
+                await self._cron(dl, obj, conditions)
+            elif dl.status.phase not in (st.COMPLETE, st.FAILED):
+                await self._run(dl, obj, conditions)
+        except _Stop:
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one bad object never takes the consumer down
+            log.exception("DataLoad %s/%s failed unexpectedly", ns, name)
+            await self._fail(obj, "InternalError", f"the preloader failed: {exc!r}", None, conditions)
+
+    async def _cron(self, dl: DataLoad, obj: dict[str, Any], conditions: list[dict[str, Any]]) -> None:
+        problem = validate_schedule(dl.schedule)
+        if problem:
+            await self._fail(obj, "InvalidSpec", f"invalid DataLoad: {problem}", None, conditions)
+            return
+        status = obj.get("status") or {}
+        meta = obj.get("metadata") or {}
+        last = st.parse_time(status.get("lastScheduleTime")) or st.parse_time(meta.get("creationTimestamp"))
+        last = last or self.clock.now()
+        while True:
+            when = next_run(dl.schedule, last)
+            await self.clock.sleep_until(when)
+            last = when
+            with contextlib.suppress(_Stop):
+                await self._run(dl, obj, conditions, scheduled=when)
+
+    async def _patch(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        ns, name = _key(obj)
+        try:
+            await self.api.patch_status("DataLoad", ns, name, status)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("DataLoad %s/%s: status patch failed: %s", ns, name, exc)
+
+    async def _event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            await self.api.event(obj, type_, reason, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("event %s for %s/%s failed: %s", reason, *_key(obj), exc)
+
+    async def _fail(self, obj: Mapping[str, Any], reason: str, message: str, started: datetime | None,
+                    conditions: list[dict[str, Any]], progress: Progress | None = None,
+                    extra: Mapping[str, Any] | None = None) -> None:
+        now = self.clock.now()
+        status = st.failed_status(reason, message, started, now, conditions, progress)
+        status.update(extra or {})
+        conditions[:] = status["conditions"]
+        log.warning("DataLoad %s/%s Failed (%s): %s", *_key(obj), reason, message)
+        await self._patch(obj, status)
+        await self._event(obj, "Warning", reason, message)
+
+    # ----------------------------------------------------------------------------------------- run
+    async def _wait_for(self, obj: Mapping[str, Any], kind: str, ns: str, name: str,
+                        conditions: list[dict[str, Any]]) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            doc = await self.api.get(kind, ns, name)
+            if doc is not None:
+                return doc
+            attempt += 1
+            message = f"waiting for {kind} {ns}/{name}: it does not exist yet"
+            if attempt == 1:
+                status = st.pending_status(f"{kind}NotFound", message, self.clock.now(), conditions)
+                conditions[:] = status["conditions"]
+                await self._patch(obj, status)
+                await self._event(obj, "Warning", f"{kind}NotFound", message)
+            await asyncio.sleep(backoff(attempt, self.settings.wait_base, self.settings.wait_cap, self.rng))
+
+    async def _target(self, dl: DataLoad, obj: dict[str, Any], conditions: list[dict[str, Any]],
+                      ) -> tuple[Dataset, list[str], SecretSource | None]:
+        if dl.dataset_namespace != dl.meta.namespace:
+            await self._fail(obj, "NamespaceMismatch",
+                             f"DataLoad {dl.meta.key} is in namespace {dl.meta.namespace!r} but its Dataset "
+                             f"{dl.dataset_namespace}/{dl.dataset_name} is in {dl.dataset_namespace!r}; "
+                             "a DataLoad must be in its Dataset's namespace", None, conditions)
+            raise _Stop
+        ds_doc = await self._wait_for(obj, "Dataset", dl.dataset_namespace, dl.dataset_name, conditions)
+        try:
+            dataset = parse_dataset(ds_doc, default_namespace=dl.dataset_namespace)
+        except ValidationError as exc:
+            await self._fail(obj, "InvalidDataset", f"Dataset {dl.dataset_namespace}/{dl.dataset_name} is "
+                             f"invalid: {exc}", None, conditions)
+            raise _Stop from None
+        workers = list(self.settings.workers)
+        if not workers:
+            rt_doc = await self._wait_for(
+                obj, "JindoRuntime", dl.dataset_namespace, dl.dataset_name, conditions
+            )
+            try:
+                runtime = parse_runtime(rt_doc, default_namespace=dl.dataset_namespace)
+            except ValidationError as exc:
+                await self._fail(obj, "InvalidRuntime", f"JindoRuntime {dl.dataset_namespace}/"
+                                 f"{dl.dataset_name} is invalid: {exc}", None, conditions)
+                raise _Stop from None
+            meta = dataset.meta
+            workers = [worker_url(meta.name, meta.namespace, i) for i in range(runtime.replicas)]
+        secrets = self.settings.secrets
+        if secrets is None and dataset.secret_names:
+            secrets = await self.api.secrets(dataset.meta.namespace, dataset.secret_names)
+        return dataset, workers, secrets
+
+    async def _run(self, dl: DataLoad, obj: dict[str, Any], conditions: list[dict[str, Any]],
+                   scheduled: datetime | None = None) -> None:
+        dataset, workers, secrets = await self._target(dl, obj, conditions)
+        async with self._slots:
+            await self._load(dl, obj, conditions, dataset, workers, secrets, scheduled)
+
+    async def _load(self, dl: DataLoad, obj: dict[str, Any], conditions: list[dict[str, Any]],
+                    dataset: Dataset, workers: list[str], secrets: SecretSource | None,
+                    scheduled: datetime | None) -> None:
+        self.runs_started += 1
+        started = self.clock.now()
+        cron: dict[str, Any] = {"lastScheduleTime": st.rfc3339(scheduled)} if scheduled else {}
+        options = parse_options(dl.options)
+        conditions[:] = [c for c in conditions if c.get("type") != st.COND_OPTIONS]
+        if options.warnings:
+            conditions[:] = st.set_condition(conditions, st.COND_OPTIONS, "True", "UnknownOptions",
+                                             "; ".join(options.warnings), started)
+            await self._event(obj, "Warning", "UnknownOptions", "; ".join(options.warnings))
+        progress = Progress()
+        executing = st.executing_status(started, None, started, conditions) | cron
+        conditions[:] = executing["conditions"]
+        await self._patch(obj, executing)
+        await self._event(obj, "Normal", "LoadStarted",
+                          f"loading {', '.join(t.path for t in dl.targets)} of Dataset {dataset.meta.key} "
+                          f"into {len(workers)} workers")
+        job = LoadJob(dl, dataset, workers, secrets, self.settings.block_size, self.settings.retry,
+                      rng=self.rng)
+        reporter = asyncio.create_task(self._report(obj, progress))
+        client = WorkerClient(dataset=dataset.meta.key)
+        try:
+            result = await run_load(job, client, progress=progress)
+        except LoadError as exc:
+            await self._fail(obj, exc.reason, exc.message, started, conditions, progress, cron)
+            return
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            await client.close()
+        now = self.clock.now()
+        final = st.complete_status(result.outcome, result.progress, started, now, conditions)
+        conditions[:] = final["conditions"]
+        if result.outcome.phase == st.COMPLETE and scheduled:
+            cron["lastSuccessfulTime"] = st.rfc3339(now)
+        await self._patch(obj, final | cron)
+        o = result.outcome
+        if o.phase == st.COMPLETE:
+            await self._event(obj, "Normal", "LoadComplete", o.message)
+            if o.partial:
+                await self._event(obj, "Warning", "CacheQuotaTooSmall", o.partial)
+        else:
+            await self._event(obj, "Warning", o.reason, o.message)
+        await self._update_dataset(dataset, result.verification.cached_bytes // max(1, result.replicas),
+                                   result.progress.bytes_total if result.whole_dataset else 0)
+
+    async def _report(self, obj: Mapping[str, Any], progress: Progress) -> None:
+        """Patch `status.progress` at most every `progress_interval` seconds while the load runs."""
+        last = -1
+        while True:
+            await asyncio.sleep(self.settings.progress_interval)
+            if progress.blocks_done != last:
+                last = progress.blocks_done
+                await self._patch(obj, {"progress": st.progress_status(progress)})
+
+    async def _update_dataset(self, dataset: Dataset, cached: int, total: int) -> None:
+        """Refresh the Dataset's `cacheStates.cached`/`cachedPercentage` (merge patch: only those keys)."""
+        if not total:
+            total = ufs_total_bytes(dataset.status.ufs_total)
+        states = st.dataset_cache_states(cached, total, 0)
+        if not total:
+            states.pop("cachedPercentage")
+        try:
+            await self.api.patch_status("Dataset", dataset.meta.namespace, dataset.meta.name,
+                                        {"cacheStates": states})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("Dataset %s: cacheStates patch failed: %s", dataset.meta.key, exc)

@@ -1,0 +1,306 @@
+"""Webhook benchmark: AdmissionReviews over HTTPS keep-alive on loopback against ONE webhook process.
+
+The webhook runs in cluster mode against the Kubernetes API test server (`tests/support/kube.py`,
+started inside this process; it counts calls), with the seed's Dataset, its PVC and runtime in it.
+Figures: `max_per_s` (closed loop, 5,000 requests max, 10 s max), `p50_ms`/`p99_ms` at a fixed 200/s
+(10 s; 3 s with --quick), `api_calls_per_admission` (API calls made while admitting / admissions).
+Ceiling: a trivial aiohttp TLS endpoint answering a fixed small JSON body, driven the same way.
+Goals: >= 1,000/s, p99 <= 5 ms, 0 calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib
+import json
+import os
+import re
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from webhook.certs import new_bundle, write_private
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO.parent / "shared" / "seed"
+MAX_REQUESTS = 5000
+MAX_SECONDS = 10.0
+CONCURRENCY = 16
+RATE = 200
+
+_CEILING_SERVER = """
+import asyncio, ssl, sys
+from aiohttp import web
+body = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true}}'
+async def ok(request):
+    await request.read()
+    return web.Response(body=body, content_type="application/json")
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+    app = web.Application()
+    app.router.add_post("/mutate", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    print("https://127.0.0.1:%d/mutate" % runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def seed_review(namespace: str = "default") -> bytes:
+    deployment = yaml.safe_load((SEED / "deployment-eci.yaml").read_text())
+    template = deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": template["metadata"], "spec": template["spec"]}
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": pod,
+        },
+    }
+    return json.dumps(review).encode()
+
+
+def seed_dataset_docs(namespace: str = "default") -> list[dict[str, Any]]:
+    text = (
+        (SEED / "dataset.yaml").read_text().replace("<oss_bucket>", "bench").replace("<bucket_dir>", "data")
+    )
+    docs = [d for d in yaml.safe_load_all(text.replace("<oss_endpoint>", "http://127.0.0.1:9")) if d]
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace
+    return docs
+
+
+async def _start(
+    cmd: list[str], pattern: str, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 1.0)).decode()
+        except TimeoutError:
+            continue
+        if not line and proc.returncode is not None:
+            break
+        seen += line
+        match = re.search(pattern, line)
+        if match:
+            asyncio.get_running_loop().create_task(_drain(proc))
+            return proc, match.group(1)
+    proc.kill()
+    raise RuntimeError(f"{cmd[:4]} did not start: {seen[-2000:]}")
+
+
+async def _drain(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdout is not None
+    while await proc.stdout.readline():
+        pass
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: bytes, ctx: ssl.SSLContext) -> float:
+    started = time.perf_counter()
+    async with session.post(url, data=body, ssl=ctx, headers={"Content-Type": "application/json"}) as r:
+        await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status}")
+    return time.perf_counter() - started
+
+
+async def max_rate(
+    url: str, body: bytes, ctx: ssl.SSLContext, total: int = MAX_REQUESTS
+) -> tuple[float, int]:
+    """Closed loop, CONCURRENCY keep-alive connections, bounded in count and time."""
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    done = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(50):  # warm the connections
+            await _post(session, url, body, ctx)
+        deadline = time.perf_counter() + MAX_SECONDS
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal done
+            while done < total and time.perf_counter() < deadline:
+                done += 1
+                await _post(session, url, body, ctx)
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+    return done / elapsed, done + 50
+
+
+async def fixed_rate(
+    url: str, body: bytes, ctx: ssl.SSLContext, seconds: float, rate: int = RATE
+) -> list[float]:
+    """Open loop at `rate`/s for `seconds`; latency of each request in seconds."""
+    connector = aiohttp.TCPConnector(limit=64)
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(20):
+            await _post(session, url, body, ctx)
+        count = int(seconds * rate)
+        start = time.perf_counter()
+        tasks = []
+        for i in range(count):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_post(session, url, body, ctx)))
+        latencies = list(await asyncio.gather(*tasks))
+    return latencies
+
+
+@contextlib.asynccontextmanager
+async def cluster_webhook(work: Path, docs: list[dict[str, Any]]) -> AsyncIterator[tuple[str, Path, Any]]:
+    """The API test server (in this process) holding the seed's Dataset, its PVC and runtime, and one
+    `eddy webhook` process in cluster mode against it; yields (mutate URL, CA file, server)."""
+    # The Kubernetes API test server (importable without pytest); loaded by name so that mypy's strict
+    # check of bench/ does not extend into tests/.
+    server_module = importlib.import_module("tests.support.kubeapi_server")
+    api = server_module.KubeApiServer()
+    await api.start()
+    mwc = yaml.safe_load((REPO / "manifests" / "webhook" / "mutatingwebhook.yaml").read_text())
+    api.put(mwc)
+    for doc in docs:
+        api.put({**doc, "status": {"phase": "Bound"}} if doc["kind"] == "Dataset" else doc)
+        if doc["kind"] == "Dataset":
+            meta = doc["metadata"]
+            labels = {
+                "fluid.io/dataset-id": f"{meta['namespace']}-{meta['name']}",
+                f"fluid.io/s-{meta['namespace']}-{meta['name']}": "true",
+            }
+            api.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": labels},
+                    "spec": {"accessModes": ["ReadOnlyMany"]},
+                },
+            )
+    api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "node-1"},
+            "status": {"nodeInfo": {"kubeletVersion": "v1.30.2"}},
+        },
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "webhook",
+        "--log-level",
+        "WARNING",
+        "--kube-url",
+        api.url,
+        "--namespace",
+        "eddy-system",
+        "--service",
+        "eddy-webhook",
+        "--webhook-config",
+        "eddy-webhook",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--cert-dir",
+        str(work / "hook-tls"),
+    ]
+    proc, url = await _start(cmd, r"(https://127\.0\.0\.1:\d+/mutate)")
+    try:
+        config = api.get_object("mutatingwebhookconfigurations", None, "eddy-webhook") or {}
+        ca_path = work / "hook-ca.crt"
+        ca_path.write_bytes(base64.b64decode(config["webhooks"][0]["clientConfig"]["caBundle"]))
+        yield url, ca_path, api
+    finally:
+        await _stop(proc)
+        await api.stop()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(args: Any) -> dict[str, Any]:
+    quick = bool(getattr(args, "quick", False))
+    seconds = 3.0 if quick else 10.0
+    total = 1500 if quick else MAX_REQUESTS
+    with tempfile.TemporaryDirectory(prefix="eddy-webhook-bench-") as tmp:
+        work = Path(tmp)
+        bundle = new_bundle(["localhost", "127.0.0.1"])
+        write_private(work / "tls.crt", bundle.cert)
+        write_private(work / "tls.key", bundle.key)
+        write_private(work / "ca.crt", bundle.ca_bundle)
+        ceiling_proc, ceiling_url = await _start(
+            [sys.executable, "-c", _CEILING_SERVER, str(work / "tls.crt"), str(work / "tls.key")],
+            r"(https://\S+)",
+        )
+        body = seed_review()
+        ctx = ssl.create_default_context(cafile=str(work / "ca.crt"))
+        try:
+            ceiling, _ = await max_rate(ceiling_url, body, ctx, total)
+        finally:
+            await _stop(ceiling_proc)
+        async with cluster_webhook(work, seed_dataset_docs()) as (url, ca_path, api):
+            hook_ctx = ssl.create_default_context(cafile=str(ca_path))
+            # Let every informer's watch stream open first: they are set up once, not per admission.
+            async with asyncio.timeout(30):
+                kinds = ("persistentvolumeclaims", "datasets", "jindoruntimes", "nodes")
+                while not all(api.calls[("watch", k)] for k in kinds):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            before = sum(api.calls.values())
+            best, sent = await max_rate(url, body, hook_ctx, total)
+            latencies = await fixed_rate(url, body, hook_ctx, seconds)
+            admissions = sent + len(latencies) + 20
+            calls = sum(api.calls.values()) - before
+    return {
+        "metric": "admissions_per_s",
+        "unit": "admissions/s",
+        "value": round(best, 1),
+        "ceiling": round(ceiling, 1),
+        "ratio": round(best / ceiling, 3) if ceiling else 0.0,
+        "cores": os.cpu_count() or 1,
+        "max_per_s": round(best, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
+        "fixed_rate_per_s": RATE,
+        "fixed_rate_seconds": seconds,
+        "api_calls_per_admission": round(calls / max(1, admissions), 4),
+        "api_calls_during_load": calls,
+        "goals": {"max_per_s": ">= 1000", "p99_ms": "<= 5", "api_calls_per_admission": "0"},
+    }

@@ -1,0 +1,377 @@
+"""The pure injector: seed pods and generated pods, patched and checked against the Kubernetes 1.30 schema."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eddy.api import Dataset, parse_dataset
+from eddy.names import LABEL_ENABLE_INJECTION, LABEL_INJECT_DONE, LABEL_SIDECAR_TARGET
+from webhook.injector import FUSE_MOUNTPOINT, SIDECAR_PREFIX, claim_names, dns_label, inject, make_patch
+from webhook.profiles import (
+    ANNOTATION_CPU_LIMIT,
+    ANNOTATION_MEMORY_REQUEST,
+    PROFILES,
+    InjectionDenied,
+    InjectorSettings,
+    sidecar_resources,
+)
+
+SEED = Path(__file__).parents[2] / "shared" / "seed"
+NATIVE = InjectorSettings(native_sidecar=True)
+CLASSIC = InjectorSettings(native_sidecar=False)
+
+
+def seed_dataset(
+    name: str = "serverless-data", namespace: str = "default", secret: str = "access-key"
+) -> Dataset:
+    text = (SEED / "dataset.yaml").read_text()
+    text = text.replace("<oss_bucket>", "bucket").replace("<bucket_dir>", "dir")
+    text = text.replace("<oss_endpoint>", "http://127.0.0.1:9")
+    doc = next(d for d in yaml.safe_load_all(text) if d["kind"] == "Dataset")
+    doc["metadata"] = {"name": name, "namespace": namespace}
+    for option in doc["spec"]["mounts"][0]["encryptOptions"]:
+        option["valueFrom"]["secretKeyRef"]["name"] = secret
+    return parse_dataset(doc)
+
+
+def seed_pod(file: str) -> dict[str, Any]:
+    deployment = yaml.safe_load((SEED / file).read_text())
+    template = deployment["spec"]["template"]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": template["metadata"], "spec": template["spec"]}
+
+
+def validate(pod: dict[str, Any]) -> None:
+    kubernetes_validate.validate(pod, "1.30", strict=True)
+
+
+def sidecars(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod["spec"]
+    return [
+        c
+        for c in [*spec.get("initContainers", []), *spec["containers"]]
+        if c["name"].startswith(SIDECAR_PREFIX)
+    ]
+
+
+@pytest.mark.parametrize("file", ["deployment-eci.yaml", "deployment-acs.yaml"])
+@pytest.mark.parametrize("native", [True, False])
+def test_seed_pod_is_injected_and_valid(file: str, native: bool) -> None:
+    pod = seed_pod(file)
+    original = copy.deepcopy(pod)
+    dataset = seed_dataset()
+    result = inject(pod, "default", {"serverless-data": dataset}, InjectorSettings(native_sidecar=native))
+    assert pod == original, "the injector must not mutate its input"
+    assert result.injected == ("default/serverless-data",)
+    patched = result.pod
+    validate(original)
+    validate(patched)
+    assert jsonpatch.apply_patch(original, make_patch(original, patched)) == patched
+    assert patched["metadata"]["labels"][LABEL_INJECT_DONE] == "true"
+    volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    assert volumes["eddy-serverless-data-config"]["configMap"] == {"name": "serverless-data-eddy-config"}
+    assert volumes["eddy-serverless-data-secret-access-key"]["secret"] == {"secretName": "access-key"}
+    (sidecar,) = sidecars(patched)
+    assert sidecar["securityContext"] == {"privileged": True}
+    assert sidecar["command"][:3] == ["eddy", "sidecar", "mount"]
+    at = sidecar["command"].index("--mountpoint")
+    assert sidecar["command"][at:at + 4] == ["--mountpoint", FUSE_MOUNTPOINT, "--health-port", "8701"]
+    mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+    assert mounts[FUSE_MOUNTPOINT] == {
+        "name": "data",
+        "mountPath": FUSE_MOUNTPOINT,
+        "mountPropagation": "Bidirectional",
+    }
+    assert mounts["/etc/eddy/config"]["readOnly"] is True
+    assert mounts["/etc/eddy/secrets/access-key"]["readOnly"] is True
+    app = next(c for c in patched["spec"]["containers"] if c["name"] == "serving")
+    assert app["volumeMounts"] == [
+        {"mountPath": "/data", "name": "data", "mountPropagation": "HostToContainer"}
+    ]
+    assert not any("secret" in str(m).lower() for m in app["volumeMounts"])
+    if native:
+        assert patched["spec"]["initContainers"] == [sidecar]
+        assert sidecar["restartPolicy"] == "Always"
+        probe = sidecar["startupProbe"]["exec"]["command"]
+        assert probe == ["eddy", "sidecar", "check-mount", FUSE_MOUNTPOINT, "--timeout", "2"]
+    else:
+        assert "initContainers" not in patched["spec"]
+        assert patched["spec"]["containers"][0] == sidecar
+        post_start = sidecar["lifecycle"]["postStart"]["exec"]["command"]
+        assert post_start == ["eddy", "sidecar", "check-mount", FUSE_MOUNTPOINT, "--timeout", "300"]
+        # The classic sidecar sees the pod's annotations, where the controller asks it to leave.
+        assert sidecar["command"][-2:] == ["--stop-file", "/etc/eddy/podinfo/annotations"]
+        podinfo = next(v for v in patched["spec"]["volumes"] if "downwardAPI" in v)
+        assert podinfo["downwardAPI"]["items"] == [
+            {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+        ]
+        assert {"name": podinfo["name"], "mountPath": "/etc/eddy/podinfo", "readOnly": True} in sidecar[
+            "volumeMounts"
+        ]
+    profile = file.split("-")[1].split(".")[0]
+    assert patched["metadata"]["annotations"]["eddy.io/platform"] == profile
+    # ECI/ACS size pods from declared resources: requests equal limits there.
+    assert sidecar["resources"]["requests"] == sidecar["resources"]["limits"]
+    again = inject(patched, "default", {"serverless-data": dataset}, InjectorSettings(native_sidecar=native))
+    assert again.pod == patched and not again.changed
+
+
+def test_sys_admin_mode_uses_capability_and_fuse_device() -> None:
+    pod = seed_pod("deployment-eci.yaml")
+    dataset = seed_dataset()
+    hostpath = inject(
+        pod, "default", {"serverless-data": dataset}, InjectorSettings(fuse_mode="sys-admin")
+    ).pod
+    validate(hostpath)
+    (sidecar,) = sidecars(hostpath)
+    assert sidecar["securityContext"] == {"privileged": False, "capabilities": {"add": ["SYS_ADMIN"]}}
+    device = next(v for v in hostpath["spec"]["volumes"] if "hostPath" in v)
+    assert device["hostPath"] == {"path": "/dev/fuse", "type": "CharDevice"}
+    # Bidirectional is reserved to privileged containers by the API server.
+    assert all("mountPropagation" not in m for m in sidecar["volumeMounts"])
+    plugin_settings = InjectorSettings(fuse_mode="sys-admin", fuse_device_resource="smarter-devices/fuse")
+    plugin = inject(pod, "default", {"serverless-data": dataset}, plugin_settings).pod
+    validate(plugin)
+    (sidecar,) = sidecars(plugin)
+    assert sidecar["resources"]["limits"]["smarter-devices/fuse"] == "1"
+    assert not any("hostPath" in v for v in plugin["spec"]["volumes"])
+
+
+def test_opt_out_unknown_target_and_unlabelled() -> None:
+    dataset = {"serverless-data": seed_dataset()}
+    pod = seed_pod("deployment-eci.yaml")
+    opted_out = copy.deepcopy(pod)
+    opted_out["metadata"]["labels"][LABEL_ENABLE_INJECTION] = "false"
+    assert inject(opted_out, "default", dataset, NATIVE).pod == opted_out
+    unlabelled = copy.deepcopy(pod)
+    del unlabelled["metadata"]["labels"][LABEL_SIDECAR_TARGET]
+    assert inject(unlabelled, "default", dataset, NATIVE).pod == unlabelled
+    bad = copy.deepcopy(pod)
+    bad["metadata"]["labels"][LABEL_SIDECAR_TARGET] = "gke"
+    with pytest.raises(InjectionDenied, match="valid values: eci, acs"):
+        inject(bad, "default", dataset, NATIVE)
+    oss = copy.deepcopy(unlabelled)
+    oss["metadata"]["labels"]["serverless.fluid.io/inject"] = "true"
+    result = inject(oss, "default", dataset, NATIVE)
+    assert result.changed and result.pod["metadata"]["annotations"]["eddy.io/platform"] == "serverless"
+
+
+def test_labelled_pod_without_dataset_claim_is_unchanged_with_warning() -> None:
+    pod = seed_pod("deployment-eci.yaml")
+    result = inject(pod, "default", {}, NATIVE)
+    assert result.pod == pod and not result.changed
+    assert "serverless-data" in result.warnings[0] and "no Dataset" in result.warnings[0]
+
+
+def test_resource_annotations_override_defaults() -> None:
+    resources, warnings = sidecar_resources(
+        PROFILES["serverless"], {ANNOTATION_CPU_LIMIT: "3", ANNOTATION_MEMORY_REQUEST: "lots"}
+    )
+    assert resources["limits"]["cpu"] == "3"
+    assert resources["requests"]["memory"] == PROFILES["serverless"].memory[0]
+    assert warnings and "eddy.io/sidecar-memory-request" in warnings[0]
+    eci, _ = sidecar_resources(PROFILES["eci"], {ANNOTATION_CPU_LIMIT: "2"})
+    assert eci["requests"]["cpu"] == eci["limits"]["cpu"] == "2"
+    _, clash = sidecar_resources(
+        PROFILES["serverless"], {"eddy.io/sidecar-cpu-request": "4", ANNOTATION_CPU_LIMIT: "1"}
+    )
+    assert "exceeds its limit" in clash[0]
+
+
+def test_name_collisions_and_long_names() -> None:
+    long_name = "d" * 70
+    dataset = seed_dataset(long_name)
+    pod = seed_pod("deployment-eci.yaml")
+    pod["spec"]["containers"].append({"name": dns_label(SIDECAR_PREFIX + long_name), "image": "x"})
+    pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = long_name
+    patched = inject(pod, "default", {long_name: dataset}, NATIVE).pod
+    validate(patched)
+    names = [c["name"] for c in [*patched["spec"]["initContainers"], *patched["spec"]["containers"]]]
+    assert len(names) == len(set(names)) and all(len(n) <= 63 for n in names)
+
+
+# ------------------------------------------------------------------------------------- property tests
+DATASETS = {name: seed_dataset(name, "team-a", secret=f"{name}-keys") for name in ("ds-a", "ds-b", "ds-c")}
+OTHER_CLAIMS = ("scratch", "models")
+
+
+@st.composite
+def volume_sources(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["dataset", "dataset", "pvc", "emptyDir", "configMap", "secret"]))
+    if kind == "dataset":
+        return {"persistentVolumeClaim": {"claimName": draw(st.sampled_from(sorted(DATASETS)))}}
+    if kind == "pvc":
+        return {"persistentVolumeClaim": {"claimName": draw(st.sampled_from(OTHER_CLAIMS)), "readOnly": True}}
+    if kind == "emptyDir":
+        return {"emptyDir": draw(st.sampled_from([{}, {"medium": "Memory"}]))}
+    if kind == "configMap":
+        return {"configMap": {"name": "app-config"}}
+    return {"secret": {"secretName": "app-secret"}}
+
+
+@st.composite
+def containers(draw: st.DrawFn, prefix: str, volumes: list[str], count: int) -> list[dict[str, Any]]:
+    out = []
+    for i in range(count):
+        chosen = (
+            draw(st.lists(st.sampled_from(volumes), unique=True, max_size=len(volumes))) if volumes else []
+        )
+        mounts = []
+        for j, name in enumerate(chosen):
+            mount: dict[str, Any] = {"name": name, "mountPath": f"/mnt/{j}"}
+            if draw(st.booleans()):
+                mount["subPath"] = draw(st.sampled_from(["train", "a/b", "models/v1"]))
+            if draw(st.booleans()):
+                mount["readOnly"] = draw(st.booleans())
+            mounts.append(mount)
+        container: dict[str, Any] = {"name": f"{prefix}{i}", "image": "busybox:1.36"}
+        if mounts:
+            container["volumeMounts"] = mounts
+        if draw(st.booleans()):
+            container["env"] = [{"name": "MODE", "value": "x"}]
+        out.append(container)
+    return out
+
+
+@st.composite
+def pods(draw: st.DrawFn) -> dict[str, Any]:
+    n_volumes = draw(st.integers(0, 5))
+    volumes = [{"name": f"vol-{i}", **draw(volume_sources())} for i in range(n_volumes)]
+    names = [v["name"] for v in volumes]
+    labels = {"app": "trainer"}
+    trigger = draw(st.sampled_from(["eci", "acs", "oss"]))
+    if trigger == "oss":
+        labels["serverless.fluid.io/inject"] = "true"
+    else:
+        labels[LABEL_SIDECAR_TARGET] = trigger
+    metadata: dict[str, Any] = {"labels": labels}
+    metadata.update(draw(st.sampled_from([{"name": "p"}, {"generateName": "job-"}])))
+    if draw(st.booleans()):
+        metadata["annotations"] = {"team": "vision", "eddy.io/sidecar-cpu-limit": "1"}
+    if draw(st.booleans()):
+        metadata["namespace"] = "team-a"
+    spec: dict[str, Any] = {"containers": draw(containers("app-", names, draw(st.integers(1, 3))))}
+    n_init = draw(st.integers(0, 2))
+    if n_init:
+        spec["initContainers"] = draw(containers("init-", names, n_init))
+    if volumes:
+        spec["volumes"] = volumes
+    if draw(st.booleans()):
+        spec["restartPolicy"] = "Never"
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def _dataset_volume_names(pod: dict[str, Any]) -> set[str]:
+    return {
+        v["name"]
+        for v in pod["spec"].get("volumes", [])
+        if v.get("persistentVolumeClaim", {}).get("claimName") in DATASETS
+    }
+
+
+def _primary_names(pod: dict[str, Any]) -> dict[str, str]:
+    """dataset volume -> the volume name kept for its dataset (the first volume claiming it)."""
+    first: dict[str, str] = {}
+    out = {}
+    for v in pod["spec"].get("volumes", []):
+        claim = v.get("persistentVolumeClaim", {}).get("claimName")
+        if claim in DATASETS:
+            out[v["name"]] = first.setdefault(claim, v["name"])
+    return out
+
+
+def _expected_container(c: dict[str, Any], primary: dict[str, str]) -> dict[str, Any]:
+    c = copy.deepcopy(c)
+    for m in c.get("volumeMounts", []):
+        if m["name"] in primary:
+            m["name"] = primary[m["name"]]
+            m["mountPropagation"] = "HostToContainer"
+    return c
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pod=pods(), native=st.booleans())
+def test_generated_pods(pod: dict[str, Any], native: bool) -> None:
+    original = copy.deepcopy(pod)
+    config = InjectorSettings(native_sidecar=native)
+    result = inject(pod, "team-a", DATASETS, config)
+    patched = result.pod
+    assert pod == original
+    validate(patched)
+    assert jsonpatch.apply_patch(original, make_patch(original, patched)) == patched
+    used = {
+        original["spec"]["volumes"][i]["persistentVolumeClaim"]["claimName"]
+        for i, v in enumerate(original["spec"].get("volumes", []))
+        if v.get("persistentVolumeClaim", {}).get("claimName") in DATASETS
+    }
+    assert set(claim_names(original)) & set(DATASETS) == used
+    if not used:
+        assert patched == original and result.warnings
+        return
+    assert sorted(result.injected) == sorted(f"team-a/{d}" for d in used)
+    # A second admission of the output changes nothing.
+    assert inject(patched, "team-a", DATASETS, config).pod == patched
+    # Metadata: only the done label and the platform annotation are added; namespace untouched.
+    meta, old_meta = patched["metadata"], original["metadata"]
+    assert meta.get("namespace") == old_meta.get("namespace")
+    assert {k: v for k, v in meta["labels"].items() if k != LABEL_INJECT_DONE} == old_meta["labels"]
+    assert {k: v for k, v in meta["annotations"].items() if k != "eddy.io/platform"} == old_meta.get(
+        "annotations", {}
+    )
+    assert {
+        k: v for k, v in patched["spec"].items() if k not in ("volumes", "containers", "initContainers")
+    } == {k: v for k, v in original["spec"].items() if k not in ("volumes", "containers", "initContainers")}
+    # Volumes: unrelated ones unchanged and in order; dataset ones become emptyDirs under the same name.
+    primary = _primary_names(original)
+    new_volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+    for v in original["spec"]["volumes"]:
+        if v["name"] not in primary:
+            assert new_volumes[v["name"]] == v
+        elif primary[v["name"]] == v["name"]:
+            assert new_volumes[v["name"]] == {"name": v["name"], "emptyDir": {}}
+        else:
+            assert v["name"] not in new_volumes
+    # Containers: one sidecar per dataset; the user's containers keep everything but the propagation.
+    cars = sidecars(patched)
+    assert len(cars) == len(used)
+    assert sorted(c["env"][0]["value"] for c in cars) == sorted(f"team-a/{d}" for d in used)
+    users = [c for c in patched["spec"]["containers"] if not c["name"].startswith(SIDECAR_PREFIX)]
+    assert users == [_expected_container(c, primary) for c in original["spec"]["containers"]]
+    inits = [c for c in patched["spec"].get("initContainers", []) if not c["name"].startswith(SIDECAR_PREFIX)]
+    assert inits == [_expected_container(c, primary) for c in original["spec"].get("initContainers", [])]
+    ports = [car["command"][car["command"].index("--health-port") + 1] for car in cars]
+    assert len(set(ports)) == len(ports), "sidecars share the pod network: distinct health ports"
+    for car in cars:
+        fuse_volume = car["volumeMounts"][0]["name"]
+        assert new_volumes[fuse_volume] == {"name": fuse_volume, "emptyDir": {}}
+        assert car["volumeMounts"][0]["mountPropagation"] == "Bidirectional"
+        assert car["resources"]["limits"]["cpu"] == meta["annotations"].get(
+            "eddy.io/sidecar-cpu-limit", car["resources"]["limits"]["cpu"]
+        )
+    if native:
+        assert patched["spec"]["containers"] == users
+        all_inits = patched["spec"]["initContainers"]
+        for car in cars:
+            position = all_inits.index(car)
+            fuse_volume = car["volumeMounts"][0]["name"]
+            assert all(
+                fuse_volume not in {m["name"] for m in c.get("volumeMounts", [])}
+                for c in all_inits[:position]
+            ), "the native sidecar must come before every init container using its dataset"
+    else:
+        assert patched["spec"]["containers"][: len(cars)] == cars
+        uses_in_init = any(
+            m["name"] in primary
+            for c in original["spec"].get("initContainers", [])
+            for m in c.get("volumeMounts", [])
+        )
+        assert uses_in_init == any("init container" in w for w in result.warnings)

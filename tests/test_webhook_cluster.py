@@ -1,0 +1,305 @@
+"""Cluster mode against a Kubernetes API test server on 127.0.0.1, through the real kubernetes-asyncio
+client: the TLS Secret shared by replicas, the caBundle, renewal, and admissions served from watch-fed
+caches (no API call per admission), verified with the CA read back from the webhook configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import re
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonpatch
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Counter
+
+from tests.support.kubeapi_server import KubeApiServer
+from tests.test_injector import seed_pod
+from tests.test_webhook import SECRET_VALUES, dataset_doc, review
+from webhook import kubeapi
+from webhook.certs import CertBundle, TlsReloader, service_names
+from webhook.cluster import KubeSecretStore
+from webhook.tlssecret import CertKeeper
+
+REPO = Path(__file__).parents[1]
+MWC = REPO / "manifests" / "webhook" / "mutatingwebhook.yaml"
+HOSTS = [*service_names("eddy-webhook", "eddy-system"), "127.0.0.1"]
+
+
+@pytest.fixture
+async def api(kube_api: KubeApiServer) -> AsyncIterator[KubeApiServer]:
+    kube_api.put(yaml.safe_load(MWC.read_text()))
+    yield kube_api
+
+
+def calls(api: KubeApiServer) -> int:
+    return sum(api.calls.values())
+
+
+async def watches_open(api: KubeApiServer, resources: tuple[str, ...]) -> None:
+    """Wait until the webhook's informers have opened their watch streams (set up once, not per admission)."""
+    async with asyncio.timeout(20):
+        while not all(api.calls[("watch", r)] for r in resources):  # noqa: ASYNC110 - polls the server
+            await asyncio.sleep(0.05)
+
+
+def keeper(client: kubeapi.KubeApi, tmp: Path, **kw: Any) -> CertKeeper:
+    calls = Counter("calls", "calls", ["kind"], registry=CollectorRegistry())
+    return CertKeeper(
+        KubeSecretStore(client, calls),
+        TlsReloader(tmp),
+        namespace="eddy-system",
+        secret="eddy-webhook-tls",
+        webhook_config="eddy-webhook",
+        hosts=HOSTS,
+        **kw,
+    )
+
+
+def ca_bundles(api: KubeApiServer) -> list[bytes]:
+    config = api.get_object("mutatingwebhookconfigurations", None, "eddy-webhook")
+    assert config is not None
+    return [base64.b64decode(h["clientConfig"]["caBundle"]) for h in config["webhooks"]]
+
+
+async def test_secret_shared_by_replicas_ca_bundle_and_renewal(api: KubeApiServer, tmp_path: Path) -> None:
+    client = await kubeapi.KubeApi.connect(url=api.url)
+    try:
+        one, two = keeper(client, tmp_path / "one"), keeper(client, tmp_path / "two")
+        # Two replicas start at once: one creates the Secret, the other adopts it (409 handled).
+        actions = sorted(await asyncio.gather(one.sync(), two.sync()))
+        assert actions in (["adopted", "created"], ["created", "kept"])
+        assert one.reloader.bundle == two.reloader.bundle is not None
+        secret = api.get_object("secrets", "eddy-system", "eddy-webhook-tls")
+        assert secret is not None
+        bundle = CertBundle.from_secret_data(secret["data"])
+        assert bundle == one.reloader.bundle
+        assert ca_bundles(api) == [bundle.ca_bundle, bundle.ca_bundle]  # both webhook entries
+        assert await one.sync() == "kept"
+        # 340 days later the serving certificate is within 30 days of its end: renewed once.
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=340)
+        assert await two.sync(later) == "renewed"
+        assert two.reloader.bundle != bundle and two.reloader.bundle is not None
+        assert two.reloader.bundle.ca_cert == bundle.ca_cert  # the CA has years left: kept
+        assert await one.sync(later) == "kept"  # the other replica reloads what the first renewed
+        assert one.reloader.bundle == two.reloader.bundle
+        # Near the CA's end the CA rotates too, and the caBundle trusts old and new CA meanwhile.
+        much_later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3640)
+        assert await one.sync(much_later) == "renewed"
+        rotated = one.reloader.bundle
+        assert rotated is not None and rotated.ca_cert != bundle.ca_cert
+        assert ca_bundles(api)[0] == rotated.ca_cert + bundle.ca_cert
+        # A Secret holding garbage is replaced rather than served.
+        broken = api.get_object("secrets", "eddy-system", "eddy-webhook-tls")
+        assert broken is not None
+        api.put({**broken, "data": {"tls.crt": "bm90IGEgY2VydA=="}})
+        assert await two.sync() == "renewed"
+    finally:
+        await client.close()
+
+
+def cluster_objects(api: KubeApiServer, kubelet: str = "v1.30.1") -> None:
+    for name, phase in (("serverless-data", "Bound"), ("fresh-data", "")):
+        doc = dataset_doc(name, "default", "access-key")
+        if phase:
+            doc["status"] = {"phase": phase}
+        api.put(doc)
+        api.put(
+            {
+                "apiVersion": "data.fluid.io/v1alpha1",
+                "kind": "JindoRuntime",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"replicas": 1},
+            },
+        )
+    api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": "serverless-data",
+                "namespace": "default",
+                "labels": {
+                    "fluid.io/dataset-id": "default-serverless-data",
+                    "fluid.io/s-default-serverless-data": "true",
+                },
+            },
+            "spec": {"accessModes": ["ReadOnlyMany"]},
+        },
+    )
+    api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "access-key", "namespace": "default"},
+            "data": {"k": base64.b64encode(SECRET_VALUES[0].encode()).decode()},
+        },
+    )
+    api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "node-1"},
+            "status": {"nodeInfo": {"kubeletVersion": kubelet}},
+        },
+    )
+
+
+async def start_cluster_webhook(api: KubeApiServer, tmp: Path) -> tuple[asyncio.subprocess.Process, int]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "webhook",
+        "--kube-url",
+        api.url,
+        "--namespace",
+        "eddy-system",
+        "--service",
+        "eddy-webhook",
+        "--webhook-config",
+        "eddy-webhook",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--cert-dir",
+        str(tmp / "tls"),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    seen = b""
+    try:
+        async with asyncio.timeout(30):
+            while line := await proc.stdout.readline():
+                seen += line
+                if match := re.search(rb"https://127\.0\.0\.1:(\d+)/mutate", line):
+                    return proc, int(match.group(1))
+    except TimeoutError:
+        pass
+    proc.kill()
+    await proc.wait()
+    raise AssertionError(f"cluster webhook did not start: {seen.decode()[-2000:]}")
+
+
+async def test_cluster_webhook_admits_from_caches(api: KubeApiServer, tmp_path: Path) -> None:
+    cluster_objects(api)
+    proc, port = await start_cluster_webhook(api, tmp_path)
+    drain = asyncio.create_task(proc.stdout.read())  # type: ignore[union-attr]
+    try:
+        ca = tmp_path / "ca.crt"
+        ca.write_bytes(ca_bundles(api)[0])  # the client trusts what the webhook wrote into the config
+        ctx = ssl.create_default_context(cafile=str(ca))
+        url = f"https://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+
+            async def admit(pod: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+                async with session.post(f"{url}/mutate", json=review(pod, namespace), ssl=ctx) as r:
+                    assert r.status == 200
+                    body = await r.read()
+                assert not any(s.encode() in body for s in SECRET_VALUES)
+                assert base64.b64encode(SECRET_VALUES[0].encode()) not in body
+                response: dict[str, Any] = json.loads(body)["response"]
+                return response
+
+            async with asyncio.timeout(20):
+                while True:
+                    async with session.get(f"{url}/readyz", ssl=ctx) as r:
+                        if r.status == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            await watches_open(api, ("persistentvolumeclaims", "datasets", "jindoruntimes", "nodes"))
+            pod = seed_pod("deployment-eci.yaml")
+            before = calls(api)
+            for _ in range(20):
+                response = await admit(pod)
+            assert calls(api) == before, "steady state: no API call per admission"
+            out = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+            kubernetes_validate.validate(out, "1.30", strict=True)
+            assert out["spec"]["initContainers"][0]["restartPolicy"] == "Always"  # v1.30 everywhere: native
+            assert "warnings" not in response
+            # Not yet bound: injected, with a warning.
+            fresh = seed_pod("deployment-eci.yaml")
+            fresh["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "fresh-data"
+            response = await admit(fresh)
+            assert "patch" in response and any("not bound" in w for w in response["warnings"])
+            # Not a Dataset's claim: one cold GET, then remembered; allowed unchanged with a warning.
+            other = seed_pod("deployment-eci.yaml")
+            other["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "home-dirs"
+            before = calls(api)
+            response = await admit(other)
+            assert "patch" not in response and any("home-dirs" in w for w in response["warnings"])
+            await admit(other)
+            assert calls(api) == before + 1, api.requests[-3:]
+            # A Dataset created after start arrives through the watch.
+            api.put(
+                {**dataset_doc("late-data", "default", "access-key"), "status": {"phase": "Bound"}},
+            )
+            late = seed_pod("deployment-acs.yaml")
+            late["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "late-data"
+            await asyncio.sleep(0.5)
+            assert "patch" in await admit(late)
+            # An old (virtual) kubelet joins: classic sidecars from then on.
+            api.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": "virtual-kubelet"},
+                    "status": {"nodeInfo": {"kubeletVersion": "v1.26.3-vk-2.11"}},
+                },
+            )
+            async with asyncio.timeout(10):
+                while True:
+                    response = await admit(pod)
+                    out = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+                    if "initContainers" not in out["spec"]:
+                        break
+                    await asyncio.sleep(0.3)
+            assert out["spec"]["containers"][0]["name"] == "eddy-serverless-data"
+            kubernetes_validate.validate(out, "1.30", strict=True)
+            async with session.get(f"{url}/metrics", ssl=ctx) as r:
+                text = await r.text()
+            assert 'eddy_webhook_admissions_total{outcome="injected"}' in text
+            assert "eddy_webhook_native_sidecars 0.0" in text
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+        await drain
+    assert proc.returncode == 0
+
+
+async def test_informer_relists_after_gone_and_follows_deletes(kube_api: KubeApiServer) -> None:
+    client = await kubeapi.KubeApi.connect(url=kube_api.url)
+    informer = kubeapi.Informer(client, kubeapi.DATASETS)
+    try:
+        kube_api.put(dataset_doc("one", "default", "k"))
+        await informer.start()
+        assert informer.synced and informer.get("default", "one") is not None
+        # No await in between: the stream ends, a change happens unseen, and history is compacted, so
+        # the informer's next watch (from its old resourceVersion) gets 410 Gone and must list again.
+        kube_api.close_watches()
+        kube_api.put(dataset_doc("unseen", "default", "k"))
+        kube_api.compact()
+        kube_api.put(dataset_doc("two", "team-a", "k"))
+        async with asyncio.timeout(10):
+            while informer.get("team-a", "two") is None:  # noqa: ASYNC110 - polls the informer's store
+                await asyncio.sleep(0.05)
+        assert informer.get("default", "unseen") is not None
+        kube_api.remove("datasets", "default", "one")
+        async with asyncio.timeout(10):
+            while informer.get("default", "one") is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert kube_api.calls[("list", "datasets")] == 2  # the first list, and the re-list after 410
+    finally:
+        await informer.stop()
+        await client.close()

@@ -1,0 +1,34 @@
+"""Native-sidecar detection: Kubernetes >= 1.29 on the API server and on every kubelet."""
+
+from __future__ import annotations
+
+import pytest
+
+from webhook.versions import kubelet_versions, minor_version, server_version, supports_native_sidecars
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("v1.30.2", (1, 30)),
+        ("v1.26.3-aliyun.1", (1, 26)),
+        ("v1.22.0-vk-v2.11.0", (1, 22)),
+        ("1.29", (1, 29)),
+        ("", None),
+        ("unknown", None),
+    ],
+)
+def test_minor_version(text: str, expected: tuple[int, int] | None) -> None:
+    assert minor_version(text) == expected
+
+
+def test_server_and_nodes_must_all_be_new_enough() -> None:
+    nodes = [{"status": {"nodeInfo": {"kubeletVersion": v}}} for v in ("v1.30.1", "v1.29.0-eks-1")]
+    assert supports_native_sidecars("v1.30.0", kubelet_versions(nodes))
+    assert not supports_native_sidecars("v1.28.9", kubelet_versions(nodes))
+    virtual = [*nodes, {"status": {"nodeInfo": {"kubeletVersion": "v1.26.3-vk-2.11"}}}]
+    assert not supports_native_sidecars("v1.30.0", kubelet_versions(virtual))
+    assert not supports_native_sidecars("v1.30.0", kubelet_versions([{"status": {}}]))
+    assert supports_native_sidecars("v1.31.0", [])
+    assert server_version({"major": "1", "minor": "30+"}) == "1.30"
+    assert server_version({"gitVersion": "v1.29.4-gke.1"}) == "v1.29.4-gke.1"

@@ -1,0 +1,192 @@
+"""Cluster mode: informers (PVCs with the Fluid label, Datasets, JindoRuntimes, Nodes), the TLS Secret
+and caBundle, native-sidecar detection, and the HTTPS server, wired together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from eddy.names import LABEL_DATASET_ID
+from webhook import kubeapi as kube
+from webhook.certs import TlsReloader, service_names
+from webhook.profiles import InjectorSettings
+from webhook.resolver import CachedResolver
+from webhook.server import Metrics, make_app, start_https
+from webhook.tlssecret import CertKeeper, Conflict
+from webhook.versions import kubelet_versions, server_version, supports_native_sidecars
+
+log = logging.getLogger("eddy.webhook.cluster")
+
+
+class InformerCache:
+    """An Informer's store seen as the resolver's ObjectCache."""
+
+    def __init__(self, informer: kube.Informer) -> None:
+        self.informer = informer
+
+    def get(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.informer.get(namespace, name)
+
+    def synced(self) -> bool:
+        return self.informer.synced
+
+
+class KubeSecretStore:
+    """The SecretStore of tlssecret.py over `KubeApi`; counts its calls."""
+
+    def __init__(self, client: kube.KubeApi, calls: Counter) -> None:
+        self.kube = client
+        self.calls = calls
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.labels("secret").inc()
+        return await self.kube.get(kube.SECRETS, name, namespace)
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.labels("secret").inc()
+        try:
+            return await self.kube.create(kube.SECRETS, body, namespace)
+        except kube.Conflict as exc:
+            raise Conflict(str(exc)) from None
+
+    async def replace_secret(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.labels("secret").inc()
+        try:
+            return await self.kube.replace(kube.SECRETS, name, body, namespace)
+        except kube.Conflict as exc:
+            raise Conflict(str(exc)) from None
+
+    async def get_webhook_config(self, name: str) -> dict[str, Any] | None:
+        self.calls.labels("webhook_config").inc()
+        return await self.kube.get(kube.MUTATING_WEBHOOK_CONFIGURATIONS, name)
+
+    async def patch_webhook_config(self, name: str, patch: list[dict[str, Any]]) -> None:
+        self.calls.labels("webhook_config").inc()
+        await self.kube.patch(kube.MUTATING_WEBHOOK_CONFIGURATIONS, name, patch, patch_type="json")
+
+
+class NativeSidecarState:
+    """Native sidecars on iff the API server and every node run Kubernetes >= 1.29 (or forced)."""
+
+    def __init__(self, mode: str, server: str, nodes: kube.Informer | None, every: float = 2.0) -> None:
+        self.mode = mode
+        self.server = server
+        self.nodes = nodes
+        self.every = every  # recompute at most this often: a scan of every node is not per-admission work
+        self._value = mode == "on"
+        self._at = -every
+
+    def enabled(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "on"
+        now = time.monotonic()
+        if now - self._at >= self.every:
+            nodes = list(self.nodes.items()) if self.nodes is not None else []
+            self._value = supports_native_sidecars(self.server, kubelet_versions(nodes))
+            self._at = now
+        return self._value
+
+
+@contextlib.asynccontextmanager
+async def informers(client: kube.KubeApi, watch_nodes: bool) -> AsyncIterator[dict[str, kube.Informer]]:
+    found = {
+        "pvcs": kube.Informer(client, kube.PVCS, label_selector=LABEL_DATASET_ID),
+        "datasets": kube.Informer(client, kube.DATASETS),
+        "runtimes": kube.Informer(client, kube.JINDORUNTIMES),
+    }
+    if watch_nodes:
+        found["nodes"] = kube.Informer(client, kube.NODES)
+    for informer in found.values():
+        await informer.start()
+    try:
+        yield found
+    finally:
+        for informer in found.values():
+            await informer.stop()
+
+
+async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from webhook.cli import settings_from
+
+    metrics = Metrics()
+    api_calls = Counter(
+        "eddy_webhook_api_calls",
+        "Calls to the API server outside watches, by kind",
+        ["kind"],
+        registry=metrics.registry,
+    )
+    native_gauge = Gauge(
+        "eddy_webhook_native_sidecars", "1 when native sidecars are injected", registry=metrics.registry
+    )
+    secret_name = args.secret or f"{args.service}-tls"
+    hosts = [*service_names(args.service, args.namespace), "127.0.0.1"]
+    client = await kube.KubeApi.connect(url=args.kube_url, kubeconfig=args.kubeconfig)
+    key_dir = Path(args.cert_dir) if args.cert_dir else Path(tempfile.mkdtemp(prefix="eddy-webhook-tls-"))
+    reloader = TlsReloader(key_dir)
+    keeper = CertKeeper(
+        KubeSecretStore(client, api_calls),
+        reloader,
+        namespace=args.namespace,
+        secret=secret_name,
+        webhook_config=args.webhook_config,
+        hosts=hosts,
+    )
+    try:
+        version = server_version(await client.version()) if args.native_sidecar == "auto" else ""
+        await keeper.sync()
+        async with informers(client, args.native_sidecar == "auto") as found:
+            native = NativeSidecarState(args.native_sidecar, version, found.get("nodes"))
+
+            async def fetch_dataset(namespace: str, name: str) -> Mapping[str, Any] | None:
+                api_calls.labels("dataset").inc()
+                return await client.get(kube.DATASETS, name, namespace)
+
+            resolver = CachedResolver(
+                InformerCache(found["datasets"]),
+                InformerCache(found["pvcs"]),
+                InformerCache(found["runtimes"]),
+                fetch_dataset,
+            )
+            base = settings_from(args, True)
+
+            def settings() -> InjectorSettings:
+                enabled = native.enabled()
+                native_gauge.set(1 if enabled else 0)
+                return (
+                    base
+                    if enabled == base.native_sidecar
+                    else dataclasses.replace(base, native_sidecar=enabled)
+                )
+
+            app = make_app(resolver, settings, metrics=metrics, max_body=args.max_body)
+            runner = await start_https(app, reloader.context, args.host or "0.0.0.0", args.port)
+            port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+            print(
+                f"eddy webhook (cluster): https://{args.host or '0.0.0.0'}:{port}/mutate, "
+                f"Secret {args.namespace}/{secret_name}, config {args.webhook_config}",
+                flush=True,
+            )
+            try:
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), args.renew_check)
+                    if not stop.is_set():
+                        try:
+                            await keeper.sync()
+                        except Exception as exc:  # keep serving the current certificate; retry next round
+                            log.warning("certificate sync failed: %s", exc)
+            finally:
+                await runner.cleanup()
+    finally:
+        await client.close()
+    return 0

@@ -1,0 +1,172 @@
+"""Injector settings and the ONE table of platform profiles (what differs between eci, acs and open source).
+
+A profile is chosen by the pod's trigger label: `alibabacloud.com/fluid-sidecar-target: eci|acs`, or
+Fluid's open-source `serverless.fluid.io/inject: "true"` (profile `serverless`). Everything that varies by
+platform is a field of `PlatformProfile`; the injector reads fields and never tests a platform name.
+
+Per-pod resource overrides are annotations (`eddy.io/sidecar-cpu-request` ...); a malformed value is
+ignored with a warning (the pod still gets the defaults), never a rejection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from eddy.names import LABEL_SERVERLESS_INJECT, LABEL_SIDECAR_TARGET, SIDECAR_TARGETS
+
+FuseMode = Literal["privileged", "sys-admin"]
+FUSE_MODES: tuple[FuseMode, ...] = ("privileged", "sys-admin")
+
+# Annotations a pod may carry to size its sidecar(s). Values are Kubernetes quantities.
+ANNOTATION_CPU_REQUEST = "eddy.io/sidecar-cpu-request"
+ANNOTATION_CPU_LIMIT = "eddy.io/sidecar-cpu-limit"
+ANNOTATION_MEMORY_REQUEST = "eddy.io/sidecar-memory-request"
+ANNOTATION_MEMORY_LIMIT = "eddy.io/sidecar-memory-limit"
+RESOURCE_ANNOTATIONS = {
+    ("requests", "cpu"): ANNOTATION_CPU_REQUEST,
+    ("limits", "cpu"): ANNOTATION_CPU_LIMIT,
+    ("requests", "memory"): ANNOTATION_MEMORY_REQUEST,
+    ("limits", "memory"): ANNOTATION_MEMORY_LIMIT,
+}
+# Left on the injected pod: which profile shaped it (for `kubectl get pod -o yaml` readers).
+ANNOTATION_PLATFORM = "eddy.io/platform"
+
+OPEN_SOURCE_PROFILE = "serverless"
+
+
+@dataclass(frozen=True)
+class PlatformProfile:
+    """Everything platform-specific about the injected sidecar.
+
+    `requests_equal_limits`: serverless platforms (ECI, ACS) size and bill a pod from its containers'
+    declared resources and treat a container without limits as "use the platform default", so the
+    sidecar declares requests == limits there (a Guaranteed-style sidecar that is sized exactly).
+    """
+
+    name: str
+    requests_equal_limits: bool
+    cpu: tuple[str, str]  # (request, limit)
+    memory: tuple[str, str]
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+PROFILES: dict[str, PlatformProfile] = {
+    "eci": PlatformProfile(
+        "eci",
+        requests_equal_limits=True,
+        cpu=("500m", "500m"),
+        memory=("1Gi", "1Gi"),
+        pod_annotations={ANNOTATION_PLATFORM: "eci"},
+    ),
+    "acs": PlatformProfile(
+        "acs",
+        requests_equal_limits=True,
+        cpu=("500m", "500m"),
+        memory=("1Gi", "1Gi"),
+        pod_annotations={ANNOTATION_PLATFORM: "acs"},
+    ),
+    OPEN_SOURCE_PROFILE: PlatformProfile(
+        OPEN_SOURCE_PROFILE,
+        requests_equal_limits=False,
+        cpu=("100m", "2"),
+        memory=("256Mi", "2Gi"),
+        pod_annotations={ANNOTATION_PLATFORM: OPEN_SOURCE_PROFILE},
+    ),
+}
+assert set(SIDECAR_TARGETS) <= set(PROFILES)
+
+
+@dataclass(frozen=True)
+class InjectorSettings:
+    """What the operator chooses once for every injected pod (flags of `eddy webhook`)."""
+
+    image: str = "ghcr.io/eddy/eddy:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    native_sidecar: bool = True
+    fuse_mode: FuseMode = "privileged"
+    # sys-admin mode: where /dev/fuse comes from. A device-plugin resource name (e.g.
+    # `smarter-devices/fuse`) works on nodes without hostPath; empty means a hostPath CharDevice.
+    fuse_device_resource: str = ""
+    mount_timeout_s: int = 300
+
+
+class InjectionDenied(Exception):
+    """The pod asks for injection in a way Eddy cannot honour; the message tells the user what to fix."""
+
+
+def select_profile(labels: Mapping[str, str]) -> PlatformProfile | None:
+    """The profile a pod's labels ask for; None if it does not ask; InjectionDenied for a bad target."""
+    target = labels.get(LABEL_SIDECAR_TARGET)
+    if target is not None:
+        if target not in SIDECAR_TARGETS:
+            valid = ", ".join(SIDECAR_TARGETS)
+            raise InjectionDenied(
+                f'label {LABEL_SIDECAR_TARGET}="{target}" is not a known target; valid values: {valid}'
+            )
+        return PROFILES[target]
+    if labels.get(LABEL_SERVERLESS_INJECT) == "true":
+        return PROFILES[OPEN_SOURCE_PROFILE]
+    return None
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_FACTORS = {
+    "": 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+    "Pi": 2.0**50,
+    "Ei": 2.0**60,
+}
+
+
+def quantity_value(text: str) -> float | None:
+    """The number a Kubernetes quantity stands for (cpu `500m` -> 0.5), or None if malformed."""
+    match = _QUANTITY.match(text.strip()) if isinstance(text, str) else None
+    if not match:
+        return None
+    return float(match.group(1)) * _FACTORS[match.group(2) or ""]
+
+
+def sidecar_resources(
+    profile: PlatformProfile, annotations: Mapping[str, str]
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The sidecar's `resources`: the profile's defaults with the pod's annotation overrides applied."""
+    warnings: list[str] = []
+    chosen = {
+        ("requests", "cpu"): profile.cpu[0],
+        ("limits", "cpu"): profile.cpu[1],
+        ("requests", "memory"): profile.memory[0],
+        ("limits", "memory"): profile.memory[1],
+    }
+    for slot, annotation in RESOURCE_ANNOTATIONS.items():
+        if annotation not in annotations:
+            continue
+        value = str(annotations[annotation]).strip()
+        if quantity_value(value) is None or value.startswith("-"):
+            warnings.append(f'annotation {annotation}="{value}" is not a quantity; using {chosen[slot]}')
+            continue
+        chosen[slot] = value
+    for resource in ("cpu", "memory"):
+        request, limit = chosen[("requests", resource)], chosen[("limits", resource)]
+        explicit_request = RESOURCE_ANNOTATIONS[("requests", resource)] in annotations
+        if profile.requests_equal_limits and not explicit_request:
+            chosen[("requests", resource)] = limit
+        elif (quantity_value(request) or 0) > (quantity_value(limit) or 0):
+            warnings.append(f"sidecar {resource} request {request} exceeds its limit {limit}; using {limit}")
+            chosen[("requests", resource)] = limit
+    resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
+    for (kind, resource), value in chosen.items():
+        resources[kind][resource] = value
+    return resources, warnings

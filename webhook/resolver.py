@@ -1,0 +1,110 @@
+"""Cluster-mode claim resolution from watch-fed caches: no API call per admission in steady state.
+
+A claim is a Dataset's when a Dataset of the same name exists in the pod's namespace (Fluid names a
+Dataset's PVC after it; DESIGN.md "Contracts"). The Dataset cache answers that; the PVC and runtime
+caches say whether the Dataset is ready (bound). On a Dataset cache miss - a burst of new pods can
+outrun the watch - the resolver makes ONE GET of the Dataset; a 404 is remembered for
+`negative_ttl` seconds so pods with ordinary PVCs do not cost a call each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from eddy.api import Dataset, ValidationError, parse_dataset
+from webhook.review import Resolved
+
+log = logging.getLogger("eddy.webhook.resolver")
+
+
+class ObjectCache(Protocol):
+    """A watch-fed store of one kind (an Informer's view)."""
+
+    def get(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    def synced(self) -> bool: ...
+
+
+Fetch = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
+
+
+class CachedResolver:
+    def __init__(
+        self,
+        datasets: ObjectCache,
+        pvcs: ObjectCache,
+        runtimes: ObjectCache,
+        fetch_dataset: Fetch,
+        *,
+        negative_ttl: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.datasets = datasets
+        self.pvcs = pvcs
+        self.runtimes = runtimes
+        self.fetch_dataset = fetch_dataset
+        self.negative_ttl = negative_ttl
+        self.clock = clock
+        self.cold_gets = 0
+        self._absent: dict[tuple[str, str], float] = {}
+        self._parsed: dict[tuple[str, str], tuple[str, Dataset | None]] = {}
+
+    def ready(self) -> bool:
+        return self.datasets.synced() and self.pvcs.synced() and self.runtimes.synced()
+
+    def _model(self, doc: Mapping[str, Any], namespace: str, name: str) -> Dataset | None:
+        """The parsed Dataset, cached per resourceVersion (parsing is most of a cache hit's cost)."""
+        version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        cached = self._parsed.get((namespace, name))
+        if cached is not None and cached[0] == version and version:
+            return cached[1]
+        try:
+            model: Dataset | None = parse_dataset(doc, namespace)
+        except ValidationError as exc:
+            log.warning("Dataset %s/%s is invalid, not injecting it: %s", namespace, name, exc)
+            model = None
+        self._parsed[(namespace, name)] = (version, model)
+        return model
+
+    async def _dataset_doc(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        doc = self.datasets.get(namespace, name)
+        if doc is not None:
+            return doc
+        key = (namespace, name)
+        until = self._absent.get(key)
+        if until is not None and until > self.clock():
+            return None
+        self.cold_gets += 1
+        doc = await self.fetch_dataset(namespace, name)
+        if doc is None:
+            if len(self._absent) > 10_000:
+                self._absent.clear()
+            self._absent[key] = self.clock() + self.negative_ttl
+        else:
+            self._absent.pop(key, None)
+        return doc
+
+    async def resolve(self, namespace: str, claims: list[str]) -> dict[str, Resolved]:
+        out: dict[str, Resolved] = {}
+        for claim in claims:
+            doc = await self._dataset_doc(namespace, claim)
+            if doc is None:
+                continue
+            dataset = self._model(doc, namespace, claim)
+            if dataset is None:
+                continue
+            out[claim] = Resolved(dataset, *self._readiness(doc, namespace, claim))
+        return out
+
+    def _readiness(self, doc: Mapping[str, Any], namespace: str, name: str) -> tuple[bool, str]:
+        phase = str((doc.get("status") or {}).get("phase") or "")
+        if phase != "Bound":
+            return False, f"phase {phase or 'not set'}"
+        if self.runtimes.get(namespace, name) is None:
+            return False, "no JindoRuntime of that name"
+        if self.pvcs.get(namespace, name) is None:
+            return False, "its PVC does not exist yet"
+        return True, ""

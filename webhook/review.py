@@ -1,0 +1,135 @@
+"""AdmissionReview in, AdmissionReview out: the pure decision around the injector.
+
+`parse_review(body)` checks the envelope (HTTP 400 material: `BadReview`); `pod_claims(request)` names
+the PVCs the server must resolve; `decide(request, resolved, settings)` returns the response. The server
+only adds transport, caches and metrics.
+
+Dataset not yet bound (phase other than `Bound`, or no runtime yet): the pod is INJECTED and ALLOWED with
+a warning. The sidecar needs the Dataset's ConfigMap, which the kubelet waits for (the pod stays in
+ContainerCreating until the controller writes it), and once running it reads through to the object store
+when workers are not ready: the pod works, just without the cache at first. Denying instead would make
+every Deployment created together with its Dataset (`kubectl apply -f dir/`) fail and back off.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from eddy.api import Dataset
+from webhook.injector import claim_names, inject, make_patch, requested_profile
+from webhook.profiles import InjectionDenied, InjectorSettings
+
+API_VERSION = "admission.k8s.io/v1"
+
+
+class BadReview(ValueError):
+    """The body is not an AdmissionReview v1 request (answered with HTTP 400 and this message)."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a claim resolved to: its Dataset, and whether that Dataset is ready to serve."""
+
+    dataset: Dataset
+    bound: bool = True
+    why_not_bound: str = ""
+
+
+@dataclass
+class Decision:
+    response: dict[str, Any]
+    outcome: str  # injected | unchanged | skipped | denied
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_review(body: bytes) -> dict[str, Any]:
+    """The `request` of an AdmissionReview v1 body; BadReview explains what is wrong."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadReview(f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadReview("body must be a JSON object (an AdmissionReview)")
+    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "AdmissionReview":
+        raise BadReview(
+            f"expected apiVersion {API_VERSION} kind AdmissionReview, got "
+            f"apiVersion {doc.get('apiVersion')!r} kind {doc.get('kind')!r}"
+        )
+    request = doc.get("request")
+    if not isinstance(request, dict) or not isinstance(request.get("uid"), str) or not request["uid"]:
+        raise BadReview("AdmissionReview.request with a uid is required")
+    return request
+
+
+def _is_pod(request: Mapping[str, Any]) -> bool:
+    kind = request.get("kind") or {}
+    obj = request.get("object")
+    return (
+        isinstance(kind, Mapping)
+        and kind.get("group", "") == ""
+        and kind.get("kind") == "Pod"
+        and isinstance(obj, dict)
+        and isinstance(obj.get("spec"), dict)
+    )
+
+
+def request_namespace(request: Mapping[str, Any]) -> str:
+    """The request's namespace; the pod's own, then `default`, only if the request has none."""
+    obj = request.get("object") or {}
+    meta = obj.get("metadata") or {} if isinstance(obj, Mapping) else {}
+    return str(request.get("namespace") or meta.get("namespace") or "default")
+
+
+def pod_claims(request: Mapping[str, Any]) -> list[str]:
+    """The claims to resolve, or [] when the request cannot lead to an injection."""
+    if not _is_pod(request) or request.get("operation", "CREATE") != "CREATE":
+        return []
+    try:
+        if requested_profile(request["object"]) is None:
+            return []
+    except InjectionDenied:
+        return []
+    return claim_names(request["object"])
+
+
+def _response(uid: str, allowed: bool = True, **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AdmissionReview",
+        "response": {"uid": uid, "allowed": allowed, **extra},
+    }
+
+
+def decide(
+    request: Mapping[str, Any], resolved: Mapping[str, Resolved], settings: InjectorSettings
+) -> Decision:
+    uid = str(request["uid"])
+    if not _is_pod(request) or request.get("operation", "CREATE") != "CREATE":
+        return Decision(_response(uid), "skipped")
+    pod: dict[str, Any] = request["object"]
+    namespace = request_namespace(request)
+    try:
+        injection = inject(pod, namespace, {c: r.dataset for c, r in resolved.items()}, settings)
+    except InjectionDenied as denied:
+        message = str(denied)
+        return Decision(_response(uid, False, status={"code": 403, "message": message}), "denied", [message])
+    warnings = list(injection.warnings)
+    for claim, res in resolved.items():
+        if res.dataset.meta.key in injection.injected and not res.bound:
+            warnings.append(
+                f"Dataset {res.dataset.meta.key} (claim {claim}) is not bound yet ({res.why_not_bound}); "
+                "the sidecar waits for its config, then reads from the object store until the cache is ready"
+            )
+    if not injection.changed:
+        extra: dict[str, Any] = {"warnings": warnings} if warnings else {}
+        return Decision(_response(uid, **extra), "unchanged", warnings)
+    patch = make_patch(pod, injection.pod)
+    encoded = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+    extra = {"patchType": "JSONPatch", "patch": encoded}
+    if warnings:
+        extra["warnings"] = warnings
+    return Decision(_response(uid, **extra), "injected", warnings)

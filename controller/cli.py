@@ -1,16 +1,83 @@
-"""`eddy controller`: command-line entry of the controller part."""
+"""`eddy controller`: reconcile Dataset + JindoRuntime into PV/PVC, workers, config and status."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
 from typing import Any
+
+from prometheus_client import start_http_server
+
+from controller.kubeio import PODS, Kube
+from controller.loop import Controller
+from controller.objects import Settings
+from controller.reconciler import Reconciler
+from eddy.names import WORKER_PORT
+
+log = logging.getLogger("eddy.controller")
+DEFAULT_IMAGE = "ghcr.io/eddy/eddy:0.1.0"
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("controller", help="(not yet available)")
-    parser.set_defaults(func=_not_yet)
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "controller", help="reconcile Datasets and JindoRuntimes (cluster mode)",
+        description="Reconcile Dataset + JindoRuntime into a PV/PVC, worker StatefulSet, config and "
+                    "status; stop classic sidecars of finished Job pods (docs/controller.md).",
+    )
+    parser.add_argument("--kube-url", metavar="URL",
+                        help="API server URL without auth (tests); default: in-cluster config")
+    parser.add_argument("--kubeconfig", metavar="FILE", help="use this kubeconfig instead")
+    parser.add_argument("--namespace", metavar="NS", help="watch only this namespace (default: all)")
+    parser.add_argument("--resync", type=float, default=60.0, metavar="S",
+                        help="re-queue every object this often (default 60)")
+    parser.add_argument("--ufs-period", type=float, default=300.0, metavar="S",
+                        help="list the object store for ufsTotal this often (default 300)")
+    parser.add_argument("--image", metavar="IMG",
+                        help="image of the workers (default: the controller's own image, read from its "
+                             f"Pod named by $POD_NAME, else {DEFAULT_IMAGE})")
+    parser.add_argument("--worker-port", type=int, default=WORKER_PORT, help="workers' HTTP port")
+    parser.add_argument("--metrics-port", type=int, default=9090,
+                        help="serve /metrics on this port (0: off)")
+    parser.set_defaults(func=run)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    print("eddy controller: this part is not built yet")
-    return 2
+async def run(args: argparse.Namespace) -> int:
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    kube = await Kube.connect(args.kube_url, args.kubeconfig)
+    image = args.image or await own_image(kube)
+    reconciler = Reconciler(kube, Settings(image=image, worker_port=args.worker_port),
+                            ufs_period=args.ufs_period)
+    controller = Controller(kube, reconciler, namespace=args.namespace, resync=args.resync)
+    task = asyncio.create_task(controller.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    log.info("controller started (namespace=%s, image=%s)", args.namespace or "*", image)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await reconciler.close()
+        await kube.close()
+    log.info("controller stopped")
+    return 0
+
+
+async def own_image(kube: Kube) -> str:
+    """One image runs every part: the workers get the image this controller runs (kustomize `images:`)."""
+    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if name and namespace:
+        try:
+            pod = await kube.get_or_none(PODS, name, namespace)
+        except Exception as exc:  # the default image still works; say why it was used
+            log.warning("cannot read my own pod %s/%s: %s", namespace, name, exc)
+            pod = None
+        for container in ((pod or {}).get("spec") or {}).get("containers") or []:
+            if container.get("name") == "controller" and container.get("image"):
+                return str(container["image"])
+    return DEFAULT_IMAGE

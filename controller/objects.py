@@ -1,0 +1,220 @@
+"""The objects a Dataset and its JindoRuntime stand for: a pure function of the two manifests.
+
+`desired_objects(dataset_doc, runtime_doc, settings)` returns plain dicts ready to apply:
+
+- PersistentVolume `<ns>-<name>` and PVC `<name>` with Fluid's labels, so the webhook recognises a
+  claim on the dataset. Serverless nodes have no CSI plugin; the PV's CSI source (driver
+  `eddy.fluid.io`) is never mounted because the webhook rewires the pod's volume to the FUSE sidecar.
+- the ConfigMap `<name>-eddy-config` (key `eddy.yaml`, Secret references only, never values),
+- a headless Service and the worker StatefulSet `<name>-eddy-worker` from `replicas` and `tieredstore`.
+
+Namespaced objects carry an owner reference to the Dataset; the cluster-scoped PV cannot (Kubernetes
+forbids namespaced owners of cluster-scoped objects), so the Dataset's finalizer deletes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from eddy import names
+from eddy.api import Dataset, JindoRuntime, TierLevel, parse_dataset, parse_runtime
+from eddy.config import build_config
+
+CSI_DRIVER = "eddy.fluid.io"
+STORAGE_CLASS = "fluid"
+PV_CAPACITY = "100Pi"  # what Fluid declares: the dataset's size is not a volume's
+MANAGED_BY = "eddy-controller"
+CONFIG_HASH_ANNOTATION = "eddy.fluid.io/config-hash"
+WORKER_COMPONENT = "eddy-worker"
+
+
+@dataclass(frozen=True)
+class Settings:
+    image: str = "ghcr.io/eddy/eddy:0.1.0"
+    worker_port: int = names.WORKER_PORT
+    image_pull_policy: str = "IfNotPresent"
+
+
+def dataset_labels(ds: Dataset) -> dict[str, str]:
+    ns, name = ds.meta.namespace, ds.meta.name
+    return {
+        names.dataset_label(ns, name): "true",
+        names.LABEL_DATASET_ID: names.dataset_id(ns, name),
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def worker_selector(ds: Dataset) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": WORKER_COMPONENT,
+        names.LABEL_DATASET_ID: names.dataset_id(ds.meta.namespace, ds.meta.name),
+    }
+
+
+def owner_reference(dataset_doc: dict[str, Any]) -> dict[str, Any]:
+    meta = dataset_doc.get("metadata") or {}
+    return {
+        "apiVersion": str(dataset_doc.get("apiVersion")),
+        "kind": "Dataset",
+        "name": str(meta.get("name")),
+        "uid": str(meta.get("uid") or ""),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(name: str, ds: Dataset, owner: dict[str, Any] | None, labels: dict[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": labels}
+    if owner is not None:
+        meta["namespace"] = ds.meta.namespace
+        if owner["uid"]:
+            meta["ownerReferences"] = [owner]
+    return meta
+
+
+def persistent_volume(ds: Dataset) -> dict[str, Any]:
+    ns, name = ds.meta.namespace, ds.meta.name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": _meta(names.pv_name(ns, name), ds, None, dataset_labels(ds)),
+        "spec": {
+            "accessModes": list(ds.access_modes),
+            "capacity": {"storage": PV_CAPACITY},
+            "storageClassName": STORAGE_CLASS,
+            "persistentVolumeReclaimPolicy": "Retain",
+            "claimRef": {"namespace": ns, "name": names.pvc_name(name)},
+            "csi": {
+                "driver": CSI_DRIVER,
+                "volumeHandle": names.dataset_id(ns, name),
+                "readOnly": all(m.read_only for m in ds.mounts),
+                "volumeAttributes": {"dataset": name, "namespace": ns},
+            },
+        },
+    }
+
+
+def persistent_volume_claim(ds: Dataset, owner: dict[str, Any]) -> dict[str, Any]:
+    ns, name = ds.meta.namespace, ds.meta.name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta(names.pvc_name(name), ds, owner, dataset_labels(ds)),
+        "spec": {
+            "accessModes": list(ds.access_modes),
+            "resources": {"requests": {"storage": PV_CAPACITY}},
+            "storageClassName": STORAGE_CLASS,
+            "volumeName": names.pv_name(ns, name),
+            "selector": {"matchLabels": {names.dataset_label(ns, name): "true"}},
+        },
+    }
+
+
+def config_map(ds: Dataset, dataset_doc: dict[str, Any], runtime_doc: dict[str, Any],
+               owner: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    config = build_config(dataset_doc, runtime_doc, worker_port=settings.worker_port)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(names.config_map_name(ds.meta.name), ds, owner, dataset_labels(ds)),
+        "data": {names.CONFIG_FILE_KEY: config.dump()},
+    }
+
+
+def worker_service(ds: Dataset, owner: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.worker_name(ds.meta.name), ds, owner, dataset_labels(ds)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": worker_selector(ds),
+            "ports": [{"name": "http", "port": settings.worker_port, "targetPort": "http"}],
+        },
+    }
+
+
+def _level_volume(index: int, level: TierLevel) -> dict[str, Any]:
+    name = f"tier-{index}-{level.mediumtype.lower()}"
+    if level.volume_type == "emptyDir":
+        empty: dict[str, Any] = {"sizeLimit": level.quota_text}
+        if level.mediumtype == "MEM":
+            empty["medium"] = "Memory"
+        return {"name": name, "emptyDir": empty}
+    return {"name": name, "hostPath": {"path": level.path, "type": "DirectoryOrCreate"}}
+
+
+def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: dict[str, Any],
+                       settings: Settings) -> dict[str, Any]:
+    name = names.worker_name(ds.meta.name)
+    labels = {**dataset_labels(ds), **worker_selector(ds)}
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": names.config_map_name(ds.meta.name)}}
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": names.CONFIG_MOUNT_DIR, "readOnly": True}
+    ]
+    for i, secret in enumerate(ds.secret_names):
+        volumes.append({"name": f"secret-{i}", "secret": {"secretName": secret}})
+        mounts.append({"name": f"secret-{i}", "mountPath": f"{names.SECRETS_MOUNT_DIR}/{secret}",
+                       "readOnly": True})
+    for i, level in enumerate(rt.levels):
+        volume = _level_volume(i, level)
+        volumes.append(volume)
+        mounts.append({"name": volume["name"], "mountPath": level.path})
+    container = {
+        "name": "worker",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": [
+            "worker",
+            f"--config={names.CONFIG_MOUNT_DIR}/{names.CONFIG_FILE_KEY}",
+            f"--secret-dir={names.SECRETS_MOUNT_DIR}",
+            f"--port={settings.worker_port}",
+        ],
+        "ports": [{"name": "http", "containerPort": settings.worker_port}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+        },
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(name, ds, owner, labels),
+        "spec": {
+            "serviceName": name,
+            "replicas": rt.replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": worker_selector(ds)},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+                "spec": {"containers": [container], "volumes": volumes},
+            },
+        },
+    }
+
+
+def desired_objects(
+    dataset_doc: dict[str, Any], runtime_doc: dict[str, Any], settings: Settings
+) -> list[dict[str, Any]]:
+    """Every object the pair stands for, in creation order; raises ValidationError for a bad manifest."""
+    ds = parse_dataset(dataset_doc)
+    rt = parse_runtime(runtime_doc)
+    owner = owner_reference(dataset_doc)
+    cm = config_map(ds, dataset_doc, runtime_doc, owner, settings)
+    # Workers restart when what they serve changes, not when the runtime is merely scaled.
+    unscaled = build_config(dataset_doc, {**runtime_doc, "spec": {
+        **(runtime_doc.get("spec") or {}), "replicas": 0}}, worker_replicas=0).dump()
+    config_hash = hashlib.sha256(unscaled.encode()).hexdigest()[:16]
+    return [
+        persistent_volume(ds),
+        persistent_volume_claim(ds, owner),
+        cm,
+        worker_service(ds, owner, settings),
+        worker_statefulset(ds, rt, config_hash, owner, settings),
+    ]

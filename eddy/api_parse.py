@@ -1,0 +1,593 @@
+"""Parsing and validation of Fluid manifests into the models of `eddy.api`.
+
+One `_Checker` walks a document, tracking the field path, and collects every problem before
+`ValidationError` is raised, so a user fixes a manifest in one pass. Fluid's defaults are filled here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from croniter import croniter
+
+from eddy.api import (
+    ACCESS_MODES,
+    API_VERSION,
+    KINDS,
+    LOAD_POLICIES,
+    MEDIUM_TYPES,
+    MOUNT_SCHEMES,
+    VOLUME_TYPES,
+    CacheStates,
+    DataLoad,
+    DataLoadStatus,
+    Dataset,
+    DatasetStatus,
+    EncryptOption,
+    FieldError,
+    JindoRuntime,
+    LoadTarget,
+    Model,
+    Mount,
+    ObjectMeta,
+    RuntimeStatus,
+    SecretKeyRef,
+    TierLevel,
+    ValidationError,
+)
+from eddy.quantity import parse_quantity
+
+_PLACEHOLDER = re.compile(r"<[^<>]*>")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_BUCKET = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+# Field names per section: `handled` ones Eddy reads; `ignored` ones exist in Fluid's
+# v1alpha1 types (so Fluid manifests must keep passing) but Eddy does not act on them. Anything else
+# in these sections is a typo or a field from another kind, and is an error naming its path.
+_TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+_DATASET_SPEC = frozenset({"mounts", "accessModes", "sharedOptions", "sharedEncryptOptions"})
+_DATASET_SPEC_IGNORED = frozenset(
+    {"owner", "nodeAffinity", "tolerations", "runtimes", "placement", "dataRestoreLocation"}
+)
+_MOUNT = frozenset({"mountPoint", "name", "path", "options", "encryptOptions", "readOnly"})
+_MOUNT_IGNORED = frozenset({"shared"})
+_ENCRYPT_OPTION = frozenset({"name", "valueFrom"})
+_VALUE_FROM = frozenset({"secretKeyRef"})
+_SECRET_KEY_REF = frozenset({"name", "key"})
+_RUNTIME_SPEC = frozenset({"replicas", "tieredstore"})
+_RUNTIME_SPEC_IGNORED = frozenset(
+    {
+        "jindoVersion", "master", "worker", "fuse", "properties", "runAs", "user", "hadoopConfig",
+        "secret", "labels", "podMetadata", "logConfig", "networkmode", "cleanCachePolicy", "volumes",
+        "imagePullSecrets", "management", "jvmOptions", "tolerations", "nodeSelector", "placement",
+        "disablePrometheus", "runtimeManagement", "data", "initUsers", "apiGateway",
+    }
+)
+_TIEREDSTORE = frozenset({"levels"})
+_LEVEL = frozenset({"mediumtype", "volumeType", "path", "quota", "high", "low"})
+_LEVEL_IGNORED = frozenset({"volumeSource", "quotaList"})
+_DATALOAD_SPEC = frozenset({"dataset", "loadMetadata", "target", "policy", "schedule", "options"})
+_DATALOAD_SPEC_IGNORED = frozenset(
+    {
+        "podMetadata", "affinity", "tolerations", "nodeSelector", "schedulerName", "runAfter",
+        "ttlSecondsAfterFinished", "imagePullSecrets", "resources", "runtimeType",
+    }
+)
+_TARGET_DATASET = frozenset({"name", "namespace"})
+_TARGET = frozenset({"path", "replicas"})
+
+
+def _show(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def placeholder_message(value: str) -> str:
+    """`"oss://<oss_bucket>/<dir>" is a placeholder to fill in: replace <oss_bucket>, <dir>`."""
+    tokens = ", ".join(dict.fromkeys(_PLACEHOLDER.findall(value)))
+    return f"{_show(value)} is a placeholder to fill in: replace {tokens} with the real value"
+
+
+class _Checker:
+    """Collects errors while walking a document, tracking the current field path."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+        self.ignored: list[str] = []
+        self._path: list[str] = []
+
+    def fields(
+        self, doc: Mapping[str, Any], handled: frozenset[str], ignored: frozenset[str] = frozenset()
+    ) -> None:
+        """Refuse fields no Fluid version has here; note the Fluid fields Eddy ignores."""
+        for key in doc:
+            name = str(key)
+            if name in handled:
+                continue
+            if name in ignored:
+                self.ignored.append(self.path(name))
+                continue
+            close = difflib.get_close_matches(name, sorted(handled | ignored), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            self.fail(name, f"unknown field{hint}")
+
+    @contextmanager
+    def at(self, part: str | int) -> Iterator[None]:
+        self._path.append(f"[{part}]" if isinstance(part, int) else part)
+        try:
+            yield
+        finally:
+            self._path.pop()
+
+    def path(self, leaf: str = "") -> str:
+        text = ""
+        for part in [*self._path, leaf] if leaf else self._path:
+            text += part if part.startswith("[") or not text else f".{part}"
+        return text
+
+    def fail(self, leaf: str, message: str) -> None:
+        self.errors.append(FieldError(self.path(leaf), message))
+
+    def mapping(self, doc: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:
+        value = doc.get(key)
+        if value is None:
+            if required:
+                self.fail(key, "is required")
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(key, f"{_show(value)} must be an object")
+            return {}
+        return dict(value)
+
+    def sequence(self, doc: Mapping[str, Any], key: str, *, required: bool = False) -> list[Any]:
+        value = doc.get(key)
+        if value is None:
+            if required:
+                self.fail(key, "is required")
+            return []
+        if not isinstance(value, list):
+            self.fail(key, f"{_show(value)} must be a list")
+            return []
+        return value
+
+    def string(
+        self, doc: Mapping[str, Any], key: str, *, required: bool = False, default: str = ""
+    ) -> str:
+        value = doc.get(key)
+        if value is None or value == "":
+            if required:
+                self.fail(key, "is required")
+            return default
+        if not isinstance(value, str):
+            self.fail(key, f"{_show(value)} must be a string")
+            return default
+        if _PLACEHOLDER.search(value):
+            self.fail(key, placeholder_message(value))
+        return value
+
+    def boolean(self, doc: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = doc.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(key, f"{_show(value)} must be true or false")
+            return default
+        return value
+
+    def integer(self, doc: Mapping[str, Any], key: str, default: int, minimum: int = 0) -> int:
+        value = doc.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"{_show(value)} must be an integer")
+            return default
+        if value < minimum:
+            self.fail(key, f"{value} must be at least {minimum}")
+            return default
+        return value
+
+    def choice(self, doc: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+        value = doc.get(key)
+        if value is None or value == "":
+            return default
+        if value not in choices:
+            self.fail(key, f"{_show(value)} is not one of {', '.join(choices)}")
+            return default
+        return str(value)
+
+    def string_map(self, doc: Mapping[str, Any], key: str) -> dict[str, str]:
+        raw = self.mapping(doc, key)
+        out: dict[str, str] = {}
+        with self.at(key):
+            for k, v in raw.items():
+                leaf = f"[{k}]" if "." in str(k) or "/" in str(k) else str(k)
+                if isinstance(v, bool) or not isinstance(v, str | int | float):
+                    self.fail(leaf, f"{_show(v)} must be a string")
+                    continue
+                if isinstance(v, str) and _PLACEHOLDER.search(v):
+                    self.fail(leaf, placeholder_message(v))
+                out[str(k)] = str(v)
+        return out
+
+
+# --------------------------------------------------------------------------------------------- parsing
+def _mapping_of(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _int_of(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _meta(c: _Checker, doc: Mapping[str, Any], default_namespace: str) -> ObjectMeta:
+    raw = c.mapping(doc, "metadata", required=True)
+    with c.at("metadata"):
+        name = c.string(raw, "name", required=True)
+        if name and not (_DNS_SUBDOMAIN.match(name) and len(name) <= 253):
+            c.fail("name", f"{_show(name)} must be a lowercase DNS name (a-z, 0-9, '-', '.')")
+        namespace = c.string(raw, "namespace", default=default_namespace)
+        if namespace and not (_DNS_LABEL.match(namespace) and len(namespace) <= 63):
+            c.fail("namespace", f"{_show(namespace)} must be a lowercase DNS label")
+        labels = c.string_map(raw, "labels")
+        annotations = c.string_map(raw, "annotations")
+        finalizers = raw.get("finalizers")
+    return ObjectMeta(
+        name=name,
+        namespace=namespace,
+        labels=labels,
+        annotations=annotations,
+        uid=str(raw.get("uid") or ""),
+        resource_version=str(raw.get("resourceVersion") or ""),
+        generation=_int_of(raw.get("generation")),
+        deletion_timestamp=raw.get("deletionTimestamp"),
+        finalizers=tuple(f for f in finalizers if isinstance(f, str))
+        if isinstance(finalizers, list)
+        else (),
+    )
+
+
+def _encrypt_options(c: _Checker, doc: Mapping[str, Any], key: str) -> list[EncryptOption]:
+    out: list[EncryptOption] = []
+    for i, item in enumerate(c.sequence(doc, key)):
+        with c.at(key), c.at(i):
+            if not isinstance(item, Mapping):
+                c.fail("", f"{_show(item)} must be an object")
+                continue
+            c.fields(item, _ENCRYPT_OPTION)
+            name = c.string(item, "name", required=True)
+            if "valueFrom" not in item:
+                c.fail("valueFrom", "is required (valueFrom.secretKeyRef names the Secret and key)")
+                continue
+            value_from = c.mapping(item, "valueFrom", required=True)
+            with c.at("valueFrom"):
+                c.fields(value_from, _VALUE_FROM)
+                if "secretKeyRef" not in value_from:
+                    c.fail("secretKeyRef", "is required")
+                    continue
+                ref = c.mapping(value_from, "secretKeyRef", required=True)
+                with c.at("secretKeyRef"):
+                    c.fields(ref, _SECRET_KEY_REF)
+                    secret = c.string(ref, "name", required=True)
+                    if secret and not _PLACEHOLDER.search(secret) and not _DNS_SUBDOMAIN.match(secret):
+                        c.fail("name", f"{_show(secret)} is not a valid Secret name")
+                    secret_key = c.string(ref, "key", required=True)
+                    if secret_key and not _PLACEHOLDER.search(secret_key) and not _SECRET_KEY.match(
+                        secret_key
+                    ):
+                        c.fail("key", f"{_show(secret_key)} is not a valid Secret key")
+            if name and secret and secret_key:
+                out.append(EncryptOption(name, SecretKeyRef(secret, secret_key)))
+    return out
+
+
+def _check_mount_point(c: _Checker, mount_point: str) -> bool:
+    if not mount_point or _PLACEHOLDER.search(mount_point):
+        return False  # missing or placeholder: c.string already said so
+    scheme, sep, rest = mount_point.partition("://")
+    if not sep or scheme not in MOUNT_SCHEMES:
+        schemes = ", ".join(f"{s}://" for s in MOUNT_SCHEMES)
+        c.fail("mountPoint", f"{_show(mount_point)} must start with one of {schemes}")
+        return False
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        c.fail("mountPoint", f"{_show(mount_point)} names no bucket")
+        return False
+    if not _BUCKET.match(bucket):
+        c.fail("mountPoint", f"{_show(mount_point)}: {_show(bucket)} is not a valid bucket name")
+        return False
+    return True
+
+
+def _mount(
+    c: _Checker,
+    raw: Mapping[str, Any],
+    shared_options: Mapping[str, str],
+    shared_encrypt: list[EncryptOption],
+) -> Mount | None:
+    c.fields(raw, _MOUNT, _MOUNT_IGNORED)
+    name = c.string(raw, "name")
+    mount_point = c.string(raw, "mountPoint", required=True)
+    ok = _check_mount_point(c, mount_point)
+    if not name and mount_point:
+        # Fluid names an unnamed mount after the last segment of its mount point.
+        name = mount_point.rstrip("/").rsplit("/", 1)[-1] or "mount"
+    if "/" in name:
+        c.fail("name", f"{_show(name)} must not contain '/'")
+    path = c.string(raw, "path", default=f"/{name}")
+    if path and not path.startswith("/"):
+        c.fail("path", f"{_show(path)} must be an absolute path")
+    options = {**shared_options, **c.string_map(raw, "options")}
+    encrypt = {o.name: o for o in shared_encrypt}
+    encrypt.update({o.name: o for o in _encrypt_options(c, raw, "encryptOptions")})
+    for key in sorted(set(options) & set(encrypt)):
+        c.fail("options", f"{_show(key)} is given both as a plain and an encrypted option")
+    read_only = c.boolean(raw, "readOnly", True)
+    if not ok:
+        return None
+    return Mount(name, mount_point, path.rstrip("/") or "/", options, tuple(encrypt.values()), read_only)
+
+
+def _dataset(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> Dataset:
+    spec = c.mapping(doc, "spec", required=True)
+    with c.at("spec"):
+        c.fields(spec, _DATASET_SPEC, _DATASET_SPEC_IGNORED)
+        shared_options = c.string_map(spec, "sharedOptions")
+        shared_encrypt = _encrypt_options(c, spec, "sharedEncryptOptions")
+        raw_mounts = c.sequence(spec, "mounts", required=True)
+        if isinstance(spec.get("mounts"), list) and not raw_mounts:
+            c.fail("mounts", "must list at least one mount")
+        mounts: list[tuple[int, Mount]] = []
+        for i, raw in enumerate(raw_mounts):
+            with c.at("mounts"), c.at(i):
+                if not isinstance(raw, Mapping):
+                    c.fail("", f"{_show(raw)} must be an object")
+                    continue
+                mount = _mount(c, raw, shared_options, shared_encrypt)
+                if mount:
+                    mounts.append((i, mount))
+        seen_names: set[str] = set()
+        seen_paths: set[str] = set()
+        for i, mount in mounts:
+            if mount.name in seen_names:
+                c.fail(f"mounts[{i}].name", f"{_show(mount.name)} is used by another mount")
+            if mount.path in seen_paths:
+                c.fail(f"mounts[{i}].path", f"{_show(mount.path)} is used by another mount")
+            elif mount.path == "/" and len(mounts) > 1:
+                c.fail(f"mounts[{i}].path", '"/" is only allowed when the dataset has one mount')
+            seen_names.add(mount.name)
+            seen_paths.add(mount.path)
+        access_modes: list[str] = []
+        for i, mode in enumerate(c.sequence(spec, "accessModes")):
+            with c.at("accessModes"):
+                if not isinstance(mode, str) or mode not in ACCESS_MODES:
+                    c.fail(f"[{i}]", f"{_show(mode)} is not one of {', '.join(ACCESS_MODES)}")
+                elif mode not in access_modes:
+                    access_modes.append(mode)
+    status = _mapping_of(doc.get("status"))
+    cache = _mapping_of(status.get("cacheStates"))
+    return Dataset(
+        meta=meta,
+        mounts=tuple(m for _, m in mounts),
+        access_modes=tuple(access_modes) or ("ReadOnlyMany",),
+        status=DatasetStatus(
+            phase=str(status.get("phase") or ""),
+            ufs_total=str(status.get("ufsTotal") or ""),
+            cache_states=CacheStates(
+                cached=str(cache.get("cached") or "0.00B"),
+                cache_capacity=str(cache.get("cacheCapacity") or "0.00B"),
+                cached_percentage=str(cache.get("cachedPercentage") or "0.0%"),
+            ),
+        ),
+    )
+
+
+def _watermark(c: _Checker, raw: Mapping[str, Any], key: str) -> float | None:
+    """A fraction in (0, 1], given as a string ("0.95") or a number; None if absent or bad."""
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError
+        number = float(value)
+    except ValueError:
+        c.fail(key, f"{_show(value)} is not a number between 0 and 1")
+        return None
+    if not 0 < number <= 1:  # also refuses nan
+        c.fail(key, f"{_show(value)} must be greater than 0 and at most 1")
+        return None
+    return number
+
+
+def _quota(c: _Checker, raw: Mapping[str, Any]) -> int:
+    value = raw.get("quota")
+    if value is None or value == "":
+        c.fail("quota", "is required (a quantity such as 5Gi)")
+        return 0
+    if isinstance(value, str) and _PLACEHOLDER.search(value):
+        c.fail("quota", placeholder_message(value))
+        return 0
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        c.fail("quota", f"{_show(value)} must not be negative")
+        return 0
+    try:
+        quota = parse_quantity(value)
+    except (TypeError, ValueError):
+        if isinstance(value, str) and value.strip().startswith("-"):
+            c.fail("quota", f"{_show(value)} must not be negative")
+        else:
+            c.fail("quota", f"{_show(value)} is not a quantity (e.g. 5Gi, 500Mi, 10G, 1073741824)")
+        return 0
+    if quota <= 0:
+        c.fail("quota", f"{_show(value)} must be greater than zero")
+    return quota
+
+
+def _level(c: _Checker, raw: Mapping[str, Any]) -> TierLevel:
+    c.fields(raw, _LEVEL, _LEVEL_IGNORED)
+    medium = c.choice(raw, "mediumtype", MEDIUM_TYPES, "")
+    if raw.get("mediumtype") in (None, ""):
+        c.fail("mediumtype", f"is required (one of {', '.join(MEDIUM_TYPES)})")
+    volume_type = c.choice(raw, "volumeType", VOLUME_TYPES, "hostPath")
+    path = c.string(raw, "path", required=True)
+    if path and not path.startswith("/"):
+        c.fail("path", f"{_show(path)} must be an absolute path")
+    elif "," in path:
+        c.fail("path", f"{_show(path)}: several comma-separated paths are not supported by Eddy")
+    quota = _quota(c, raw)
+    high = _watermark(c, raw, "high")
+    low = _watermark(c, raw, "low")
+    bad = any(raw.get(k) not in (None, "") and v is None for k, v in (("high", high), ("low", low)))
+    high = 0.95 if high is None else high
+    low = 0.7 if low is None else low
+    if not bad and low >= high:
+        c.fail("low", f"{_show(raw.get('low', low))} must be below high ({_show(raw.get('high', high))})")
+    return TierLevel(medium, path, quota, str(raw.get("quota")), high, low, volume_type)
+
+
+def _runtime(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> JindoRuntime:
+    spec = c.mapping(doc, "spec", required=True)
+    levels: list[TierLevel] = []
+    with c.at("spec"):
+        c.fields(spec, _RUNTIME_SPEC, _RUNTIME_SPEC_IGNORED)
+        replicas = c.integer(spec, "replicas", 1, minimum=0)
+        store = c.mapping(spec, "tieredstore")
+        with c.at("tieredstore"):
+            c.fields(store, _TIEREDSTORE)
+            for i, raw in enumerate(c.sequence(store, "levels")):
+                with c.at("levels"), c.at(i):
+                    if not isinstance(raw, Mapping):
+                        c.fail("", f"{_show(raw)} must be an object")
+                        continue
+                    levels.append(_level(c, raw))
+            mediums = [level.mediumtype for level in levels]
+            for i, medium in enumerate(mediums):
+                if medium and mediums.index(medium) != i:
+                    c.fail(f"levels[{i}].mediumtype", f"{_show(medium)} appears twice")
+    order = {m: i for i, m in enumerate(MEDIUM_TYPES)}
+    levels.sort(key=lambda level: order.get(level.mediumtype, 99))
+    status = _mapping_of(doc.get("status"))
+    return JindoRuntime(
+        meta=meta,
+        replicas=replicas,
+        levels=tuple(levels),
+        status=RuntimeStatus(
+            master_phase=str(status.get("masterPhase") or ""),
+            worker_phase=str(status.get("workerPhase") or ""),
+            fuse_phase=str(status.get("fusePhase") or ""),
+            worker_number_ready=_int_of(status.get("workerNumberReady")),
+        ),
+    )
+
+
+def _schedule(c: _Checker, spec: Mapping[str, Any], policy: str) -> str:
+    schedule = c.string(spec, "schedule")
+    if policy != "Cron":
+        return schedule
+    if not schedule:
+        c.fail("schedule", 'is required when policy is Cron (e.g. "0 * * * *")')
+    elif not _PLACEHOLDER.search(schedule) and not (
+        croniter.is_valid(schedule) and (schedule.startswith("@") or len(schedule.split()) == 5)
+    ):
+        c.fail("schedule", f"{_show(schedule)} is not a valid 5-field cron schedule")
+    return schedule
+
+
+def _dataload(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> DataLoad:
+    spec = c.mapping(doc, "spec", required=True)
+    with c.at("spec"):
+        c.fields(spec, _DATALOAD_SPEC, _DATALOAD_SPEC_IGNORED)
+        ref = c.mapping(spec, "dataset", required=True)
+        with c.at("dataset"):
+            c.fields(ref, _TARGET_DATASET)
+            ds_name = c.string(ref, "name", required=True)
+            if ds_name and not _PLACEHOLDER.search(ds_name) and not _DNS_SUBDOMAIN.match(ds_name):
+                c.fail("name", f"{_show(ds_name)} must be a lowercase DNS name")
+            ds_namespace = c.string(ref, "namespace", default=meta.namespace)
+        load_metadata = c.boolean(spec, "loadMetadata", False)
+        targets: list[LoadTarget] = []
+        for i, raw in enumerate(c.sequence(spec, "target")):
+            with c.at("target"), c.at(i):
+                if not isinstance(raw, Mapping):
+                    c.fail("", f"{_show(raw)} must be an object")
+                    continue
+                c.fields(raw, _TARGET)
+                path = c.string(raw, "path", required=True)
+                if path and not path.startswith("/"):
+                    c.fail("path", f"{_show(path)} must be an absolute path inside the dataset")
+                replicas = c.integer(raw, "replicas", 1, minimum=1)
+                targets.append(LoadTarget(path or "/", replicas))
+        policy = c.choice(spec, "policy", LOAD_POLICIES, "Once")
+        schedule = _schedule(c, spec, policy)
+        options = c.string_map(spec, "options")
+    status = _mapping_of(doc.get("status"))
+    return DataLoad(
+        meta=meta,
+        dataset_name=ds_name,
+        dataset_namespace=ds_namespace or meta.namespace,
+        load_metadata=load_metadata,
+        targets=tuple(targets) or (LoadTarget(),),
+        policy=policy,
+        schedule=schedule,
+        options=options,
+        status=DataLoadStatus(
+            phase=str(status.get("phase") or ""), duration=str(status.get("duration") or "")
+        ),
+    )
+
+
+_PARSERS: dict[str, Callable[[_Checker, Mapping[str, Any], ObjectMeta], Model]] = {
+    "Dataset": _dataset,
+    "JindoRuntime": _runtime,
+    "DataLoad": _dataload,
+}
+
+
+def parse_object(doc: Mapping[str, Any], default_namespace: str = "default") -> Model:
+    """Parse one manifest of a Fluid kind; raises ValidationError naming every bad field."""
+    c = _Checker()
+    if not isinstance(doc, Mapping):
+        raise ValidationError([FieldError("", f"{_show(doc)} is not an object")])
+    kind = doc.get("kind")
+    api_version = doc.get("apiVersion")
+    if kind not in _PARSERS:
+        raise ValidationError([FieldError("kind", f"{_show(kind)} is not one of {', '.join(KINDS)}")])
+    if api_version != API_VERSION:
+        c.fail("apiVersion", f"{_show(api_version)} must be {API_VERSION}")
+    c.fields(doc, _TOP_FIELDS)
+    meta = _meta(c, doc, default_namespace)
+    model = _PARSERS[str(kind)](c, doc, meta)
+    if c.errors:
+        raise ValidationError(c.errors, kind=str(kind), name=meta.name)
+    return replace(model, ignored=tuple(c.ignored))
+
+
+def parse_dataset(doc: Mapping[str, Any], default_namespace: str = "default") -> Dataset:
+    model = parse_object(doc, default_namespace)
+    if not isinstance(model, Dataset):
+        raise ValidationError([FieldError("kind", f"{_show(doc.get('kind'))} must be Dataset")])
+    return model
+
+
+def parse_runtime(doc: Mapping[str, Any], default_namespace: str = "default") -> JindoRuntime:
+    model = parse_object(doc, default_namespace)
+    if not isinstance(model, JindoRuntime):
+        raise ValidationError([FieldError("kind", f"{_show(doc.get('kind'))} must be JindoRuntime")])
+    return model
+
+
+def parse_dataload(doc: Mapping[str, Any], default_namespace: str = "default") -> DataLoad:
+    model = parse_object(doc, default_namespace)
+    if not isinstance(model, DataLoad):
+        raise ValidationError([FieldError("kind", f"{_show(doc.get('kind'))} must be DataLoad")])
+    return model

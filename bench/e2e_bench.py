@@ -17,15 +17,14 @@ from typing import Any
 
 from eddy.quantity import parse_quantity
 from eddy_cli.demo import find_seed_dir, fuse_usable
-from eddy_cli.demo_data import file_content, plan_files
+from eddy_cli.demo_data import plan_files, write_file
 from eddy_cli.demo_steps import DemoRun
 
 
 def _local_copy_seconds(total: int, root: Path) -> float:
     src, dst = root / "src", root / "dst"
     for path, size in plan_files(total).items():
-        (src / path).parent.mkdir(parents=True, exist_ok=True)
-        (src / path).write_bytes(file_content(path, size))
+        write_file(path, size, src / path)
     t0 = time.monotonic()
     shutil.copytree(src, dst)
     return time.monotonic() - t0

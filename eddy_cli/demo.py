@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,10 @@ async def _main(args: argparse.Namespace) -> int:
         print("\ninterrupted: cleaning up")
         return 130
     except Exception as exc:
-        print(f"\ndemo failed: {exc}")
-        print(f"logs: {work}/logs (kept)")
+        print(f"\ndemo failed: {type(exc).__name__}: {exc}")
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+        (work / "logs" / "demo-traceback.txt").write_text(traceback.format_exc())
+        print(f"logs: {work}/logs (kept; demo-traceback.txt has the stack)")
         args.keep = True
         return 1
     finally:

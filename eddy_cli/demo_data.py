@@ -11,13 +11,17 @@ import asyncio
 import contextlib
 import hashlib
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiobotocore.session import get_session
 from botocore.config import Config
 
 MiB = 1024 * 1024
 LARGE_SHARE = 0.6  # of the total, in the one large file
+CHUNK = 4 * MiB  # unit of generation: each chunk has its own seed
+PART = 64 * MiB  # multipart part size for large files
 
 
 @dataclass
@@ -49,9 +53,30 @@ def plan_files(total: int, seed: int = 13) -> dict[str, int]:
     return files
 
 
+def content_pieces(path: str, size: int, piece: int = 8 * MiB) -> Iterator[bytes]:
+    """The file's pseudo-random bytes in pieces of `piece` (a multiple of CHUNK), same for every run.
+
+    Generated per 4 MiB chunk from (path, chunk index): `randbytes` of a whole large file would need a
+    bit count beyond a C int, and holding 600 MiB at once is not needed by anyone."""
+    assert piece % CHUNK == 0
+    for start in range(0, size, piece):
+        stop = min(size, start + piece)
+        yield b"".join(
+            random.Random(f"{path}:{offset // CHUNK}").randbytes(min(CHUNK, stop - offset))
+            for offset in range(start, stop, CHUNK)
+        )
+
+
 def file_content(path: str, size: int) -> bytes:
-    rng = random.Random(hashlib.sha256(path.encode()).digest())
-    return rng.randbytes(size)
+    return b"".join(content_pieces(path, size))
+
+
+def write_file(path: str, size: int, dest: Path) -> None:
+    """Write the file's bytes to `dest` piece by piece (benchmarks' local copies)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        for piece in content_pieces(path, size):
+            out.write(piece)
 
 
 async def upload(
@@ -63,7 +88,9 @@ async def upload(
     total: int,
     concurrency: int = 16,
 ) -> DataSet:
-    """Create the bucket and upload the generated files under `prefix`; returns sizes and checksums."""
+    """Create the bucket and upload the generated files under `prefix`; returns sizes and checksums.
+
+    Files above PART bytes go up as multipart uploads, one part in memory at a time."""
     data = DataSet(bucket, prefix, plan_files(total))
     session = get_session()
     config = Config(s3={"addressing_style": "path"}, max_pool_connections=concurrency)
@@ -80,10 +107,34 @@ async def upload(
         gate = asyncio.Semaphore(concurrency)
 
         async def put(path: str, size: int) -> None:
-            async with gate:
-                body = await asyncio.to_thread(file_content, path, size)
-                data.sha256[path] = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
-                await s3.put_object(Bucket=bucket, Key=f"{prefix}{path}", Body=body)
+            key = f"{prefix}{path}"
+            if size <= PART:
+                async with gate:
+                    body = await asyncio.to_thread(file_content, path, size)
+                    data.sha256[path] = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
+                    await s3.put_object(Bucket=bucket, Key=key, Body=body)
+                return
+            digest = hashlib.sha256()
+            upload_id = (await s3.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+            parts = []
+            pieces = content_pieces(path, size, PART)
+            try:
+                for number in range(1, -(-size // PART) + 1):
+                    async with gate:
+                        body = await asyncio.to_thread(next, pieces)
+                        await asyncio.to_thread(digest.update, body)
+                        reply = await s3.upload_part(
+                            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                        )
+                    parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+                await s3.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                raise
+            data.sha256[path] = digest.hexdigest()
 
         await asyncio.gather(*(put(p, s) for p, s in data.files.items()))
     return data

@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
     mount.add_argument("--cache-mib", type=int, default=64, help="in-sidecar block cache (MiB; default 64)")
     mount.add_argument("--readahead-mib", type=int, default=32,
                        help="read-ahead window cap (MiB; 0=off; at most half the cache)")
+    mount.add_argument("--walkahead-mib", type=int, default=16,
+                       help="prefetch the next small files of a directory read file after file "
+                       "(cp -r, tar), this far ahead (MiB; 0=off; at most a quarter of the cache)")
     mount.add_argument("--block-size", type=int, default=0, help="override the config's block size (bytes)")
     mount.add_argument("--listing-ttl", type=float, default=300.0,
                        help="re-list the object store every N seconds (0=never)")
@@ -72,6 +75,7 @@ def _mount(args: argparse.Namespace) -> Any:
     from sidecar.lifecycle import MountSettings
     from sidecar.readahead import ReadaheadPolicy
     from sidecar.settings import ReaderOptions, load_settings
+    from sidecar.walkahead import WalkaheadPolicy
 
     try:
         cfg = load_settings(args.config, args.files, workers=args.workers, no_workers=args.no_workers,
@@ -85,6 +89,7 @@ def _mount(args: argparse.Namespace) -> Any:
             cap=args.readahead_mib * MiB, initial=min(cfg.block_size, args.readahead_mib * MiB)
         ),
         prefetch_budget=args.readahead_mib * MiB,
+        walkahead=WalkaheadPolicy(window_bytes=args.walkahead_mib * MiB),
         worker_timeout=args.worker_timeout,
         listing_ttl=args.listing_ttl,
         use_snapshot=not args.no_snapshot,

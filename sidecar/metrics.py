@@ -40,6 +40,10 @@ class SidecarMetrics:
         self.cache_bytes = Gauge("eddy_sidecar_cache_bytes", "Bytes held in the block cache", registry=r)
         self.workers_down = Gauge("eddy_sidecar_workers_down", "Workers currently skipped as down",
                                   registry=r)
+        self.walkahead_blocks = Counter(
+            "eddy_sidecar_walkahead_blocks",
+            "Blocks prefetched for the next files of a directory read in order (cp -r, tar)", registry=r,
+        )
         self.files = Gauge("eddy_sidecar_files", "Files in the mounted namespace", registry=r)
 
     def value(self, name: str, **labels: str) -> float:

@@ -15,6 +15,7 @@ mixing versions, and the namespace entry is refreshed so the next open sees the 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -36,6 +37,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.namespace import Namespace, Node
 from sidecar.readahead import ReadaheadState
 from sidecar.settings import ReaderOptions, load_settings
+from sidecar.walkahead import WalkaheadState
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class DatasetReader:
         self.places = {m.name: m.path for m in cfg.dataset.mounts}
         self.namespace = Namespace()
         self.cache = BlockCache(self.options.cache_bytes, self.options.prefetch_budget)
+        self.walkahead = WalkaheadState(self.options.walkahead)
         self.breaker = CircuitBreaker(self.options.breaker_cooldown)
         self.fetcher = BlockFetcher(stores, self.workers, client, self.metrics, breaker=self.breaker,
                                     worker_timeout=self.options.worker_timeout)
@@ -213,8 +216,35 @@ class DatasetReader:
 
     # ------------------------------------------------------------------ reads
     def open_file(self, node: Node) -> FileHandle:
+        self._walk_ahead(node)
         return FileHandle(node.ino, node.mount, node.key, node.etag, node.size,
                           ReadaheadState(self.options.readahead))
+
+    def _walk_ahead(self, node: Node) -> None:
+        """A directory read file after file (`cp -r`): prefetch the next files (sidecar/walkahead.py)."""
+        parent = self.namespace.get(node.parent)
+        if parent is None or not parent.children:
+            return
+        names = parent.sorted_names()
+        index = bisect.bisect_left(names, node.name)
+        if index >= len(names) or names[index] != node.name:
+            return
+
+        def entry(i: int) -> Node | None:
+            return self.namespace.get(parent.children.get(names[i], 0)) if parent.children else None
+
+        def size_of(i: int) -> int:
+            child = entry(i)
+            return -1 if child is None or child.is_dir else child.size
+
+        for i in self.walkahead.observe(parent.ino, index, len(names), size_of):
+            child = entry(i)
+            if child is None or child.is_dir or child.size == 0:
+                continue
+            for block in range(-(-child.size // self.block_size)):
+                ref = BlockRef(child.mount, child.key, child.etag, block, child.size, self.block_size)
+                if self.cache.prefetch(ref, self.fetcher.fetch):
+                    self.metrics.walkahead_blocks.inc()
 
     def _ref(self, h: FileHandle, index: int) -> BlockRef:
         return BlockRef(h.mount, h.key, h.etag, index, h.size, self.block_size)

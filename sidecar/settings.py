@@ -12,6 +12,7 @@ import yaml
 from eddy.config import ConfigError, RuntimeConfig, build_config, load_config
 from eddy.names import CONFIG_FILE_KEY, CONFIG_MOUNT_DIR
 from sidecar.readahead import MiB, ReadaheadPolicy
+from sidecar.walkahead import WalkaheadPolicy
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class ReaderOptions:
 
     cache_bytes: int = 64 * MiB
     readahead: ReadaheadPolicy = field(default_factory=ReadaheadPolicy)
+    walkahead: WalkaheadPolicy = field(default_factory=WalkaheadPolicy)
     prefetch_budget: int = 32 * MiB
     worker_timeout: float = 10.0
     breaker_cooldown: float = 5.0
@@ -34,8 +36,9 @@ class ReaderOptions:
         cap = min(self.readahead.cap, self.cache_bytes // 2)
         budget = min(self.prefetch_budget, max(cap, 0))
         initial = min(self.readahead.initial, cap) if cap > 0 else 0
+        walk = replace(self.walkahead, window_bytes=min(self.walkahead.window_bytes, self.cache_bytes // 4))
         return replace(self, readahead=replace(self.readahead, cap=cap, initial=initial),
-                       prefetch_budget=budget)
+                       prefetch_budget=budget, walkahead=walk)
 
 
 def _docs(paths: Sequence[str]) -> list[dict[str, Any]]:

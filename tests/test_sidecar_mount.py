@@ -246,6 +246,8 @@ def test_cp_r_tree_then_sha256sum_matches(cold_mount: Sidecar, dataset: dict[str
     assert (dest / "marker-only").is_dir() and not any((dest / "marker-only").iterdir())
     assert cold_mount.metric("eddy_sidecar_fetched_bytes_total", source="store") >= BIG
     assert cold_mount.metric("eddy_sidecar_fetched_bytes_total", source="worker") == 0
+    # cp -r opens a directory's files in order: the next small files were fetched ahead of it
+    assert cold_mount.metric("eddy_sidecar_walkahead_blocks_total") > 0
     shutil.rmtree(dest)
 
 

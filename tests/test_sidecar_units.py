@@ -249,3 +249,37 @@ def test_downward_api_annotations_parse_and_stop_request() -> None:
     assert stop_requested(text)
     assert not stop_requested('eddy.fluid.io/sidecar-stop="false"\n')
     assert not stop_requested("")
+
+
+# ---------------------------------------------------------------------------------------- walk-ahead
+def test_walkahead_prefetches_the_next_files_of_an_ordered_walk() -> None:
+    from sidecar.walkahead import WalkaheadPolicy, WalkaheadState
+
+    sizes = [1 * MiB] * 40
+    walk = WalkaheadState(WalkaheadPolicy(window_bytes=8 * MiB, max_files=32, max_file_size=4 * MiB))
+    assert list(walk.observe(7, 0, len(sizes), sizes.__getitem__)) == []  # one open is not a walk yet
+    assert list(walk.observe(7, 1, len(sizes), sizes.__getitem__)) == list(range(2, 10))  # 8 MiB ahead
+    # the next open asks only for what is not already ahead of the reader
+    assert list(walk.observe(7, 2, len(sizes), sizes.__getitem__)) == [10]
+    assert list(walk.observe(7, 3, len(sizes), sizes.__getitem__)) == [11]
+
+
+def test_walkahead_ignores_random_opens_and_stops_at_big_files_and_the_end() -> None:
+    from sidecar.walkahead import WalkaheadPolicy, WalkaheadState
+
+    policy = WalkaheadPolicy(window_bytes=8 * MiB, max_files=4, max_file_size=4 * MiB)
+    sizes = [MiB, MiB, 0, -1, MiB, 64 * MiB, MiB]
+    walk = WalkaheadState(policy)
+    for index in (5, 0, 3, 6, 2):  # a random-access reader never forms a streak
+        assert list(walk.observe(1, index, len(sizes), sizes.__getitem__)) == []
+    walk = WalkaheadState(policy)
+    walk.observe(1, 0, len(sizes), sizes.__getitem__)
+    # empty files and directories cost nothing; the 64 MiB file ends the window (it has byte read-ahead)
+    assert list(walk.observe(1, 1, len(sizes), sizes.__getitem__)) == [2, 3, 4]
+    # another directory starts over
+    assert list(walk.observe(2, 1, len(sizes), sizes.__getitem__)) == []
+    walk.observe(1, 5, len(sizes), sizes.__getitem__)
+    assert list(walk.observe(1, 6, len(sizes), sizes.__getitem__)) == []  # nothing after the last file
+    off = WalkaheadState(WalkaheadPolicy(window_bytes=0))
+    off.observe(1, 0, 3, [1, 1, 1].__getitem__)
+    assert list(off.observe(1, 1, 3, [1, 1, 1].__getitem__)) == []

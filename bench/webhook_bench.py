@@ -303,4 +303,15 @@ async def run(args: Any) -> dict[str, Any]:
         "api_calls_per_admission": round(calls / max(1, admissions), 4),
         "api_calls_during_load": calls,
         "goals": {"max_per_s": ">= 1000", "p99_ms": "<= 5", "api_calls_per_admission": "0"},
+        "latency_cdf": _cdf_points(latencies),
     }
+
+
+def _cdf_points(latencies: list[float], points: int = 200) -> list[list[float]]:
+    """[[latency ms, fraction of requests at or under it], ...] at up to `points` even quantiles."""
+    ordered = sorted(latencies)
+    if not ordered:
+        return []
+    step = max(1, len(ordered) // points)
+    picks = [*range(step - 1, len(ordered), step), len(ordered) - 1]
+    return [[round(ordered[i] * 1000, 3), round((i + 1) / len(ordered), 4)] for i in dict.fromkeys(picks)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 MiB = 1024 * 1024
 
@@ -49,7 +50,7 @@ class BlockRef:
         """Exclusive end offset in the object."""
         return self.start + self.length
 
-    @property
+    @cached_property  # asked for on every cache lookup and placement: computed once per reference
     def identity(self) -> str:
         """Stable text naming the block; the input to placement and to the cache file name."""
         return f"{self.mount}\x00{self.key}\x00{self.etag}\x00{self.index}"

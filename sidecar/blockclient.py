@@ -22,6 +22,7 @@ import google_crc32c
 from eddy.blocks import BlockRef
 from eddy.wire import BLOCK_PATH, DATASET_PARAM, HEADER_CRC, ref_to_params
 from eddy.workerclient import WorkerClient, WorkerUnavailable
+from sidecar.buffers import uninitialized_bytearray
 
 _HEAD_CHUNK = 64 * 1024
 _MAX_HEAD = 64 * 1024
@@ -102,7 +103,7 @@ class _BlockProtocol(asyncio.BufferedProtocol):
             self.reusable = False  # the unread body would confuse the next response
             self._fail(_Delegate(f"status {status}"))
             return
-        self._body = bytearray(int(length))
+        self._body = uninitialized_bytearray(int(length))  # every byte is written before use
         self._view = memoryview(self._body)
         n = min(len(rest), len(self._body))
         self._view[:n] = rest[:n]

@@ -60,6 +60,7 @@ class FileHandle:
     etag: str
     size: int
     readahead: ReadaheadState
+    prefetched_to: int = 0  # blocks below this index were already handed to the cache's prefetch
 
 
 class DatasetReader:
@@ -273,6 +274,8 @@ class DatasetReader:
             window = h.readahead.observe(offset, end - offset)
             if window:
                 self._readahead(h, end, window)
+            else:
+                h.prefetched_to = 0  # no streak (a seek): forget how far ahead the last one got
             first, last = offset // bs, (end - 1) // bs
             if first == last:
                 data = await self._block(h, first)
@@ -300,12 +303,16 @@ class DatasetReader:
         return True
 
     def _readahead(self, h: FileHandle, end: int, window: int) -> None:
+        """Prefetch the blocks of [end, end + window) not already asked for (once per block, not per read)."""
         if end >= h.size:
             return
         bs = self.block_size
-        first, last = end // bs, (min(h.size, end + window) - 1) // bs
+        first, last = max(end // bs, h.prefetched_to), (min(h.size, end + window) - 1) // bs
         for index in range(first, last + 1):
-            self.cache.prefetch(self._ref(h, index), self.fetcher.fetch)
+            ref = self._ref(h, index)
+            if not self.cache.prefetch(ref, self.fetcher.fetch) and ref not in self.cache:
+                break  # over the in-flight budget: ask again on a later read
+            h.prefetched_to = index + 1
 
     async def read_file(self, path: str, chunk: int | None = None) -> AsyncIterator[bytes]:
         """The bytes of one file of the dataset, in order (block-sized chunks by default)."""

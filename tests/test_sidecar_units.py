@@ -283,3 +283,15 @@ def test_walkahead_ignores_random_opens_and_stops_at_big_files_and_the_end() -> 
     off = WalkaheadState(WalkaheadPolicy(window_bytes=0))
     off.observe(1, 0, 3, [1, 1, 1].__getitem__)
     assert list(off.observe(1, 1, 3, [1, 1, 1].__getitem__)) == []
+
+
+def test_uninitialized_bytearray_is_a_writable_buffer_of_the_size() -> None:
+    from sidecar.buffers import uninitialized_bytearray
+
+    for size in (0, 10, 65536, 8 * MiB + 3):
+        buf = uninitialized_bytearray(size)
+        assert isinstance(buf, bytearray) and len(buf) == size
+        memoryview(buf)[:] = b"\x5a" * size
+        assert buf == b"\x5a" * size
+    with pytest.raises(ValueError):
+        uninitialized_bytearray(-1)

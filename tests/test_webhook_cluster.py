@@ -22,13 +22,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter
 
+from eddy import kube
 from tests.support.kubeapi_server import KubeApiServer
 from tests.test_injector import seed_pod
 from tests.test_webhook import SECRET_VALUES, dataset_doc, review
-from webhook import kubeapi
 from webhook.certs import CertBundle, TlsReloader, service_names
-from webhook.cluster import KubeSecretStore
-from webhook.tlssecret import CertKeeper
+from webhook.cluster import KubeSecretStore, informers
+from webhook.tlssecret import CertKeeper, Conflict
 
 REPO = Path(__file__).parents[1]
 MWC = REPO / "manifests" / "webhook" / "mutatingwebhook.yaml"
@@ -52,7 +52,7 @@ async def watches_open(api: KubeApiServer, resources: tuple[str, ...]) -> None:
             await asyncio.sleep(0.05)
 
 
-def keeper(client: kubeapi.KubeApi, tmp: Path, **kw: Any) -> CertKeeper:
+def keeper(client: kube.Kube, tmp: Path, **kw: Any) -> CertKeeper:
     calls = Counter("calls", "calls", ["kind"], registry=CollectorRegistry())
     return CertKeeper(
         KubeSecretStore(client, calls),
@@ -72,7 +72,7 @@ def ca_bundles(api: KubeApiServer) -> list[bytes]:
 
 
 async def test_secret_shared_by_replicas_ca_bundle_and_renewal(api: KubeApiServer, tmp_path: Path) -> None:
-    client = await kubeapi.KubeApi.connect(url=api.url)
+    client = await kube.Kube.connect(url=api.url)
     try:
         one, two = keeper(client, tmp_path / "one"), keeper(client, tmp_path / "two")
         # Two replicas start at once: one creates the Secret, the other adopts it (409 handled).
@@ -279,18 +279,25 @@ async def test_cluster_webhook_admits_from_caches(api: KubeApiServer, tmp_path: 
 
 
 async def test_informer_relists_after_gone_and_follows_deletes(kube_api: KubeApiServer) -> None:
-    client = await kubeapi.KubeApi.connect(url=kube_api.url)
-    informer = kubeapi.Informer(client, kubeapi.DATASETS)
-    try:
-        kube_api.put(dataset_doc("one", "default", "k"))
-        await informer.start()
+    kube_api.put(dataset_doc("one", "default", "k"))
+    async with kube.Kube(await kube.make_api_client(url=kube_api.url)) as client, informers(
+        client, watch_nodes=False
+    ) as found:
+        assert sorted(found) == ["datasets", "pvcs", "runtimes"]
+        informer = found["datasets"]
         assert informer.synced and informer.get("default", "one") is not None
-        # No await in between: the stream ends, a change happens unseen, and history is compacted, so
-        # the informer's next watch (from its old resourceVersion) gets 410 Gone and must list again.
+        await watches_open(kube_api, ("datasets",))
+        # Cut the Dataset watch off (its re-watches fail), change things unseen and make the server
+        # forget them: the informer's next watch (from its old resourceVersion) gets 410 Gone and lists.
+        kube_api.fail_next(10**9, 503, path="/datasets?watch=true")
         kube_api.close_watches()
+        async with asyncio.timeout(10):
+            while not informer.errors:  # noqa: ASYNC110 - polls the informer
+                await asyncio.sleep(0.05)
         kube_api.put(dataset_doc("unseen", "default", "k"))
         kube_api.compact()
         kube_api.put(dataset_doc("two", "team-a", "k"))
+        kube_api.clear_faults()
         async with asyncio.timeout(10):
             while informer.get("team-a", "two") is None:  # noqa: ASYNC110 - polls the informer's store
                 await asyncio.sleep(0.05)
@@ -300,6 +307,29 @@ async def test_informer_relists_after_gone_and_follows_deletes(kube_api: KubeApi
             while informer.get("default", "one") is not None:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert kube_api.calls[("list", "datasets")] == 2  # the first list, and the re-list after 410
-    finally:
-        await informer.stop()
-        await client.close()
+        assert informer.relists == 1
+
+
+async def test_secret_store_maps_404_and_409(api: KubeApiServer) -> None:
+    """What CertKeeper relies on: a missing object reads as None, a 409 is tlssecret's Conflict, other
+    errors pass through as eddy.kube errors (the renewal loop logs them and retries)."""
+    registry = CollectorRegistry()
+    counter = Counter("calls", "calls", ["kind"], registry=registry)
+    async with await kube.Kube.connect(url=api.url) as client:
+        store = KubeSecretStore(client, counter)
+        assert await store.get_secret("eddy-system", "nope") is None
+        assert await store.get_webhook_config("nope") is None
+        assert await store.get_webhook_config("eddy-webhook") is not None
+        body = {"metadata": {"name": "s", "namespace": "eddy-system"}, "data": {}}
+        created = await store.create_secret("eddy-system", body)
+        with pytest.raises(Conflict):
+            await store.create_secret("eddy-system", body)  # 409 AlreadyExists
+        stale = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+        assert created["metadata"]["resourceVersion"] != "1"
+        with pytest.raises(Conflict):
+            await store.replace_secret("eddy-system", "s", stale)  # 409 Conflict
+        api.fail_next(status=500, path="/secrets/s")
+        with pytest.raises(kube.Unavailable):
+            await store.get_secret("eddy-system", "s")
+    assert registry.get_sample_value("calls_total", {"kind": "secret"}) == 5
+    assert registry.get_sample_value("calls_total", {"kind": "webhook_config"}) == 2

@@ -43,8 +43,12 @@ def register(subparsers: Any) -> None:
         "--webhook-config", default="eddy-webhook", help="cluster: MutatingWebhookConfiguration"
     )
     parser.add_argument("--secret", default=None, help="cluster: TLS Secret name (default <service>-tls)")
-    parser.add_argument("--kube-url", default=None, help="cluster: API server URL (default: in-cluster)")
-    parser.add_argument("--kubeconfig", default=None, help="cluster: kubeconfig file")
+    parser.add_argument(
+        "--kube-url",
+        default=None,
+        help="cluster: API server URL, no auth (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument("--kubeconfig", default=None, help="cluster: use this kubeconfig file")
     parser.add_argument("--image", default=InjectorSettings.image, help="the sidecar image")
     parser.add_argument("--image-pull-policy", default=InjectorSettings.image_pull_policy)
     parser.add_argument(

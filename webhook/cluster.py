@@ -16,8 +16,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from eddy import kube
 from eddy.names import LABEL_DATASET_ID
-from webhook import kubeapi as kube
 from webhook.certs import TlsReloader, service_names
 from webhook.profiles import InjectorSettings
 from webhook.resolver import CachedResolver
@@ -42,15 +42,15 @@ class InformerCache:
 
 
 class KubeSecretStore:
-    """The SecretStore of tlssecret.py over `KubeApi`; counts its calls."""
+    """The SecretStore of tlssecret.py over `eddy.kube.Kube`; counts its calls."""
 
-    def __init__(self, client: kube.KubeApi, calls: Counter) -> None:
+    def __init__(self, client: kube.Kube, calls: Counter) -> None:
         self.kube = client
         self.calls = calls
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.labels("secret").inc()
-        return await self.kube.get(kube.SECRETS, name, namespace)
+        return await self.kube.get_or_none(kube.SECRETS, name, namespace)
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.labels("secret").inc()
@@ -68,7 +68,7 @@ class KubeSecretStore:
 
     async def get_webhook_config(self, name: str) -> dict[str, Any] | None:
         self.calls.labels("webhook_config").inc()
-        return await self.kube.get(kube.MUTATING_WEBHOOK_CONFIGURATIONS, name)
+        return await self.kube.get_or_none(kube.MUTATING_WEBHOOK_CONFIGURATIONS, name)
 
     async def patch_webhook_config(self, name: str, patch: list[dict[str, Any]]) -> None:
         self.calls.labels("webhook_config").inc()
@@ -98,7 +98,11 @@ class NativeSidecarState:
 
 
 @contextlib.asynccontextmanager
-async def informers(client: kube.KubeApi, watch_nodes: bool) -> AsyncIterator[dict[str, kube.Informer]]:
+async def informers(
+    client: kube.Kube, watch_nodes: bool, sync_timeout: float = 30.0
+) -> AsyncIterator[dict[str, kube.Informer]]:
+    """The webhook's informers (all namespaces), started; waits up to `sync_timeout` s for their first
+    lists, then serves anyway (`/readyz` answers 503 until every cache the resolver reads has synced)."""
     found = {
         "pvcs": kube.Informer(client, kube.PVCS, label_selector=LABEL_DATASET_ID),
         "datasets": kube.Informer(client, kube.DATASETS),
@@ -106,9 +110,13 @@ async def informers(client: kube.KubeApi, watch_nodes: bool) -> AsyncIterator[di
     }
     if watch_nodes:
         found["nodes"] = kube.Informer(client, kube.NODES)
-    for informer in found.values():
-        await informer.start()
     try:
+        for informer in found.values():
+            informer.start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(sync_timeout):
+                for informer in found.values():
+                    await informer.wait_synced()
         yield found
     finally:
         for informer in found.values():
@@ -130,7 +138,7 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
     )
     secret_name = args.secret or f"{args.service}-tls"
     hosts = [*service_names(args.service, args.namespace), "127.0.0.1"]
-    client = await kube.KubeApi.connect(url=args.kube_url, kubeconfig=args.kubeconfig)
+    client = await kube.Kube.connect(url=args.kube_url, kubeconfig=args.kubeconfig)
     key_dir = Path(args.cert_dir) if args.cert_dir else Path(tempfile.mkdtemp(prefix="eddy-webhook-tls-"))
     reloader = TlsReloader(key_dir)
     keeper = CertKeeper(
@@ -149,7 +157,7 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
             async def fetch_dataset(namespace: str, name: str) -> Mapping[str, Any] | None:
                 api_calls.labels("dataset").inc()
-                return await client.get(kube.DATASETS, name, namespace)
+                return await client.get_or_none(kube.DATASETS, name, namespace)
 
             resolver = CachedResolver(
                 InformerCache(found["datasets"]),

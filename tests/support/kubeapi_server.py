@@ -674,6 +674,9 @@ class KubeApiServer:
         # Synchronously (no await): take the backlog and subscribe, so no change falls in between.
         initial: list[tuple[str, Obj]] = []
         expired = False
+        # The bookmark's resourceVersion may only cover changes this watch has passed on (or filtered
+        # out): it starts at what the backlog reflects and moves with each change taken from the queue.
+        seen = self._rv
         if rv_text in ("", "0"):
             initial = [("ADDED", copy.deepcopy(o)) for (k, ons, _), o in sorted(self._store.items(),
                        key=lambda i: i[0][1:]) if k == kind and (ns is None or ons == ns)
@@ -712,9 +715,10 @@ class KubeApiServer:
                     break
                 for etype, obj in self._translate(watcher, change):
                     await _send(response, etype, obj)
+                seen = max(seen, change.rv)
             if bookmarks and not self._closing:
                 await _send(response, "BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
-                                                   "metadata": {"resourceVersion": str(self._rv)}})
+                                                   "metadata": {"resourceVersion": str(seen)}})
         finally:
             self._watchers.discard(watcher)
         with contextlib.suppress(ConnectionResetError):

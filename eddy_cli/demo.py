@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import tempfile
 import time
 import traceback
@@ -93,6 +94,12 @@ async def _main(args: argparse.Namespace) -> int:
         why_no_fuse=why_not,
     )
     started = time.monotonic()
+    # Ctrl-C, and also SIGTERM (`timeout`, a CI runner): cancel the run so `finally` stops and unmounts.
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
     try:
         await run.execute()
     except asyncio.CancelledError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -361,7 +362,14 @@ class DemoRun:
         shell(f"time cp -r {mountpoint}/. {dest}/")
         t0 = time.monotonic()
         cp = await asyncio.create_subprocess_exec("cp", "-r", f"{mountpoint}/.", f"{dest}/")
-        if await cp.wait() != 0:
+        try:
+            code = await cp.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                cp.kill()  # a reader left on the mount would keep it busy
+            await cp.wait()
+            raise
+        if code != 0:
             raise RuntimeError("cp from the mount failed")
         seconds = time.monotonic() - t0
         await asyncio.to_thread(self.procs.stop, proc)

@@ -23,8 +23,8 @@ from eddy.api import (
     parse_object,
     parse_runtime,
 )
+from tests.support.seed import SEED
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
 DATA = Path(__file__).resolve().parent / "data"
 FILL = {
     "<oss_bucket>": "my-bucket",

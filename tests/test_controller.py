@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,8 @@ from controller.podfinish import STOP_ANNOTATION
 from controller.reconciler import FINALIZER, Reconciler
 from eddy.config import parse_config
 from eddy.quantity import human_size
+from tests.support.seed import SEED
 
-SEED = Path("/work/shared/seed")
-SEED = SEED if SEED.exists() else Path(__file__).resolve().parents[1] / "docs" / "seed"
 OBJECTS = [("data/a.bin", 300 * 1024), ("data/b.bin", 700 * 1024), ("data/sub/c.bin", 1024 * 1024 + 7)]
 
 

@@ -14,10 +14,9 @@ import yaml
 
 from eddy import crds
 from eddy.api import PLURALS, ValidationError, parse_object
+from tests.support.seed import SEED
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = Path("/work/shared/seed")
-SEED = SEED if SEED.exists() else ROOT / "docs" / "seed"
 Doc = dict[str, Any]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import jsonpatch
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 
 from eddy.api import Dataset, parse_dataset
 from eddy.names import LABEL_ENABLE_INJECTION, LABEL_INJECT_DONE, LABEL_SIDECAR_TARGET
+from tests.support.seed import SEED
 from webhook.injector import FUSE_MOUNTPOINT, SIDECAR_PREFIX, claim_names, dns_label, inject, make_patch
 from webhook.profiles import (
     ANNOTATION_CPU_LIMIT,
@@ -25,7 +25,6 @@ from webhook.profiles import (
     sidecar_resources,
 )
 
-SEED = Path(__file__).parents[2] / "shared" / "seed"
 NATIVE = InjectorSettings(native_sidecar=True)
 CLASSIC = InjectorSettings(native_sidecar=False)
 

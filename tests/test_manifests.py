@@ -19,11 +19,10 @@ import yaml
 
 from controller.objects import Settings, desired_objects
 from eddy.crds import crd
+from tests.support.seed import SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-SEED = Path("/work/shared/seed")
-SEED = SEED if SEED.exists() else ROOT / "docs" / "seed"
 CLUSTER_SCOPED = {
     "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
     "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy",

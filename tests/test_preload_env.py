@@ -24,7 +24,6 @@ from worker.server import WorkerServer, WorkerSettings
 from worker.tierstore import LevelConfig
 
 BS = 64 * 1024  # small blocks keep the test data small
-SEED = Path(__file__).resolve().parents[1] / "eddy_cli" / "seed"
 
 
 class WorkerGate:

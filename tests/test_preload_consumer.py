@@ -27,7 +27,8 @@ from preloader.dispatch import RetryPolicy
 from preloader.kubeapi import KubeApi, dataload_informer
 from preloader.schedule import ManualClock
 from tests.support.s3 import S3Server
-from tests.test_preload_env import BS, SEED, SMALL_FILES, Bed, bed_for, cache_state
+from tests.support.seed import SEED
+from tests.test_preload_env import BS, SMALL_FILES, Bed, bed_for, cache_state
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)

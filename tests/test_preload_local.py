@@ -21,7 +21,8 @@ from preloader.dispatch import Progress, RetryPolicy
 from preloader.load import LoadError, LoadJob, run_load
 from preloader.status import COMPLETE, FAILED
 from tests.support.s3 import S3Server
-from tests.test_preload_env import BS, SEED, SMALL_FILES, bed_for, cache_state
+from tests.support.seed import SEED
+from tests.test_preload_env import BS, SMALL_FILES, bed_for, cache_state
 
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from tests.test_injector import DATASETS, SEED, pods, seed_pod
+from tests.support.seed import SEED
+from tests.test_injector import DATASETS, pods, seed_pod
 
 REPO = Path(__file__).parents[1]
 SECRET_VALUES = ("AKIDexampleSecretId42", "wJalrXUtnFEMIexampleSecretKey42")

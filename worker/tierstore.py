@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,10 @@ from typing import Any
 from eddy.blocks import BlockRef
 from worker.blockfile import (
     BlockHeader,
+    Stamp,
     block_path,
     encode_header,
+    file_stamp,
     move_block,
     remove_block,
     scan_level,
@@ -227,13 +230,22 @@ class TierStore:
             moves = self.index.plan_insert(level, digest, size)
             await self._apply(moves)
             try:
-                written = await asyncio.to_thread(write_block, self.roots[level], ref, data, data_crc)
+                written, stamp = await asyncio.to_thread(self._write, level, ref, data, data_crc)
             except OSError as exc:
                 raise CacheWriteError(
                     f"writing a block to level {self.configs[level].mediumtype} failed: {exc.strerror}"
                 ) from None
-            self.index.add(level, Entry(digest, written.file_size, written.data_len, written))
+            # Its CRC32C was computed from the very bytes just written: the block counts as checked now,
+            # so the first hit after a preload costs a `stat`, not a checksum pass (until the file changes
+            # or --reverify-after passes, as for any checked block).
+            entry = Entry(digest, written.file_size, written.data_len, written)
+            entry.verified = (stamp, time.monotonic())
+            self.index.add(level, entry)
             return self.configs[level].mediumtype
+
+    def _write(self, level: int, ref: BlockRef, data: bytes, data_crc: int) -> tuple[BlockHeader, Stamp]:
+        header = write_block(self.roots[level], ref, data, data_crc)
+        return header, file_stamp(block_path(self.roots[level], ref.digest))
 
     async def _apply(self, moves: list[Move]) -> None:
         if not moves:

@@ -25,7 +25,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from eddy_cli.procs import free_port
 
 MiB = 1024 * 1024
 BUCKET = "bench-preload"
@@ -53,12 +54,6 @@ def _mix(total: int, rng: random.Random) -> list[int]:
             sizes.append(size)
             budget -= size
     return sizes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _s3_client(session: Any, endpoint: str, access: str, secret: str, pool: int) -> Any:
@@ -155,7 +150,7 @@ def _spawn_workers(root: Path, manifest: Path, secret_dir: Path, n: int, quota: 
     urls: list[str] = []
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else root
     for i in range(n):
-        port = _free_port()
+        port = free_port()
         level = Path(tempfile.mkdtemp(prefix=f"eddy-bench-preload-w{i}-", dir=shm))
         log = open(root / f"worker{i}.log", "wb")  # noqa: SIM115 - closed with the process
         procs.append(subprocess.Popen(

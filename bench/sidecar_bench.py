@@ -26,7 +26,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from typing import Any
 import yaml
 
 from bench.memfs import FILE_NAME, bench_content
+from eddy_cli.procs import free_port, rss_mib
 
 MiB = 1024 * 1024
 ROUNDS = 3
@@ -52,22 +52,6 @@ KEY = "stream/data.bin"
 def _eddy() -> list[str]:
     exe = Path(sys.executable).with_name("eddy")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "eddy_cli.main"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def stream(path: Path, expect: str, pid: int | None = None, limit: int | None = None) -> tuple[float, float]:
@@ -84,7 +68,7 @@ def stream(path: Path, expect: str, pid: int | None = None, limit: int | None = 
 
     def sample() -> None:
         while pid and not done.wait(0.05):
-            peak[0] = max(peak[0], _rss_mib(pid))
+            peak[0] = max(peak[0], rss_mib(pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -229,7 +213,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         manifest.write_text(yaml.safe_dump_all(manifest_docs(s3.endpoint, quota, n_workers)))
         urls = []
         for i in range(n_workers):
-            port = _free_port()
+            port = free_port()
             urls.append(f"http://127.0.0.1:{port}")
             procs.start([*_eddy(), "worker", "-f", str(manifest), "--host", "127.0.0.1", "--port", str(port),
                          "--secret-dir", str(secret_dir), "--level-path", f"MEM={shm}/w{i}",
@@ -337,7 +321,7 @@ def _through_sidecar(
     mnt = work / f"mnt-{name}"
     mnt.mkdir()
     procs.mounts.append(mnt)
-    port = _free_port()
+    port = free_port()
     log = work / f"sidecar-{name}.log"
     proc = procs.start([*_eddy(), "sidecar", "mount", "-f", str(manifest), "--mountpoint", str(mnt),
                         "--secret-dir", str(secret_dir), "--health-port", str(port), "--listing-ttl", "0",

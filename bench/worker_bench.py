@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,27 +30,11 @@ from eddy.blocks import BlockRef, blocks_of
 from eddy.local.s3server import start_seaweedfs
 from eddy.wire import BLOCK_PATH, ref_to_params
 from eddy.workerclient import WorkerClient
-from eddy_cli.procs import eddy_command
+from eddy_cli.procs import eddy_command, free_port, rss_mib
 
 MiB = 1 << 20
 BLOCK = 8 * MiB
 DEFAULT_MODE = "sendfile/verify=changed"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 async def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
@@ -123,7 +106,7 @@ class _RssSampler:
     async def _run(self) -> None:
         while True:
             for name, pid in self.pids.items():
-                self.peak[name] = max(self.peak[name], _rss_mib(pid))
+                self.peak[name] = max(self.peak[name], rss_mib(pid))
             await asyncio.sleep(0.05)
 
     def __enter__(self) -> _RssSampler:
@@ -139,7 +122,7 @@ async def _start_worker(
     name: str, manifest: Path, secret_dir: Path, tier: Path, quota: int, mode: str, verify: str,
     refs: list[BlockRef],
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _spawn([
         *eddy_command(), "--log-level", "WARNING", "worker", "-f", str(manifest),
@@ -200,7 +183,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         refs = list(blocks_of("demo", "blob.bin", etag, blocks * BLOCK, BLOCK))
 
         # The ceiling: a plain aiohttp server streaming the same bytes from memory in 1 MiB writes.
-        cport = _free_port()
+        cport = free_port()
         ceiling_proc = _spawn(
             [sys.executable, "-m", "bench.worker_bench", "--ceiling-server", str(cport), str(BLOCK)]
         )
@@ -220,7 +203,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             procs.append(proc)
             targets[name] = [(url + BLOCK_PATH, ref_to_params(r)) for r in refs]
             pids[name] = proc.pid
-            idle[name] = _rss_mib(proc.pid)
+            idle[name] = rss_mib(proc.pid)
 
         # Interleaved rounds, so a noisy neighbour on this shared machine hits every target alike.
         samples: dict[tuple[str, int], list[float]] = {(t, n): [] for t in targets for n in (1, 4)}

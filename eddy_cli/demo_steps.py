@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import time
 import uuid
@@ -29,20 +28,13 @@ from eddy.quantity import human_size, parse_quantity, percentage
 from eddy.secrets import SecretSource
 from eddy.workerclient import WorkerClient
 from eddy_cli.demo_data import DataSet, upload
-from eddy_cli.procs import Processes, eddy_command, is_mounted, unmount
+from eddy_cli.procs import Processes, eddy_command, free_port, is_mounted, unmount
 from eddy_cli.tables import age, table
 
 BUCKET = "eddy-demo"
 PREFIX = "serverless/"
 # The seed asks for 5Gi of MEM for a 1.16 GiB data set; keep that ratio when scaling the quota.
 QUOTA_PER_BYTE = 5 / 1.16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def banner(text: str) -> None:

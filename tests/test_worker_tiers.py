@@ -145,6 +145,29 @@ async def test_store_fill_demote_and_quota(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_block_written_here_counts_as_checked_until_its_file_changes(tmp_path: Path) -> None:
+    """The worker computed the CRC32C from the bytes it wrote: no checksum pass on the first hit."""
+    from worker.blockfile import file_stamp
+
+    store = TierStore(_levels(tmp_path, mem=4 * (BS + 100), ssd=4 * (BS + 100)))
+    await store.open()
+    try:
+        data = os.urandom(BS)
+        await store.put(ref(0), data, crc32c(data))
+        hit = store.lookup(ref(0))
+        assert hit is not None and isinstance(hit.entry.verified, tuple)
+        stamp, _when = hit.entry.verified
+        assert stamp == file_stamp(hit.path)
+        fd = os.open(hit.path, os.O_WRONLY)  # any write to the file changes its stamp: checked again
+        try:
+            os.pwrite(fd, b"\x00", hit.header.header_len)
+        finally:
+            os.close(fd)
+        assert file_stamp(hit.path) != stamp
+    finally:
+        await store.close()
+
+
 async def test_store_refuses_a_block_bigger_than_every_quota(tmp_path: Path) -> None:
     store = TierStore(_levels(tmp_path, mem=BS // 2, ssd=BS // 2))
     await store.open()

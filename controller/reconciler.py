@@ -7,7 +7,6 @@ Returns the seconds after which the key wants another look (status refresh), or 
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
 import time
@@ -32,7 +31,7 @@ from controller.status import (
 from eddy import names
 from eddy.api import Dataset, JindoRuntime, ValidationError, parse_dataset, parse_runtime
 from eddy.objectstore import ObjectStore, ObjectStoreError
-from eddy.secrets import SecretSource
+from eddy.secrets import SecretError, SecretSource, secret_values
 from eddy.workerclient import WorkerClient, WorkerError
 
 log = logging.getLogger("eddy.controller")
@@ -201,9 +200,7 @@ class Reconciler:
         mapping: dict[str, dict[str, str]] = {}
         for secret in ds.secret_names:
             doc = await self.kube.get_or_none(kubeio.SECRETS, secret, ds.meta.namespace)
-            data = (doc or {}).get("data") or {}
-            mapping[secret] = {k: base64.b64decode(v).decode() for k, v in data.items()}
-            mapping[secret].update((doc or {}).get("stringData") or {})
+            mapping[secret] = secret_values(doc or {}, f"{ds.meta.namespace}/{secret}")
         return SecretSource.from_mapping(mapping)
 
     async def _ufs_total(self, ds_doc: dict[str, Any], ds: Dataset) -> _UfsTotal:
@@ -221,7 +218,7 @@ class Reconciler:
                     async for info in store.list():
                         if not info.key.endswith("/"):
                             total += info.size
-        except (ObjectStoreError, KeyError, ValueError) as exc:
+        except (ObjectStoreError, SecretError) as exc:  # their messages name secrets and keys, never values
             error = f"cannot list the mounts: {exc}"
         except ApiError as exc:
             error = f"cannot read the mount secrets: {exc}"

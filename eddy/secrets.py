@@ -8,15 +8,36 @@ the key only.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from eddy.api import Mount, SecretKeyRef
+
+log = logging.getLogger(__name__)
 
 
 class SecretError(LookupError):
     """A referenced secret value is missing or unreadable. The message names secret and key, never a value."""
+
+
+def secret_values(doc: Mapping[str, Any], where: str) -> dict[str, str]:
+    """The text values of a Kubernetes Secret object (`data` decoded, then `stringData`).
+
+    A key whose value is not base64 UTF-8 text is left out with a warning that names the key only:
+    mount credentials are text, and neither the bytes nor a decoder's message (which quotes them) may
+    reach a log, a status or an error."""
+    values: dict[str, str] = {}
+    for key, value in (doc.get("data") or {}).items():
+        try:
+            values[str(key)] = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+            log.warning("Secret %s: key %s is not base64 text; ignored", where, key)
+    values.update({str(k): str(v) for k, v in (doc.get("stringData") or {}).items()})
+    return values
 
 
 class Credentials(NamedTuple):

@@ -10,14 +10,12 @@ set: there is no read-modify-write, hence no lost update.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from eddy.kube import DATALOADS, DATASETS, JINDORUNTIMES, SECRETS, EventRecorder, Informer, Kube, Resource
-from eddy.secrets import SecretSource
+from eddy.secrets import SecretSource, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +46,8 @@ class KubeApi:
         mapping: dict[str, dict[str, str]] = {}
         for name in names:
             doc = await self.get("Secret", namespace, name)
-            if doc is None:
-                continue
-            values: dict[str, str] = {}
-            for key, value in (doc.get("data") or {}).items():
-                try:
-                    values[key] = base64.b64decode(value).decode()
-                except (binascii.Error, UnicodeDecodeError):
-                    log.warning("Secret %s/%s: key %s is not base64 text; ignored", namespace, name, key)
-            values.update(doc.get("stringData") or {})
-            mapping[name] = values
+            if doc is not None:
+                mapping[name] = secret_values(doc, f"{namespace}/{name}")
         return SecretSource.from_mapping(mapping)
 
 

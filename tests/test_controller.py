@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -268,6 +269,31 @@ async def test_unreachable_store_keeps_bound_with_a_condition(bed: Bed) -> None:
     assert ds["status"]["conditions"][0]["reason"] == "UfsUnavailable"
     assert bed.s3.secret_key not in ds["status"]["conditions"][0]["message"]
     assert bed.get("statefulsets.apps", "serverless-data-eddy-worker") is not None
+
+
+async def test_missing_or_binary_secret_values_give_a_condition_without_them(bed: Bed) -> None:
+    """A Secret with a binary key and without the key the mount needs: Bound, a condition naming the
+    secret and key, and neither the bytes nor a decoder's message quoting them anywhere in the status."""
+    docs = seed_docs(bed.bucket, bed.s3.endpoint)
+    binary = b"\x82\xff-not-text"
+    secret = secret_doc(bed.s3)
+    del secret["data"]["fs.oss.accessKeySecret"]
+    secret["data"]["blob"] = base64.b64encode(binary).decode()
+    await bed.kube.create(kubeio.SECRETS, secret, "default")
+    await bed.kube.create(kubeio.DATASETS, docs[0], "default")
+    await bed.kube.create(kubeio.RUNTIMES, docs[1], "default")
+    reconciler = Reconciler(bed.kube, Settings(), ufs_period=3600)
+    try:
+        await asyncio.wait_for(reconciler.reconcile_dataset("default", "serverless-data"), 60)
+    finally:
+        await reconciler.close()
+    ds = bed.get("datasets.data.fluid.io", "serverless-data")
+    assert ds is not None and ds["status"]["phase"] == "Bound"
+    condition = ds["status"]["conditions"][0]
+    assert condition["reason"] == "UfsUnavailable"
+    assert "access-key" in condition["message"] and "fs.oss.accessKeySecret" in condition["message"]
+    status = json.dumps(ds["status"])
+    assert "codec" not in status and "0x82" not in status and bed.s3.access_key not in status
 
 
 async def test_finished_classic_pod_gets_its_sidecar_stopped(bed: Bed) -> None:

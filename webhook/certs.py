@@ -14,7 +14,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -40,9 +40,9 @@ def service_names(service: str, namespace: str) -> list[str]:
 @dataclass(frozen=True)
 class CertBundle:
     ca_cert: bytes  # PEM
-    ca_key: bytes
+    ca_key: bytes = field(repr=False)  # private keys never show in a repr, a log line or a traceback
     cert: bytes
-    key: bytes
+    key: bytes = field(repr=False)
     ca_bundle: bytes  # PEM of the CAs clients should trust (current first, then a previous one)
 
     def to_secret_data(self) -> dict[str, str]:

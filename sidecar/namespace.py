@@ -13,6 +13,7 @@ inode, so the kernel's cached dentries stay valid.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -94,6 +95,7 @@ class Namespace:
 
     def __init__(self) -> None:
         self._inodes: dict[str, int] = {"": ROOT_INODE}
+        self._inode_lock = threading.Lock()
         self._next_ino = ROOT_INODE + 1
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "", ROOT_INODE, children={})}
         self._files: dict[tuple[str, str], int] = {}
@@ -103,6 +105,11 @@ class Namespace:
     # ------------------------------------------------------------------ building
     def load(self, listings: Mapping[str, Iterable[ObjectInfo]], places: Mapping[str, str]) -> LoadStats:
         """Replace the tree with the given listings; `places` maps mount name → mount `path`."""
+        return self.install(self.build(listings, places))
+
+    def build(self, listings: Mapping[str, Iterable[ObjectInfo]], places: Mapping[str, str]) -> _Builder:
+        """A new tree from the listings, not yet visible. Safe to run in a thread while the live tree
+        serves lookups (a million objects take seconds: the TTL refresh must not stall the mount)."""
         builder = _Builder(self._inode_for)
         for mount, entries in listings.items():
             base = mount_segments(places.get(mount, "/"))
@@ -112,6 +119,10 @@ class Namespace:
                     break
             else:
                 builder.add_mount(mount, base, entries)
+        return builder
+
+    def install(self, builder: _Builder) -> LoadStats:
+        """Make a built tree the live one (on the event loop, in one step between two requests)."""
         self._nodes, self._files, self._paths = builder.nodes, builder.files, builder.paths
         self.stats = LoadStats(
             files=len(builder.files),
@@ -122,11 +133,12 @@ class Namespace:
         return self.stats
 
     def _inode_for(self, path: str) -> int:
-        ino = self._inodes.get(path)
-        if ino is None:
-            ino = self._inodes[path] = self._next_ino
-            self._next_ino += 1
-        return ino
+        with self._inode_lock:  # a refresh builds in a thread while the loop may add a file
+            ino = self._inodes.get(path)
+            if ino is None:
+                ino = self._inodes[path] = self._next_ino
+                self._next_ino += 1
+            return ino
 
     def update_file(self, mount: str, key: str, obj: ObjectInfo | None) -> Node | None:
         """Refresh one file's metadata after the object changed (None: it is gone); returns the node."""

@@ -158,7 +158,8 @@ class DatasetReader:
     async def refresh(self) -> None:
         """Re-list every mount (the TTL refresh); inode numbers of kept paths do not change."""
         listings = {name: await self._list(name) for name in self.stores}
-        stats = self.namespace.load(listings, self.places)
+        built = await asyncio.to_thread(self.namespace.build, listings, self.places)
+        stats = self.namespace.install(built)
         self.listed_at = time.monotonic()
         self.source = "listing"
         self.metrics.files.set(stats.files)
@@ -283,9 +284,12 @@ class DatasetReader:
                 out: bytes | memoryview = memoryview(data)[offset - base : end - base]
             else:
                 blocks = await asyncio.gather(*(self._block(h, i) for i in range(first, last + 1)))
-                view = b"".join(blocks)
-                base = first * bs
-                out = view[offset - base : end - base]
+                # Join only the bytes asked for (at most the read's size), not the whole blocks.
+                pieces = []
+                for i, block in zip(range(first, last + 1), blocks, strict=True):
+                    lo, hi = max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs
+                    pieces.append(memoryview(block)[lo:hi])
+                out = b"".join(pieces)
         finally:
             self.inflight -= 1
             if not self.inflight:

@@ -155,3 +155,21 @@ async def test_worker_first_with_snapshot_and_next_owner(
             assert reader.breaker.down() == [dead]
     finally:
         await asyncio.to_thread(worker.kill)
+
+
+async def test_ttl_refresh_adds_new_objects_and_keeps_inodes(
+    s3_server: Any, s3_bucket: str, small_tree: dict[str, bytes]
+) -> None:
+    """The refresh builds the new tree off the event loop, then swaps it in: kept paths keep their inode."""
+    cfg = build_config(s3_server.dataset_doc(s3_bucket, "p"), block_size=MiB)
+    async with await DatasetReader.create(cfg, s3_server.secrets(), options(use_snapshot=False)) as reader:
+        before = reader.namespace.resolve("a/0.bin")
+        assert before is not None and reader.namespace.resolve("new/late.bin") is None
+        s3_server.put_object(s3_bucket, "p/new/late.bin", b"late arrival")
+        await reader.refresh()
+        after = reader.namespace.resolve("a/0.bin")
+        late = reader.namespace.resolve("new/late.bin")
+        assert after is not None and after.ino == before.ino
+        assert late is not None and late.size == len(b"late arrival")
+        assert b"".join([c async for c in reader.read_file("new/late.bin")]) == b"late arrival"
+        assert reader.namespace.stats.files == len(small_tree) + 2

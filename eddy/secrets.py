@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -100,6 +100,20 @@ class SecretSource:
 def credential_option_names(scheme: str) -> tuple[str, str]:
     """The option names holding the access key id and secret for a mount scheme (`oss`, `s3`)."""
     return f"fs.{scheme}.accessKeyId", f"fs.{scheme}.accessKeySecret"
+
+
+def plain_credentials(mounts: Sequence[Mount]) -> list[str]:
+    """Where credentials sit in plain `options` (field paths, never values).
+
+    Fluid accepts them there, and so does Eddy, but plain options travel with the Dataset into the
+    runtime's ConfigMap, readable by anyone who may read ConfigMaps; `encryptOptions` keep them in a
+    Secret. Callers warn with these paths."""
+    found = []
+    for i, mount in enumerate(mounts):
+        for name in credential_option_names(mount.scheme):
+            if mount.options.get(name) and not any(o.name == name for o in mount.encrypt_options):
+                found.append(f"spec.mounts[{i}].options[{name}]")
+    return found
 
 
 def _option(mount: Mount, name: str, secrets: SecretSource | None) -> str | None:

@@ -6,7 +6,9 @@ import argparse
 import sys
 from typing import Any
 
+from eddy.api import Dataset
 from eddy.manifests import ManifestError, load_manifests
+from eddy.secrets import plain_credentials
 
 
 def register(subparsers: Any) -> None:
@@ -43,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
             errors += 1
         for line in result.note_lines():
             print(f"note: {line}")
+        for model in result.models:
+            if isinstance(model, Dataset):
+                for where in plain_credentials(model.mounts):
+                    print(f"warning: {path}: Dataset/{model.meta.name}: {where}: a credential in plain text "
+                          "(it is copied into the runtime's ConfigMap); use encryptOptions with a Secret")
         for skipped in result.skipped:
             print(f"note: {path}: {skipped}: not a Fluid kind, skipped")
     if errors:

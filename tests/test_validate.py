@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from eddy_cli.main import main
 from tests.support.seed import SEED
@@ -45,6 +46,25 @@ def test_the_filled_seed_passes_the_real_cli(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "3 object(s) valid"
     assert result.stderr == ""
+
+
+def test_plain_text_credentials_pass_with_a_warning_that_never_shows_them(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all(filled_seed(tmp_path).read_text()))
+    dataset = next(d for d in docs if d["kind"] == "Dataset")
+    mount = dataset["spec"]["mounts"][0]
+    mount.pop("encryptOptions", None)
+    mount.setdefault("options", {}).update(
+        {"fs.oss.accessKeyId": "AKIDplain123", "fs.oss.accessKeySecret": "s3cr3t-plain-value"}
+    )
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    result = run_cli("-f", path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2
+    assert "spec.mounts[0].options[fs.oss.accessKeySecret]" in warnings[1] and "encryptOptions" in warnings[1]
+    assert "s3cr3t-plain-value" not in result.stdout + result.stderr
+    assert "AKIDplain123" not in result.stdout + result.stderr
 
 
 def test_the_unfilled_seed_fails_the_real_cli_naming_file_object_and_field() -> None:

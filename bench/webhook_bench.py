@@ -31,6 +31,7 @@ import aiohttp
 import yaml
 
 from webhook.certs import new_bundle, write_private
+from webhook.review import pod_create_review, pod_of_template
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO.parent / "shared" / "seed"
@@ -62,22 +63,8 @@ asyncio.run(main())
 
 
 def seed_review(namespace: str = "default") -> bytes:
-    deployment = yaml.safe_load((SEED / "deployment-eci.yaml").read_text())
-    template = deployment["spec"]["template"]
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": template["metadata"], "spec": template["spec"]}
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "object": pod,
-        },
-    }
-    return json.dumps(review).encode()
+    pod = pod_of_template(yaml.safe_load((SEED / "deployment-eci.yaml").read_text()))
+    return json.dumps(pod_create_review(pod, namespace, str(uuid.uuid4()))).encode()
 
 
 def seed_dataset_docs(namespace: str = "default") -> list[dict[str, Any]]:
@@ -222,9 +209,10 @@ async def cluster_webhook(work: Path, docs: list[dict[str, Any]]) -> AsyncIterat
     cmd = [
         sys.executable,
         "-m",
-        "webhook",
+        "eddy_cli.main",
         "--log-level",
         "WARNING",
+        "webhook",
         "--kube-url",
         api.url,
         "--namespace",

@@ -30,6 +30,7 @@ from eddy.workerclient import WorkerClient
 from eddy_cli.demo_data import DataSet, upload
 from eddy_cli.procs import Processes, eddy_command, free_port, is_mounted, unmount
 from eddy_cli.tables import age, table
+from webhook.review import pod_create_review, pod_of_template
 
 BUCKET = "eddy-demo"
 PREFIX = "serverless/"
@@ -204,21 +205,8 @@ class DemoRun:
             self.logs / "webhook.log",
         )
         await self.wait_file(cert_dir / "ca.crt", "the webhook's CA")
-        deployment = yaml.safe_load((self.seed_dir / "deployment-eci.yaml").read_text())
-        template = deployment["spec"]["template"]
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": template["metadata"], "spec": template["spec"]}
-        review = {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": str(uuid.uuid4()),
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "default",
-                "operation": "CREATE",
-                "object": pod,
-            },
-        }
+        pod = pod_of_template(yaml.safe_load((self.seed_dir / "deployment-eci.yaml").read_text()))
+        review = pod_create_review(pod, "default", str(uuid.uuid4()))
         ctx = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
         url = f"https://127.0.0.1:{port}/mutate"
         answer = await self.post_json(url, review, ctx, "the webhook")

@@ -24,7 +24,7 @@ class WalkaheadPolicy:
 
 
 class WalkaheadState:
-    """The last open per directory and how far ahead prefetch was already asked."""
+    """The last open (directory, index) and how far ahead of it prefetch was already asked."""
 
     __slots__ = ("_ahead", "_last", "_policy")
 

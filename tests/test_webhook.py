@@ -1,4 +1,4 @@
-"""The webhook over real HTTPS: `python -m webhook --local` (= `eddy webhook --local`) subprocesses,
+"""The webhook over real HTTPS: `eddy webhook --local` subprocesses,
 clients verifying with the CA it writes, AdmissionReviews built from the seed's pods and generated pods."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.support.seed import SEED
 from tests.test_injector import DATASETS, pods, seed_pod
+
+EDDY_WEBHOOK = [sys.executable, "-m", "eddy_cli.main", "webhook"]
 
 REPO = Path(__file__).parents[1]
 SECRET_VALUES = ("AKIDexampleSecretId42", "wJalrXUtnFEMIexampleSecretKey42")
@@ -91,7 +93,7 @@ def write_manifests(directory: Path) -> Path:
 def start_webhook(tmp: Path, *extra: str) -> Webhook:
     manifests = write_manifests(tmp)
     cert_dir = tmp / "certs"
-    cmd = [sys.executable, "-m", "webhook", "--local", "-f", str(manifests), "--cert-dir", str(cert_dir)]
+    cmd = [*EDDY_WEBHOOK, "--local", "-f", str(manifests), "--cert-dir", str(cert_dir)]
     cmd += ["--port", "0", "--max-body", str(256 * 1024), *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -271,7 +273,7 @@ def test_local_mode_rejects_bad_manifests(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text((SEED / "dataset.yaml").read_text())  # placeholders still in
     result = subprocess.run(
-        [sys.executable, "-m", "webhook", "--local", "-f", str(bad), "--cert-dir", str(tmp_path / "c")],
+        [*EDDY_WEBHOOK, "--local", "-f", str(bad), "--cert-dir", str(tmp_path / "c")],
         cwd=REPO,
         capture_output=True,
         text=True,

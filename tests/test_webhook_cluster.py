@@ -158,6 +158,7 @@ async def start_cluster_webhook(api: KubeApiServer, tmp: Path) -> tuple[asyncio.
     cmd = [
         sys.executable,
         "-m",
+        "eddy_cli.main",
         "webhook",
         "--kube-url",
         api.url,

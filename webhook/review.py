@@ -26,6 +26,29 @@ from webhook.profiles import InjectionDenied, InjectorSettings
 API_VERSION = "admission.k8s.io/v1"
 
 
+def pod_create_review(pod: Mapping[str, Any], namespace: str, uid: str) -> dict[str, Any]:
+    """The AdmissionReview the API server sends when `pod` is created in `namespace` (what the demo,
+    the benchmark and the tests post to `/mutate`)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": dict(pod),
+        },
+    }
+
+
+def pod_of_template(workload: Mapping[str, Any]) -> dict[str, Any]:
+    """The Pod a Deployment (or any workload with `spec.template`) would create."""
+    template = workload["spec"]["template"]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": template["metadata"], "spec": template["spec"]}
+
+
 class BadReview(ValueError):
     """The body is not an AdmissionReview v1 request (answered with HTTP 400 and this message)."""
 

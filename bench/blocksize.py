@@ -4,7 +4,7 @@ Reads one object (256 MiB; `--quick`: 64 MiB) block by block through `eddy.objec
 for block sizes 1/4/8/16 MiB, with 1 and 4 requests in flight (a lone reader; a reader with
 read-ahead), and reports MB/s, the median request time and the client's CPU per GiB. The ceiling is one
 un-ranged GET of the whole object in the same run. A second pass goes through the OSS-like link of
-local mode (`eddy.local.link`: per-request latency, shared bandwidth), where per-request cost matters
+local mode (`sandbox.link`: per-request latency, shared bandwidth), where per-request cost matters
 the way it does against a real bucket. The numbers and the choice are written up in docs/objectstore.md.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from eddy.api import parse_dataset
-from eddy.local.link import Link
-from eddy.local.s3server import LocalS3, start_seaweedfs
 from eddy.objectstore import ObjectStore
 from eddy.secrets import SecretSource
+from sandbox.link import Link
+from sandbox.s3server import LocalS3, start_seaweedfs
 
 MiB = 1024 * 1024
 BLOCK_SIZES = (1 * MiB, 4 * MiB, 8 * MiB, 16 * MiB)

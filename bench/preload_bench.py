@@ -1,6 +1,6 @@
 """preload: DataLoad throughput into real workers vs the best plain parallel ranged GET (the ceiling).
 
-In one run, against one local S3 server (SeaweedFS, `eddy/local/s3server.py`):
+In one run, against one local S3 server (SeaweedFS, `sandbox/s3server.py`):
 1. upload N MiB as a realistic mix (a few large files, many medium, a tail of small ones; 1 GiB, or
    256 MiB with --quick);
 2. ceiling: read every byte with plain ranged GETs (aiobotocore, 8 MiB ranges, data discarded): one
@@ -295,7 +295,7 @@ def _cleanup(procs: Sequence[subprocess.Popen[bytes]], local: Any, root: Path) -
 
 # ------------------------------------------------------------------------------------------- run
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from eddy.local.s3server import start_seaweedfs
+    from sandbox.s3server import start_seaweedfs
 
     quick = bool(getattr(args, "quick", False))
     total = (256 if quick else 1024) * MiB

@@ -9,7 +9,7 @@ processes are warmed with it; then a reader streams the file through
   (workers serve with `--serve-mode sendfile`: in a cluster they run on other nodes, here they share
   the sidecar's two cores);
 - `eddy sidecar mount --no-workers` (cold), through the OSS-like link (50 MB/s, 15 ms) when
-  `eddy/local/link.py` is there, and straight to the local S3 server.
+  `sandbox/link.py` is there, and straight to the local S3 server.
 
 The reader does 1 MiB `readinto`s into one buffer (like `dd bs=1M`), and every stream is checked
 against the expected SHA-256, so a fast wrong answer cannot count. Each figure is the best of two
@@ -186,8 +186,8 @@ async def warm_workers(manifest: Path, secret_dir: Path, urls: list[str]) -> int
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from eddy.local.link import Link
-    from eddy.local.s3server import start_seaweedfs
+    from sandbox.link import Link
+    from sandbox.s3server import start_seaweedfs
 
     quick = bool(getattr(args, "quick", False))
     size = (256 if quick else 1024) * MiB
@@ -264,7 +264,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # ---- cold: the object store only (through the OSS-like link when it is there)
         link = await Link(s3.host, s3.port, bandwidth=50e6, latency_s=0.015).start()
-        out["cold_link"] = "OSS-like link (eddy/local/link.py): 50 MB/s, 15 ms per request"
+        out["cold_link"] = "OSS-like link (sandbox/link.py): 50 MB/s, 15 ms per request"
         cold_endpoint = link.endpoint
         cold_manifest = work / "cold.yaml"
         cold_manifest.write_text(yaml.safe_dump_all(manifest_docs(cold_endpoint, quota, 0)))

@@ -177,7 +177,7 @@ async def cluster_webhook(work: Path, docs: list[dict[str, Any]]) -> AsyncIterat
     `eddy webhook` process in cluster mode against it; yields (mutate URL, CA file, server)."""
     # The Kubernetes API test server (importable without pytest); loaded by name so that mypy's strict
     # check of bench/ does not extend into tests/.
-    server_module = importlib.import_module("tests.support.kubeapi_server")
+    server_module = importlib.import_module("sandbox.apiserver")
     api = server_module.KubeApiServer()
     await api.start()
     mwc = yaml.safe_load((REPO / "manifests" / "webhook" / "mutatingwebhook.yaml").read_text())

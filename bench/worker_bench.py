@@ -27,10 +27,10 @@ import aiohttp
 import yaml
 
 from eddy.blocks import BlockRef, blocks_of
-from eddy.local.s3server import start_seaweedfs
 from eddy.wire import BLOCK_PATH, ref_to_params
 from eddy.workerclient import WorkerClient
 from eddy_cli.procs import eddy_command, free_port, rss_mib
+from sandbox.s3server import start_seaweedfs
 
 MiB = 1 << 20
 BLOCK = 8 * MiB

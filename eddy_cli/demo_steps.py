@@ -21,8 +21,6 @@ import jsonpatch
 import yaml
 
 from eddy.api import parse_dataset
-from eddy.local.link import Link
-from eddy.local.s3server import LocalS3, start_seaweedfs
 from eddy.objectstore import ObjectStore
 from eddy.quantity import human_size, parse_quantity, percentage
 from eddy.secrets import SecretSource
@@ -30,6 +28,8 @@ from eddy.workerclient import WorkerClient
 from eddy_cli.demo_data import DataSet, upload
 from eddy_cli.procs import Processes, eddy_command, free_port, is_mounted, unmount
 from eddy_cli.tables import age, table
+from sandbox.link import Link
+from sandbox.s3server import LocalS3, start_seaweedfs
 from webhook.review import pod_create_review, pod_of_template
 
 BUCKET = "eddy-demo"

@@ -8,7 +8,7 @@ import os
 import aiohttp
 from aiohttp import web
 
-from eddy.local.link import Link, TokenBucket
+from sandbox.link import Link, TokenBucket
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
 

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from eddy.api import parse_dataset
 from eddy.blocks import blocks_for_range, blocks_of
-from eddy.local.s3server import start_seaweedfs
 from eddy.objectstore import (
     ObjectChanged,
     ObjectNotFound,
@@ -26,6 +25,7 @@ from eddy.objectstore import (
     endpoint_settings,
 )
 from eddy.secrets import SecretError, SecretSource, credentials_for
+from sandbox.s3server import start_seaweedfs
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3 import S3Server, make_client
 

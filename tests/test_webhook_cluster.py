@@ -23,7 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter
 
 from eddy import kube
-from tests.support.kubeapi_server import KubeApiServer
+from sandbox.apiserver import KubeApiServer
 from tests.test_injector import seed_pod
 from tests.test_webhook import SECRET_VALUES, dataset_doc, review
 from webhook.certs import CertBundle, TlsReloader, service_names

@@ -1,4 +1,4 @@
-"""Pytest fixtures for the Kubernetes API test server (`kubeapi_server.py`; docs/kube.md).
+"""Pytest fixtures for the Kubernetes API test server (`sandbox/apiserver.py`; docs/kube.md).
 
 `kube_api` starts a fresh in-memory API server on 127.0.0.1 for one test; `kube_client` is a
 kubernetes-asyncio `ApiClient` pointing at it (no auth), closed at teardown.
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 from kubernetes_asyncio import client as k8s
 
-from tests.support.kubeapi_server import KINDS, ApiError, Kind, KubeApiServer, label_match, merge_patch
+from sandbox.apiserver import KINDS, ApiError, Kind, KubeApiServer, label_match, merge_patch
 
 __all__ = ["KINDS", "ApiError", "Kind", "KubeApiServer", "api_client_for", "label_match", "merge_patch"]
 

@@ -27,8 +27,8 @@ import pytest
 from botocore.config import Config
 
 from eddy.api import Mount, parse_dataset
-from eddy.local.s3server import LocalS3, start_seaweedfs
 from eddy.secrets import SecretSource
+from sandbox.s3server import LocalS3, start_seaweedfs
 from tests.support.faultproxy import FaultProxy
 
 SECRET_NAME = "access-key"

@@ -26,13 +26,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import jsonpatch
 from aiohttp import web
 
 Obj = dict[str, Any]
-log = logging.getLogger("tests.kubeapi")
+log = logging.getLogger("sandbox.apiserver")
 COUNTED = web.RequestKey("eddy_counted", bool)
 
 
@@ -81,6 +81,33 @@ KINDS: tuple[Kind, ...] = (
 BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 BY_KEY = {k.key: k for k in KINDS} | {f"{k.plural}.{k.group}": k for k in KINDS if k.group}
 BY_KIND = {(k.api_version, k.kind): k for k in KINDS}
+
+
+@dataclass
+class AdmissionAttributes:
+    """One write as admission sees it, before it is stored (kube-apiserver's admission.Attributes).
+
+    `obj` is the object as the client sent it (patches applied, for UPDATE): a mutating step replaces
+    it; a validating step reads it. For CREATE the name may still be empty (generateName is resolved
+    after admission, as in kube-apiserver) and `metadata.namespace` may be missing: `namespace` is the
+    request's.
+    """
+
+    operation: str  # CREATE | UPDATE
+    kind: Kind
+    namespace: str
+    name: str
+    obj: Obj
+    old: Obj | None
+    sub_resource: str = ""
+    dry_run: bool = False
+    user: str = "system:admin"
+
+
+class AdmissionStep(Protocol):
+    """A mutating or validating admission step; raises ApiError to deny, returns the object to store."""
+
+    async def __call__(self, attrs: AdmissionAttributes) -> Obj: ...
 
 
 class ApiError(Exception):
@@ -273,6 +300,8 @@ class KubeApiServer:
         self._faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
         self._closing = False
+        # Run in order on every CREATE/UPDATE of a main resource: mutating steps, then validating ones.
+        self.admission: list[AdmissionStep] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> KubeApiServer:
@@ -576,7 +605,12 @@ class KubeApiServer:
                 return web.json_response(self._list(request, kind, ns))
             if method == "POST":
                 self._count(request, "create", key)
-                return web.json_response(self._create(kind, ns, await _body(request)), status=201)
+                body = await _body(request)
+                if not isinstance(body, dict):
+                    raise ApiError(400, "BadRequest", "the body must be an object")
+                admitted = await self._admit("CREATE", kind, ns or "", body, None,
+                                             dry_run=request.query.get("dryRun") == "All")
+                return web.json_response(self._create(kind, ns, admitted), status=201)
             if method == "DELETE":
                 self._count(request, "deletecollection", key)
                 return web.json_response(self._delete_collection(request, kind, ns))
@@ -600,10 +634,40 @@ class KubeApiServer:
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "the body must be an object")
             _check_rv(body, old, kind, name)
-            return web.json_response(self._write(kind, store_ns, name, copy.deepcopy(body), old, status_only))
-        patched = _apply_patch(request.content_type, old, body)
-        _check_rv(body if isinstance(body, dict) else {}, old, kind, name)
-        return web.json_response(self._write(kind, store_ns, name, patched, old, status_only))
+            new = copy.deepcopy(body)
+        else:
+            new = _apply_patch(request.content_type, old, body)
+            _check_rv(body if isinstance(body, dict) else {}, old, kind, name)
+        if not status_only:
+            new = await self._admit("UPDATE", kind, store_ns, new, old,
+                                    dry_run=request.query.get("dryRun") == "All")
+            old = self._store.get((kind, store_ns, name))  # admission awaited: re-read what is stored
+            if old is None:
+                raise ApiError(404, "NotFound", f'{kind.key} "{name}" not found')
+        return web.json_response(self._write(kind, store_ns, name, new, old, status_only))
+
+    async def _admit(self, operation: str, kind: Kind, ns: str, obj: Obj, old: Obj | None, *,
+                     dry_run: bool = False) -> Obj:
+        """Run the admission chain (mutating, then validating) over one write; returns what to store."""
+        if not self.admission:
+            return obj
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        attrs = AdmissionAttributes(operation, kind, ns, name, copy.deepcopy(obj),
+                                    copy.deepcopy(old) if old is not None else None, dry_run=dry_run)
+        for step in self.admission:
+            attrs.obj = await step(attrs)
+        return attrs.obj
+
+    async def create(self, obj: Obj, namespace: str | None = None) -> Obj:
+        """Create through admission, as a POST would (for in-process callers; no request is counted)."""
+        kind = BY_KIND.get((obj.get("apiVersion", ""), obj.get("kind", "")))
+        if kind is None:
+            raise ApiError(404, "NotFound", f"no kind {obj.get('kind')} in {obj.get('apiVersion')}")
+        ns = None
+        if kind.namespaced:
+            ns = namespace or (obj.get("metadata") or {}).get("namespace") or "default"
+        admitted = await self._admit("CREATE", kind, ns or "", obj, None)
+        return self._create(kind, ns, admitted)
 
     def _selected(self, obj: Obj | None, labels: str, fields: str) -> bool:
         if obj is None:
@@ -686,9 +750,9 @@ class KubeApiServer:
             if since < self._compacted:
                 expired = True
             else:
-                for change in self._history:
-                    if change.rv > since and change.kind == kind:
-                        initial.extend(self._translate(watcher, change))
+                for past in self._history:
+                    if past.rv > since and past.kind == kind:
+                        initial.extend(self._translate(watcher, past))
         if not expired and not self._closing:
             self._watchers.add(watcher)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -708,7 +772,7 @@ class KubeApiServer:
                 if remaining <= 0:
                     break
                 try:
-                    change = await asyncio.wait_for(watcher.queue.get(), remaining)
+                    change = await asyncio.wait_for(_next(watcher), remaining)
                 except TimeoutError:
                     break
                 if change is None:
@@ -812,3 +876,7 @@ def _apply_patch(content_type: str, old: Obj, body: Any) -> Obj:
         assert isinstance(result, dict)
         return copy.deepcopy(result)  # the merge shares untouched branches with the stored object
     raise ApiError(415, "UnsupportedMediaType", f"the patch type {content_type!r} is not supported")
+
+
+async def _next(watcher: Watcher) -> Change | None:
+    return await watcher.queue.get()

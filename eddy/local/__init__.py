@@ -1,1 +1,0 @@
-"""Local mode helpers: the embedded S3 server and the OSS-like link used by the demo, tests and benchmarks."""

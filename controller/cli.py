@@ -6,16 +6,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from typing import Any
 
 from prometheus_client import start_http_server
 
-from controller.kubeio import PODS, Kube
+from controller.kubeio import Kube
 from controller.loop import Controller
 from controller.objects import Settings
 from controller.reconciler import Reconciler
+from eddy.kube import own_image
 from eddy.names import WORKER_PORT
 
 log = logging.getLogger("eddy.controller")
@@ -49,7 +49,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port)
     kube = await Kube.connect(args.kube_url, args.kubeconfig)
-    image = args.image or await own_image(kube)
+    image = args.image or await own_image(kube, "controller") or DEFAULT_IMAGE
     reconciler = Reconciler(kube, Settings(image=image, worker_port=args.worker_port),
                             ufs_period=args.ufs_period)
     controller = Controller(kube, reconciler, namespace=args.namespace, resync=args.resync)
@@ -66,18 +66,3 @@ async def run(args: argparse.Namespace) -> int:
         await kube.close()
     log.info("controller stopped")
     return 0
-
-
-async def own_image(kube: Kube) -> str:
-    """One image runs every part: the workers get the image this controller runs (kustomize `images:`)."""
-    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
-    if name and namespace:
-        try:
-            pod = await kube.get_or_none(PODS, name, namespace)
-        except Exception as exc:  # the default image still works; say why it was used
-            log.warning("cannot read my own pod %s/%s: %s", namespace, name, exc)
-            pod = None
-        for container in ((pod or {}).get("spec") or {}).get("containers") or []:
-            if container.get("name") == "controller" and container.get("image"):
-                return str(container["image"])
-    return DEFAULT_IMAGE

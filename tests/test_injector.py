@@ -80,7 +80,9 @@ def test_seed_pod_is_injected_and_valid(file: str, native: bool) -> None:
     assert volumes["eddy-serverless-data-config"]["configMap"] == {"name": "serverless-data-eddy-config"}
     assert volumes["eddy-serverless-data-secret-access-key"]["secret"] == {"secretName": "access-key"}
     (sidecar,) = sidecars(patched)
-    assert sidecar["securityContext"] == {"privileged": True}
+    # root in the sidecar (the image's USER is 65532): FUSE needs it, and a root mount gets allow_other
+    assert sidecar["securityContext"] == {"privileged": True, "runAsUser": 0, "runAsGroup": 0,
+                                          "runAsNonRoot": False}
     assert sidecar["command"][:3] == ["eddy", "sidecar", "mount"]
     at = sidecar["command"].index("--mountpoint")
     assert sidecar["command"][at:at + 4] == ["--mountpoint", FUSE_MOUNTPOINT, "--health-port", "8701"]
@@ -132,7 +134,8 @@ def test_sys_admin_mode_uses_capability_and_fuse_device() -> None:
     ).pod
     validate(hostpath)
     (sidecar,) = sidecars(hostpath)
-    assert sidecar["securityContext"] == {"privileged": False, "capabilities": {"add": ["SYS_ADMIN"]}}
+    assert sidecar["securityContext"] == {"privileged": False, "capabilities": {"add": ["SYS_ADMIN"]},
+                                          "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
     device = next(v for v in hostpath["spec"]["volumes"] if "hostPath" in v)
     assert device["hostPath"] == {"path": "/dev/fuse", "type": "CharDevice"}
     # Bidirectional is reserved to privileged containers by the API server.

@@ -8,6 +8,7 @@ it checks both renderings agree. The controller's generated objects are validate
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -161,3 +162,33 @@ def test_controller_objects_validate() -> None:
     volumes = objects[-1]["spec"]["template"]["spec"]["volumes"]
     ssd = {"name": "tier-1-ssd", "hostPath": {"path": "/mnt/eddy-ssd", "type": "DirectoryOrCreate"}}
     assert ssd in volumes
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    assert path, "kubectl is not installed: `make test` installs it (Debian package kubernetes-client)"
+    return path
+
+
+def test_an_overlay_sets_image_and_namespace_in_one_place(tmp_path: Path) -> None:
+    """The webhook's image and namespace follow the overlay: no argument left behind to edit."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(MANIFESTS, overlay)],  # kustomize refuses absolute roots
+        "namespace": "data-plane",
+        "images": [{"name": "ghcr.io/eddy/eddy", "newName": "registry.example/eddy", "newTag": "1.2.3"}],
+    }))
+    out = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    (webhook,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "eddy-webhook"]
+    assert webhook["metadata"]["namespace"] == "data-plane"
+    (container,) = webhook["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example/eddy:1.2.3"
+    assert not [a for a in container["args"] if a.startswith(("--image", "--namespace"))]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (config,) = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"]
+    assert {h["clientConfig"]["service"]["namespace"] for h in config["webhooks"]} == {"data-plane"}

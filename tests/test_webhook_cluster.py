@@ -8,6 +8,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import os
 import re
 import ssl
 import sys
@@ -154,7 +155,9 @@ def cluster_objects(api: KubeApiServer, kubelet: str = "v1.30.1") -> None:
     )
 
 
-async def start_cluster_webhook(api: KubeApiServer, tmp: Path) -> tuple[asyncio.subprocess.Process, int]:
+async def start_cluster_webhook(
+    api: KubeApiServer, tmp: Path, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, int]:
     cmd = [
         sys.executable,
         "-m",
@@ -162,8 +165,7 @@ async def start_cluster_webhook(api: KubeApiServer, tmp: Path) -> tuple[asyncio.
         "webhook",
         "--kube-url",
         api.url,
-        "--namespace",
-        "eddy-system",
+        *([] if env else ["--namespace", "eddy-system"]),
         "--service",
         "eddy-webhook",
         "--webhook-config",
@@ -176,7 +178,8 @@ async def start_cluster_webhook(api: KubeApiServer, tmp: Path) -> tuple[asyncio.
         str(tmp / "tls"),
     ]
     proc = await asyncio.create_subprocess_exec(
-        *cmd, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *cmd, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     assert proc.stdout is not None
     seen = b""
@@ -272,6 +275,41 @@ async def test_cluster_webhook_admits_from_caches(api: KubeApiServer, tmp_path: 
                 text = await r.text()
             assert 'eddy_webhook_admissions_total{outcome="injected"}' in text
             assert "eddy_webhook_native_sidecars 0.0" in text
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+        await drain
+    assert proc.returncode == 0
+
+
+async def test_cluster_webhook_learns_image_and_namespace_from_its_pod(
+    api: KubeApiServer, tmp_path: Path
+) -> None:
+    """No --image and no --namespace: both come from the webhook's own Pod (downward API names it)."""
+    cluster_objects(api)
+    meta = {"name": "eddy-webhook-7d4f-abcde", "namespace": "data-plane"}
+    api.put({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+             "spec": {"containers": [{"name": "webhook", "image": "registry.example/eddy:1.2.3"}]}})
+    env = {"POD_NAME": "eddy-webhook-7d4f-abcde", "POD_NAMESPACE": "data-plane", "CONTAINER_NAME": "webhook"}
+    proc, port = await start_cluster_webhook(api, tmp_path, env)
+    drain = asyncio.create_task(proc.stdout.read())  # type: ignore[union-attr]
+    try:
+        # Its TLS Secret lives in its own namespace, learnt from the environment.
+        assert api.get_object("secrets", "data-plane", "eddy-webhook-tls") is not None
+        ca = tmp_path / "ca.crt"
+        ca.write_bytes(ca_bundles(api)[0])
+        ctx = ssl.create_default_context(cafile=str(ca))
+        await watches_open(api, ("persistentvolumeclaims", "datasets", "jindoruntimes"))
+        pod = seed_pod("deployment-eci.yaml")
+        async with aiohttp.ClientSession() as session, session.post(
+            f"https://127.0.0.1:{port}/mutate", json=review(pod, "default"), ssl=ctx
+        ) as r:
+            assert r.status == 200
+            response = (await r.json())["response"]
+        out = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+        sidecars = [c for c in [*out["spec"].get("initContainers", []), *out["spec"]["containers"]]
+                    if c["name"].startswith("eddy-")]
+        assert sidecars and {c["image"] for c in sidecars} == {"registry.example/eddy:1.2.3"}
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any, cast
@@ -37,7 +38,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cert-dir", type=Path, help="where certificates go (local: ca.crt is written here)")
     parser.add_argument("--host", default=None, help="listen address (local: 127.0.0.1, cluster: 0.0.0.0)")
     parser.add_argument("--port", type=int, default=8443, help="HTTPS port (0 picks a free one)")
-    parser.add_argument("--namespace", default="eddy-system", help="cluster: the webhook's namespace")
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE") or "eddy-system",
+        help="cluster: the webhook's namespace (default: $POD_NAMESPACE, else eddy-system)",
+    )
     parser.add_argument("--service", default="eddy-webhook", help="cluster: the webhook's Service name")
     parser.add_argument(
         "--webhook-config", default="eddy-webhook", help="cluster: MutatingWebhookConfiguration"
@@ -49,7 +54,12 @@ def register(subparsers: Any) -> None:
         help="cluster: API server URL, no auth (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
     )
     parser.add_argument("--kubeconfig", default=None, help="cluster: use this kubeconfig file")
-    parser.add_argument("--image", default=InjectorSettings.image, help="the sidecar image")
+    parser.add_argument(
+        "--image",
+        default="",
+        help="the sidecar image (default: cluster: the webhook's own image, read from its pod "
+        f"$POD_NAMESPACE/$POD_NAME; local: {InjectorSettings.image})",
+    )
     parser.add_argument("--image-pull-policy", default=InjectorSettings.image_pull_policy)
     parser.add_argument(
         "--native-sidecar",
@@ -73,7 +83,7 @@ def register(subparsers: Any) -> None:
 
 def settings_from(args: argparse.Namespace, native: bool) -> InjectorSettings:
     return InjectorSettings(
-        image=args.image,
+        image=args.image or InjectorSettings.image,
         image_pull_policy=args.image_pull_policy,
         native_sidecar=native,
         fuse_mode=cast(FuseMode, args.fuse_mode),

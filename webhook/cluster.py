@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -150,6 +151,9 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
         hosts=hosts,
     )
     try:
+        if not args.image:
+            args.image = await kube.own_image(client, os.environ.get("CONTAINER_NAME", "webhook"))
+            log.info("sidecar image %s", args.image or f"{InjectorSettings.image} (own pod not found)")
         version = server_version(await client.version()) if args.native_sidecar == "auto" else ""
         await keeper.sync()
         async with informers(client, args.native_sidecar == "auto") as found:

@@ -135,13 +135,18 @@ def _sidecar(
     ]
     extra_volumes: list[dict[str, Any]] = []
     res = {kind: dict(values) for kind, values in resources.items()}
+    # Root in the sidecar, whatever the image's USER or the pod's securityContext say: mounting FUSE
+    # needs CAP_SYS_ADMIN, which the kernel gives only to uid 0 (a non-root uid loses its capabilities
+    # at exec), and a root mount gets `allow_other`, so app containers of any uid can read /data. The
+    # privilege is the container's, which this mode grants anyway; the app containers keep theirs.
+    root = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
     if settings.fuse_mode == "privileged":
-        security: dict[str, Any] = {"privileged": True}
+        security: dict[str, Any] = {"privileged": True, **root}
     else:
         # Kubernetes allows Bidirectional propagation only to privileged containers: in this mode the
         # sidecar's mount reaches the app containers only where the platform shares it (docs/webhook.md).
         mounts[0].pop("mountPropagation")
-        security = {"privileged": False, "capabilities": {"add": ["SYS_ADMIN"]}}
+        security = {"privileged": False, "capabilities": {"add": ["SYS_ADMIN"]}, **root}
         if settings.fuse_device_resource:
             res["requests"][settings.fuse_device_resource] = "1"
             res["limits"][settings.fuse_device_resource] = "1"

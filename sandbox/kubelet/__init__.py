@@ -1,0 +1,1 @@
+"""The sandbox's kubelet: `PodRunner` runs the pods bound to its node as processes (see runner.py)."""

@@ -27,18 +27,18 @@ COND_OPTIONS = "OptionsIgnored"  # unknown or malformed spec.options
 
 
 def format_duration(seconds: float) -> str:
-    """A duration as kubectl prints ages: `45s`, `2m3s`, `2m`, `1h2m`, `3d4h`."""
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
+    """A duration as Fluid prints a DataLoad's: Go's `Duration.String()` rounded to the second.
+
+    `45s`, `2m0s`, `1h2m5s`, `25h0m0s` (Go has no days). Fluid computes it with
+    `finish.Sub(start).Round(time.Second).String()`, and tools that parse the column expect that form.
+    """
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
-    if days >= 2:
-        return f"{days}d{hours}h" if hours else f"{days}d"
-    hours += days * 24
     if hours:
-        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+        return f"{hours}h{minutes}m{secs}s"
     if minutes:
-        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+        return f"{minutes}m{secs}s"
     return f"{secs}s"
 
 

@@ -53,20 +53,20 @@ def _load(*targets: tuple[str, int]) -> DataLoad:
     ("seconds", "text"),
     [
         (0, "0s"),
-        (45, "45s"),
+        (0.4, "0s"),
+        (44.6, "45s"),
         (59, "59s"),
-        (60, "1m"),
+        (60, "1m0s"),
         (123, "2m3s"),
-        (3600, "1h"),
-        (3720, "1h2m"),
-        (3725, "1h2m"),
-        (86400 + 3600, "25h"),
-        (3 * 86400 + 4 * 3600, "3d4h"),
-        (2 * 86400, "2d"),
+        (3600, "1h0m0s"),
+        (3720, "1h2m0s"),
+        (3725, "1h2m5s"),
+        (86400 + 3600, "25h0m0s"),
+        (3 * 86400 + 4 * 3600, "76h0m0s"),
         (-5, "0s"),
     ],
 )
-def test_format_duration_like_kubectl(seconds: float, text: str) -> None:
+def test_format_duration_like_go(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
 

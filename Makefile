@@ -33,7 +33,8 @@ DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config fuse3 
 # compare. `make lock` takes today's date; `make lock LOCK_DATE=...` another.
 UV_VERSION := 0.13.9
 UV_DIR     := $(VENV)/lock-tools
-UV         := $(CURDIR)/$(UV_DIR)/bin/uv
+# the system's CA store (Debian's ca-certificates, plus any local CA such as a proxy's), as pip uses
+UV         := UV_SYSTEM_CERTS=1 $(CURDIR)/$(UV_DIR)/bin/uv
 LOCK_DATE  ?= $(shell sed -n 's/.*--exclude-newer \([^ ]*\).*/\1/p' $(LOCK) 2>/dev/null | head -1)
 LOCK_FLAGS  = --universal --python-version 3.11 --generate-hashes --exclude-newer $(LOCK_DATE)
 # resolve DIR: both lock files of DIR/pyproject.toml, written in DIR (runtime first; the dev lock is

@@ -1,0 +1,130 @@
+"""A container's cgroups: one group that tracks every process of the container (so stop and cleanup
+kill all of them, daemons and exec'd processes included), plus the cpu and memory limits.
+
+cgroup v1 (this machine): `pids/eddy-sandbox/<id>` always, `cpu/eddy-sandbox/<id>` with a CFS quota when
+a cpu limit is set, `memory/eddy-sandbox/<id>` when a memory limit is set. cgroup v2 (unified
+hierarchy mounted at /sys/fs/cgroup): one group `eddy-sandbox/<id>` with cpu.max and memory.max.
+All calls block briefly (small writes to cgroupfs); the runner calls them in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PARENT = "eddy-sandbox"
+CFS_PERIOD_US = 100_000
+
+
+class CgroupError(Exception):
+    pass
+
+
+def unified() -> bool:
+    """True when the machine runs cgroup v2 only (no v1 controller hierarchies)."""
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """The cgroup directories of one container; `paths[0]` is the tracking group."""
+
+    paths: tuple[Path, ...]
+
+    @classmethod
+    def create(cls, ident: str, *, cpu_millis: int | None, memory_bytes: int | None) -> Cgroups:
+        quota = None if cpu_millis is None else max(1000, cpu_millis * CFS_PERIOD_US // 1000)
+        if unified():
+            path = CGROUP_ROOT / PARENT / ident
+            _mkdir(path, enable=("cpu", "memory"))
+            if quota is not None:
+                (path / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
+            if memory_bytes is not None:
+                (path / "memory.max").write_text(str(memory_bytes))
+            return cls((path,))
+        tracker = next((h for h in ("pids", "freezer", "cpu") if (CGROUP_ROOT / h).is_dir()), None)
+        if tracker is None:
+            raise CgroupError(f"no cgroup v1 hierarchy (pids, freezer or cpu) under {CGROUP_ROOT}")
+        paths = [CGROUP_ROOT / tracker / PARENT / ident]
+        if quota is not None:
+            paths.append(CGROUP_ROOT / "cpu" / PARENT / ident)
+        if memory_bytes is not None:
+            paths.append(CGROUP_ROOT / "memory" / PARENT / ident)
+        made = cls(tuple(dict.fromkeys(paths)))
+        try:
+            for path in made.paths:
+                _mkdir(path, enable=())
+            if quota is not None:
+                cpu = CGROUP_ROOT / "cpu" / PARENT / ident
+                (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+                (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+            if memory_bytes is not None:
+                memory = CGROUP_ROOT / "memory" / PARENT / ident
+                (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
+        except BaseException:
+            made.remove()
+            raise
+        return made
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [str(path / "cgroup.procs") for path in self.paths]
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for path in self.paths:
+            with contextlib.suppress(FileNotFoundError):
+                found.update(int(p) for p in (path / "cgroup.procs").read_text().split())
+        return found
+
+    def kill(self) -> set[int]:
+        """SIGKILL every process in the groups; returns those signalled."""
+        pids = self.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Kill what is left and remove the groups (and the shared parent when it is empty)."""
+        deadline = time.monotonic() + timeout
+        for path in self.paths:
+            while path.exists():
+                self.kill()
+                try:
+                    path.rmdir()
+                except FileNotFoundError:
+                    break
+                except OSError as exc:  # EBUSY until the killed processes are gone
+                    if time.monotonic() > deadline:
+                        raise CgroupError(f"cannot remove cgroup {path}: {exc}") from exc
+                    time.sleep(0.02)
+            with contextlib.suppress(OSError):  # other containers may still use it
+                path.parent.rmdir()
+
+
+def _mkdir(path: Path, enable: tuple[str, ...]) -> None:
+    for _ in range(3):  # the parent may vanish when another container removes it at that moment
+        try:
+            path.parent.mkdir(exist_ok=True)
+            if enable:
+                _enable_controllers(path.parent, enable)
+            path.mkdir()
+            return
+        except FileNotFoundError:
+            continue
+    raise CgroupError(f"cannot create cgroup {path}")
+
+
+def _enable_controllers(parent: Path, controllers: tuple[str, ...]) -> None:
+    """cgroup v2: controllers must be enabled in every ancestor's subtree_control."""
+    for directory in (parent.parent, parent):
+        available = (directory / "cgroup.controllers").read_text().split()
+        wanted = " ".join(f"+{c}" for c in controllers if c in available)
+        if wanted:
+            (directory / "cgroup.subtree_control").write_text(wanted)

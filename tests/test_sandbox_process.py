@@ -1,0 +1,325 @@
+"""The sandbox's container runtime layer (sandbox/kubelet/process.py): real namespaces, mounts, cgroups.
+
+Needs root, mount/UTS/IPC/network namespaces, overlayfs, cgroups and (for propagation) FUSE; where one
+is missing the test fails saying which. Every test leaves no process, mount, cgroup or netns behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from sandbox.kubelet.process import (
+    BindMount,
+    ContainerProcess,
+    ContainerStartError,
+    ProcessSpec,
+    make_shared_root,
+    release_shared_root,
+)
+from sandbox.kubelet.shim import STAGE, mount_points
+from tests.support.fuse import fuse_support
+
+PATH = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+PY = sys.executable
+SLEEP = ["sleep", "300"]
+
+FUSE_FS = """
+import asyncio, errno, signal, stat, sys
+import pyfuse3, pyfuse3.asyncio
+DATA = b"hello from the fuse container\\n"
+class FS(pyfuse3.Operations):
+    def attr(self, inode):
+        a = pyfuse3.EntryAttributes()
+        a.st_ino, a.entry_timeout, a.attr_timeout = inode, 0, 0
+        if inode == pyfuse3.ROOT_INODE:
+            a.st_mode, a.st_size = stat.S_IFDIR | 0o755, 0
+        else:
+            a.st_mode, a.st_size = stat.S_IFREG | 0o444, len(DATA)
+        return a
+    async def getattr(self, inode, ctx=None):
+        return self.attr(inode)
+    async def lookup(self, parent, name, ctx=None):
+        if name != b"hello.txt":
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attr(2)
+    async def opendir(self, inode, ctx):
+        return inode
+    async def readdir(self, fh, start, token):
+        if start == 0:
+            pyfuse3.readdir_reply(token, b"hello.txt", self.attr(2), 1)
+    async def open(self, inode, flags, ctx):
+        return pyfuse3.FileInfo(fh=inode)
+    async def read(self, fh, off, size):
+        return DATA[off:off + size]
+async def main():
+    pyfuse3.asyncio.enable()
+    pyfuse3.init(FS(), sys.argv[1], {"fsname=eddy-b1-test", "ro"})
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    task = loop.create_task(pyfuse3.main())
+    await stop.wait()
+    pyfuse3.terminate()
+    await task
+    pyfuse3.close(unmount=True)
+asyncio.run(main())
+"""
+
+
+def require_namespaces() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the container runtime needs root (mount namespaces, overlayfs, cgroups)")
+    for ns in ("mnt", "uts", "ipc", "net"):
+        if not os.path.exists(f"/proc/self/ns/{ns}"):
+            pytest.fail(f"this kernel has no {ns} namespaces (/proc/self/ns/{ns} is missing)")
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        pytest.fail("overlayfs is not available (no 'overlay' in /proc/filesystems)")
+
+
+def exists(path: str | Path) -> bool:
+    return os.path.lexists(path)
+
+
+def run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def host_mounts_mentioning(*needles: str) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if any(n in line for n in needles)]
+
+
+class Box:
+    """Starts containers under one tmp dir and tears everything down, also when a test fails."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.containers: list[ContainerProcess] = []
+        self.shared_roots: list[Path] = []
+        self.netns: list[str] = []
+
+    def spec(self, argv: list[str], name: str = "c", **kw: object) -> ProcessSpec:
+        return ProcessSpec(argv=argv, env=dict(PATH), log_path=self.tmp / f"{name}.log", **kw)  # type: ignore[arg-type]
+
+    async def start(self, spec: ProcessSpec) -> ContainerProcess:
+        c = await ContainerProcess.start(spec, self.tmp / "state" / uuid.uuid4().hex[:8])
+        self.containers.append(c)
+        return c
+
+    def log(self, name: str = "c") -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    async def teardown(self) -> None:
+        for c in self.containers:
+            await c.stop(0)
+            await c.cleanup()
+        for root in self.shared_roots:
+            await asyncio.to_thread(release_shared_root, root)
+        for name in self.netns:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                await asyncio.to_thread(run, "ip", "netns", "del", name)
+        for c in self.containers:
+            assert not any(p.exists() for p in c.cgroups.paths), "a cgroup was left behind"
+            assert not c.state_dir.exists(), "state was left behind"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.pid, 0)
+                raise AssertionError(f"process {c.pid} is still alive")
+        assert host_mounts_mentioning(str(self.tmp), STAGE) == [], "mounts were left behind"
+
+
+@pytest.fixture
+async def box(tmp_path: Path) -> AsyncIterator[Box]:
+    require_namespaces()
+    b = Box(tmp_path)
+    try:
+        yield b
+    finally:
+        await b.teardown()
+
+
+async def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_user_env_cwd_and_hostname(box: Box) -> None:
+    script = 'id -u; id -g; id -G; pwd; echo "$GREETING"; hostname; touch /tmp/ok && echo tmp-writable'
+    spec = box.spec(["sh", "-c", script], uid=1000, gid=1000, groups=(1000, 2000), cwd="/work",
+                    hostname="pod-a")
+    spec = ProcessSpec(**{**spec.__dict__, "env": {**PATH, "GREETING": "hello there"}})
+    c = await box.start(spec)
+    assert await c.wait() == 0
+    assert box.log().split("\n")[:7] == ["1000", "1000", "1000 2000", "/work", "hello there", "pod-a",
+                                         "tmp-writable"]
+    assert os.uname().nodename != "pod-a"
+    # root, and a non-root user running the venv's interpreter (under /root/.pyenv, made searchable)
+    root = await box.start(box.spec(["sh", "-c", "id -u; mkdir -p /newdir/x && echo made"], name="root"))
+    assert await root.wait() == 0
+    assert box.log("root").split() == ["0", "made"]
+    assert not exists("/newdir"), "the container's writes must stay in its overlay"
+    argv = [PY, "-c", "import os; print(os.getuid())"]
+    py = await box.start(box.spec(argv, name="py", uid=1000, gid=1000))
+    assert await py.wait() == 0, box.log("py")
+    assert box.log("py").strip() == "1000"
+
+
+async def test_read_only_mounts_and_root(box: Box) -> None:
+    ro, rw = box.tmp / "ro", box.tmp / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    (ro / "f").write_text("data")
+    script = ("cat /ro/f; echo x > /ro/f || echo ro-refused; echo y > /rw/g && echo rw-ok; "
+              "echo z > /etc/eddy-test || echo root-refused; echo t > /tmp/t && echo tmp-ok")
+    c = await box.start(box.spec(["sh", "-c", script], read_only_root=True, mounts=(
+        BindMount(ro, "/ro", read_only=True), BindMount(rw, "/rw"))))
+    assert await c.wait() == 0
+    log = box.log()
+    assert "Read-only file system" in log
+    for word in ("data", "ro-refused", "rw-ok", "root-refused", "tmp-ok"):
+        assert word in log, log
+    assert (ro / "f").read_text() == "data"
+    assert (rw / "g").read_text() == "y\n"
+
+
+MOUNT_PROBE = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+               "r = libc.mount(b'none', b'/mnt', b'tmpfs', 0, None); print(r, ctypes.get_errno())")
+
+
+async def test_non_privileged_root_cannot_mount(box: Box) -> None:
+    c = await box.start(box.spec([PY, "-c", MOUNT_PROBE], name="plain"))
+    assert await c.wait() == 0
+    assert box.log("plain").split() == ["-1", "1"], "expected EPERM (1) from mount(2)"
+    grep = "grep -E '^Cap(Eff|Bnd)' /proc/self/status"
+    c = await box.start(box.spec(["sh", "-c", grep], name="caps", cap_add=("NET_ADMIN",),
+                                 cap_drop=("CAP_KILL",)))
+    assert await c.wait() == 0
+    eff = int(box.log("caps").split()[1], 16)
+    assert eff & (1 << 12) and not eff & (1 << 5) and not eff & (1 << 21)  # NET_ADMIN, KILL, SYS_ADMIN
+    c = await box.start(box.spec([PY, "-c", MOUNT_PROBE], name="privileged", privileged=True))
+    assert await c.wait() == 0
+    assert box.log("privileged").split() == ["0", "0"]
+    assert "/mnt " not in "".join(host_mounts_mentioning(" /mnt "))
+
+
+async def test_fuse_mount_propagation(box: Box) -> None:
+    support = fuse_support()
+    if not support:
+        pytest.fail(f"FUSE is needed for mountPropagation: {support.reason}")
+    root = box.tmp / "kubelet"
+    make_shared_root(root)
+    box.shared_roots.append(root)
+    make_shared_root(root)  # idempotent
+    volume = root / "pods" / "p1" / "volumes" / "shared"
+    (volume / "fuse").mkdir(parents=True)
+    # readers first, so the FUSE mount can only reach them by propagation
+    slave = await box.start(box.spec(SLEEP, name="slave", mounts=(
+        BindMount(volume, "/shared", propagation="HostToContainer"),)))
+    private = await box.start(box.spec(SLEEP, name="private", mounts=(BindMount(volume, "/shared"),)))
+    fuse = await box.start(box.spec([PY, "-c", FUSE_FS, "/shared/fuse"], name="fuse", privileged=True,
+                                    mounts=(BindMount(volume, "/shared", propagation="Bidirectional"),)))
+    hello = volume / "fuse" / "hello.txt"
+    await wait_for(hello.exists, "the FUSE mount to reach the host (Bidirectional)")
+    assert hello.read_text() == "hello from the fuse container\n"
+    # the host received the FUSE mount and nothing of the containers' roots
+    assert host_mounts_mentioning(STAGE) == []
+    points = [line.split()[4] for line in host_mounts_mentioning(str(root))]
+    assert points == [str(root), str(volume / "fuse")]
+    seen = await slave.exec(["cat", "/shared/fuse/hello.txt"])
+    assert (seen.returncode, seen.stdout) == (0, b"hello from the fuse container\n"), seen
+    unseen = await private.exec(["ls", "-A", "/shared/fuse"])
+    assert (unseen.returncode, unseen.stdout) == (0, b""), unseen
+    assert await fuse.stop(5) == 0, box.log("fuse")
+    await wait_for(lambda: not hello.exists(), "the FUSE unmount to propagate")
+
+
+async def test_exec_in_container_view(box: Box) -> None:
+    name = f"eddy-b1-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(run, "ip", "netns", "add", name)
+    box.netns.append(name)
+    script = "echo inside > /tmp/marker; exec sleep 300"
+    c = await box.start(box.spec(["sh", "-c", script], uid=1000, gid=1000, hostname="exec-pod",
+                                 netns=f"/run/netns/{name}", cwd="/tmp"))
+    await wait_for(lambda: c.returncode is None and box.log() == "" and _has_child_sleep(c.pid), "start")
+    r = await c.exec(["sh", "-c", "id -u; pwd; hostname; cat /tmp/marker; ls /sys/class/net"])
+    assert r.returncode == 0, r
+    assert r.stdout.decode().split() == ["1000", "/tmp", "exec-pod", "inside", "lo"]
+    assert not exists("/tmp/marker")
+    r = await c.exec(["id", "-u"], uid=0)
+    assert r.stdout == b"0\n"
+    r = await c.exec(["cat"], stdin=b"piped bytes")
+    assert r.stdout == b"piped bytes"
+    r = await c.exec(["no-such-binary"])
+    assert r.returncode == 127 and b"executable not found" in r.stderr, r
+    r = await c.exec(["sh", "-c", "exit 3"])
+    assert r.returncode == 3
+    with pytest.raises(TimeoutError):
+        await c.exec(["sleep", "30"], timeout=0.3)
+    assert c.cgroups.pids() == {c.pid}, "the timed-out exec was not killed"
+
+
+def _has_child_sleep(pid: int) -> bool:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep")
+
+
+async def test_stop_grace_then_sigkill(box: Box) -> None:
+    out = box.tmp / "out"
+    out.mkdir()
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "open('/out/ready', 'w').close(); time.sleep(300)")
+    script = f"setsid sleep 300 & echo $! > /out/daemon; exec {PY} -c \"{stubborn}\""
+    c = await box.start(box.spec(["sh", "-c", script], mounts=(BindMount(out, "/out"),)))
+    await wait_for((out / "ready").exists, "the container to ignore SIGTERM")
+    daemon = int((out / "daemon").read_text())
+    assert os.getpgid(daemon) != c.pid  # escaped the process group, not the cgroup
+    began = time.monotonic()
+    assert await c.stop(0.5) == 128 + signal.SIGKILL
+    assert time.monotonic() - began >= 0.5
+    await wait_for(lambda: not Path(f"/proc/{daemon}").exists(), "the daemon to be killed")
+    polite = await box.start(box.spec(SLEEP, name="polite"))
+    began = time.monotonic()
+    assert await polite.stop(10) == 128 + signal.SIGTERM
+    assert time.monotonic() - began < 5
+
+
+async def test_cpu_and_memory_limits_in_cgroup(box: Box) -> None:
+    c = await box.start(box.spec(SLEEP, cpu_limit_millis=500, memory_limit_bytes=64 << 20))
+    by_kind = {p.parts[4]: p for p in c.cgroups.paths}  # /sys/fs/cgroup/<hierarchy>/eddy-sandbox/<id>
+    if (Path("/sys/fs/cgroup") / "cgroup.controllers").exists():  # cgroup v2
+        (group,) = c.cgroups.paths
+        assert (group / "cpu.max").read_text().split() == ["50000", "100000"]
+        assert int((group / "memory.max").read_text()) == 64 << 20
+    else:
+        assert int((by_kind["cpu"] / "cpu.cfs_quota_us").read_text()) == 50000
+        assert int((by_kind["cpu"] / "cpu.cfs_period_us").read_text()) == 100000
+        assert int((by_kind["memory"] / "memory.limit_in_bytes").read_text()) == 64 << 20
+    for group in c.cgroups.paths:
+        assert c.pid in {int(p) for p in (group / "cgroup.procs").read_text().split()}
+    await c.stop(1)
+    await c.cleanup()
+    await c.cleanup()  # idempotent
+    assert not any(p.exists() for p in c.cgroups.paths)
+
+
+async def test_start_failures_are_clear(box: Box) -> None:
+    with pytest.raises(ContainerStartError, match=r"executable not found in PATH .*: no-such-command"):
+        await box.start(box.spec(["no-such-command"]))
+    with pytest.raises(ContainerStartError, match="does not exist"):
+        await box.start(box.spec(SLEEP, mounts=(BindMount(box.tmp / "missing", "/m"),)))
+    with pytest.raises(ContainerStartError, match="network namespace"):
+        await box.start(box.spec(SLEEP, netns="/run/netns/eddy-b1-no-such-netns"))
+    assert not (box.tmp / "state").exists() or not any((box.tmp / "state").iterdir())
+    assert not [p for p, _ in mount_points() if p.startswith(str(box.tmp))]

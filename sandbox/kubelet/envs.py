@@ -94,8 +94,8 @@ def parse_cpu_millis(text: str | int | float) -> int:
 
 def resource_value(pod: Obj, container_name: str, resource: str, divisor: str | None) -> str:
     """A `resourceFieldRef`: the container's limit or request; a missing limit is the node's capacity."""
-    containers = [*(pod.get("spec") or {}).get("containers") or [],
-                  *(pod.get("spec") or {}).get("initContainers") or []]
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
     container = next((c for c in containers if c.get("name") == container_name), None)
     if container is None:
         raise ConfigError(f"resourceFieldRef: no container {container_name!r}")

@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
 Obj = dict[str, Any]
 
 
-class Execer(Protocol):
-    async def __call__(self, argv: list[str], timeout: float) -> tuple[int, bytes]: ...
+# Runs argv in the container with a timeout: (exit code, stdout + stderr).
+Execer = Callable[[list[str], float], Awaitable[tuple[int, bytes]]]
 
 
 def _port(value: Any, container: Obj) -> int:

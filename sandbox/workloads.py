@@ -1,0 +1,348 @@
+"""Minimal workload controllers (kube-controller-manager's part): Deployment, StatefulSet, Job.
+
+They are API clients over HTTP (`eddy.kube.Kube`), like the real controllers: the pods they make go
+through admission (mutating webhooks, policies), and they learn everything from watches. Pods are
+created through the namespaced endpoint with no `metadata.namespace` in the body, as the real
+controllers do, so admission must take the namespace from the request.
+
+Shared machinery lives here: informers for the owners and for pods, a de-duplicating work queue per
+controller, "expectations" (pods created or deleted but not yet seen by the watch, so a quick second
+reconcile does not create twice), owner references (`controller: true`, `blockOwnerDeletion: true`:
+the API server's garbage collector deletes pods with their owner), conditions and status patches.
+The controllers themselves are in `workloads_deployment.py`, `workloads_statefulset.py` and
+`workloads_job.py`; what each models and leaves out is in its docstring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from eddy.kube.client import Kube
+from eddy.kube.errors import KubeError, NotFound
+from eddy.kube.informer import Informer
+from eddy.kube.resources import PODS, Resource
+
+Obj = dict[str, Any]
+Key = tuple[str, str]
+log = logging.getLogger("sandbox.workloads")
+EXPECTATION_TTL = 60.0
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def owner_reference(owner: Obj) -> Obj:
+    meta = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def controller_of(obj: Obj) -> Obj | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def terminating(pod: Obj) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def finished(pod: Obj) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def ready_since(pod: Obj) -> float | None:
+    """When the pod became Running+Ready (None: it is not)."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running" or terminating(pod):
+        return None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "True":
+            return parse_time(cond.get("lastTransitionTime")) or 0.0
+    return None
+
+
+def is_ready(pod: Obj) -> bool:
+    return ready_since(pod) is not None
+
+
+def is_available(pod: Obj, min_ready_seconds: int, now: float) -> bool:
+    since = ready_since(pod)
+    return since is not None and (min_ready_seconds <= 0 or since + min_ready_seconds <= now)
+
+
+def pod_body(template: Obj, owner: Obj, *, name: str = "", generate_name: str = "",
+             labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
+             spec_overrides: Obj | None = None) -> Obj:
+    """A Pod from a pod template, owned by `owner`; no namespace (the request's is used)."""
+    tmeta = template.get("metadata") or {}
+    meta: Obj = {"labels": {**(tmeta.get("labels") or {}), **(labels or {})},
+                 "ownerReferences": [owner_reference(owner)]}
+    if name:
+        meta["name"] = name
+    else:
+        meta["generateName"] = generate_name
+    all_annotations = {**(tmeta.get("annotations") or {}), **(annotations or {})}
+    if all_annotations:
+        meta["annotations"] = all_annotations
+    if tmeta.get("finalizers"):
+        meta["finalizers"] = list(tmeta["finalizers"])
+    spec = copy.deepcopy(template.get("spec") or {})
+    spec.update(copy.deepcopy(spec_overrides or {}))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def set_condition(conditions: list[Obj], ctype: str, status: str, reason: str, message: str,
+                  *, update_time: bool = False) -> list[Obj]:
+    """Conditions with `ctype` set; times move only when status (transition) or reason/message
+    (update) change, so an unchanged status patch stays a no-op."""
+    stamp = now_iso()
+    out = [dict(c) for c in conditions if c.get("type") != ctype]
+    old = next((c for c in conditions if c.get("type") == ctype), None)
+    cond: Obj = {"type": ctype, "status": status, "reason": reason, "message": message}
+    same_status = old is not None and old.get("status") == status
+    cond["lastTransitionTime"] = old.get("lastTransitionTime", stamp) if old and same_status else stamp
+    if update_time:
+        unchanged = same_status and old is not None and (old.get("reason"), old.get("message")) == (
+            reason, message)
+        cond["lastUpdateTime"] = old.get("lastUpdateTime", stamp) if old and unchanged else stamp
+    if old is not None and all(old.get(k) == v for k, v in cond.items()) and len(old) == len(cond):
+        cond = dict(old)
+    out.append(cond)
+    order = {c.get("type"): n for n, c in enumerate(conditions)}
+    return sorted(out, key=lambda c: order.get(c.get("type"), len(order)))
+
+
+def condition_true(obj: Obj, ctype: str) -> bool:
+    return any(c.get("type") == ctype and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+class PodIndex:
+    """The pods informer plus what this process created or deleted that the watch has not shown yet."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.informer = Informer(kube, PODS, on_event=self._seen)
+        self._created: dict[str, tuple[Obj, float]] = {}
+        self._deleted: dict[str, float] = {}
+
+    async def _seen(self, etype: str, pod: Obj) -> None:
+        uid = str(pod["metadata"].get("uid") or "")
+        self._created.pop(uid, None)
+        if etype == "DELETED":
+            self._deleted.pop(uid, None)
+
+    def expect_created(self, pod: Obj) -> None:
+        self._created[str(pod["metadata"]["uid"])] = (pod, time.monotonic() + EXPECTATION_TTL)
+
+    def expect_deleted(self, pod: Obj) -> None:
+        self._deleted[str(pod["metadata"]["uid"])] = time.monotonic() + EXPECTATION_TTL
+
+    def owned(self, namespace: str, owner_uid: str) -> list[Obj]:
+        """Pods of `namespace` whose controller is `owner_uid`, as this process last knows them."""
+        now = time.monotonic()
+        self._created = {u: v for u, v in self._created.items() if v[1] > now}
+        self._deleted = {u: t for u, t in self._deleted.items() if t > now}
+        found: dict[str, Obj] = {}
+        candidates = [*self.informer.items(), *(p for p, _ in self._created.values())]
+        for pod in candidates:
+            meta = pod.get("metadata") or {}
+            ref = controller_of(pod)
+            uid = str(meta.get("uid"))
+            if meta.get("namespace") != namespace or not ref or ref.get("uid") != owner_uid:
+                continue
+            if uid in self._deleted and not meta.get("deletionTimestamp"):
+                # Deleted by us, not yet seen: terminating (it may stay a while if it has finalizers).
+                pod = {**pod, "metadata": {**meta, "deletionTimestamp": now_iso()}}
+            found.setdefault(uid, pod)
+        return sorted(found.values(), key=lambda p: str(p["metadata"].get("name")))
+
+
+class OwnerController:
+    """One kind's controller: an informer on the owners, a work queue, `reconcile` per owner key.
+    `reconcile` returns seconds after which to look again (timers: minReadySeconds, deadlines)."""
+
+    resource: Resource
+
+    def __init__(self, kube: Kube, pods: PodIndex) -> None:
+        self.kube = kube
+        self.pods = pods
+        self.owners = Informer(kube, self.resource, on_event=self._owner_event)
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self._busy = False
+
+    # ------------------------------------------------------------------ queue
+    def enqueue(self, key: Key) -> None:
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def enqueue_after(self, key: Key, delay: float) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+
+    async def _owner_event(self, etype: str, obj: Obj) -> None:
+        meta = obj["metadata"]
+        key = (str(meta.get("namespace") or ""), str(meta["name"]))
+        if etype == "DELETED":
+            self.forget(obj)
+        self.enqueue(key)
+
+    def pod_event(self, etype: str, pod: Obj) -> None:
+        ref = controller_of(pod)
+        kind = (self.resource.kind, self.resource.api_version)
+        if ref and (ref.get("kind"), ref.get("apiVersion")) == kind:
+            self.enqueue((str(pod["metadata"].get("namespace") or ""), str(ref.get("name"))))
+
+    def forget(self, owner: Obj) -> None:
+        """The owner is gone: drop any per-owner memory."""
+
+    def start(self) -> None:
+        self.owners.start()
+        self._worker = asyncio.create_task(self._work(), name=f"{self.resource.plural}-controller")
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        await self.owners.stop()
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and self._queue.empty()
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._busy = True
+            try:
+                owner = self.owners.get(*key)
+                if owner is not None and not terminating(owner):
+                    again = await self.reconcile(owner)
+                    self._failures.pop(key, None)
+                    if again is not None:
+                        self.enqueue_after(key, max(0.05, again))
+            except Exception as exc:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(10.0, 0.1 * 2 ** min(failures, 10))
+                level = logging.INFO if isinstance(exc, KubeError) else logging.ERROR
+                log.log(level, "%s %s/%s: reconcile failed (%s); retry in %.1fs", self.resource.kind,
+                        *key, exc, delay, exc_info=level == logging.ERROR)
+                self.enqueue_after(key, delay)
+            finally:
+                self._busy = False
+
+    async def reconcile(self, owner: Obj) -> float | None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ writes
+    async def create_pod(self, owner: Obj, body: Obj) -> Obj:
+        pod = await self.kube.create(PODS, body, owner["metadata"]["namespace"])
+        self.pods.expect_created(pod)
+        return pod
+
+    async def delete_pod(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        with contextlib.suppress(NotFound):
+            await self.kube.delete(PODS, meta["name"], meta["namespace"])
+        self.pods.expect_deleted(pod)
+
+    async def write_status(self, owner: Obj, status: Obj) -> None:
+        """Merge-patch the status subresource with what changed (removed keys become null)."""
+        old = owner.get("status") or {}
+        patch: Obj = {k: v for k, v in status.items() if old.get(k) != v}
+        patch.update({k: None for k in old if k not in status})
+        if not patch:
+            return
+        meta = owner["metadata"]
+        with contextlib.suppress(NotFound):
+            await self.kube.patch_status(self.resource, meta["name"], {"status": patch}, meta["namespace"])
+
+
+class WorkloadControllers:
+    """The three controllers over one pods informer. `start()` / `stop()`; `wait_idle()` for tests."""
+
+    def __init__(self, kube: Kube, *, kinds: Iterable[str] = ("Deployment", "StatefulSet", "Job"),
+                 job_backoff: float = 10.0, job_interim_conditions: bool = True) -> None:
+        """`job_backoff`: the delay before a Job replaces a failed pod, doubling per failure (10s like
+        the Job controller; tests pass less). `job_interim_conditions`: Jobs also get
+        `SuccessCriteriaMet` / `FailureTarget` before `Complete` / `Failed`, as since Kubernetes 1.31."""
+        from sandbox.workloads_deployment import DeploymentController
+        from sandbox.workloads_job import JobController
+        from sandbox.workloads_statefulset import StatefulSetController
+
+        self.kube = kube
+        self.pods = PodIndex(kube)
+        self.controllers: list[OwnerController] = []
+        wanted = set(kinds)
+        if "Deployment" in wanted:
+            self.controllers.append(DeploymentController(kube, self.pods))
+        if "StatefulSet" in wanted:
+            self.controllers.append(StatefulSetController(kube, self.pods))
+        if "Job" in wanted:
+            self.controllers.append(JobController(kube, self.pods, backoff=job_backoff,
+                                                  interim_conditions=job_interim_conditions))
+        self.pods.informer.add_handler(self._pod_event)
+
+    async def _pod_event(self, etype: str, pod: Obj) -> None:
+        for controller in self.controllers:
+            controller.pod_event(etype, pod)
+
+    async def start(self) -> None:
+        self.pods.informer.start()
+        await self.pods.informer.wait_synced(30)
+        for controller in self.controllers:
+            controller.start()
+        for controller in self.controllers:
+            await controller.owners.wait_synced(30)
+
+    async def stop(self) -> None:
+        for controller in self.controllers:
+            await controller.stop()
+        await self.pods.informer.stop()
+
+    async def __aenter__(self) -> WorkloadControllers:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until every informer's events are handled and every queue is empty (timers not included)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                await self.pods.informer.wait_idle()
+                for controller in self.controllers:
+                    await controller.owners.wait_idle()
+                if all(c.idle for c in self.controllers):
+                    return
+                await asyncio.sleep(0.01)

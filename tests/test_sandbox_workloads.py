@@ -1,0 +1,250 @@
+"""The sandbox's workload controllers (sandbox/workloads*.py) against the sandbox API server over HTTP.
+
+No pod runs here: the tests play the kubelet by writing pod status (Running + Ready, Succeeded,
+Failed) through the API, and assert on the objects the controllers make and the status they write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest_asyncio
+
+from eddy.kube import DEPLOYMENTS, PODS, PVCS, STATEFULSETS, Kube
+from sandbox.apiserver import AdmissionAttributes, KubeApiServer
+from sandbox.workloads import WorkloadControllers
+from sandbox.workloads_job import JOBS
+
+Obj = dict[str, Any]
+NS = "default"
+
+
+@pytest_asyncio.fixture
+async def cluster(kube_api: KubeApiServer) -> AsyncIterator[tuple[Kube, list[AdmissionAttributes]]]:
+    seen: list[AdmissionAttributes] = []
+
+    async def record(attrs: AdmissionAttributes) -> Obj:
+        if attrs.kind.kind == "Pod":
+            seen.append(attrs)
+        return attrs.obj
+
+    kube_api.admission.append(record)
+    kube = await Kube.connect(url=kube_api.url)
+    controllers = WorkloadControllers(kube, job_backoff=0.05)
+    await controllers.start()
+    try:
+        yield kube, seen
+    finally:
+        await controllers.stop()
+        await kube.close()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+    """Poll `check` until it returns something other than None or False (its last AssertionError is
+    raised on timeout)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            result = await check()
+            if result is not None and result is not False:
+                return result
+            error: Exception = AssertionError(f"still {result!r}")
+        except AssertionError as exc:
+            error = exc
+        if asyncio.get_running_loop().time() > deadline:
+            raise error
+        await asyncio.sleep(0.05)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def kubelet(kube: Kube, pod: Obj, phase: str, ready: bool = False) -> None:
+    """What the kubelet would write: phase, a pod IP, the Ready condition."""
+    status: Obj = {"phase": phase, "podIP": "10.244.0.9",
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                   "lastTransitionTime": _now()}]}
+    await kube.patch_status(PODS, pod["metadata"]["name"], {"status": status}, NS)
+
+
+async def pods_of(kube: Kube, selector: str) -> list[Obj]:
+    pods, _ = await kube.list(PODS, NS, label_selector=selector)
+    return sorted(pods, key=lambda p: p["metadata"]["name"])
+
+
+def template(app: str, image: str = "busybox", restart: str = "Always") -> Obj:
+    return {"metadata": {"labels": {"app": app}},
+            "spec": {"restartPolicy": restart, "containers": [{"name": "main", "image": image}]}}
+
+
+async def test_deployment_names_scales_rolls_and_reports(cluster: Any) -> None:
+    kube, admitted = cluster
+    deploy = await kube.create(DEPLOYMENTS, {"metadata": {"name": "web"}, "spec": {
+        "replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template("web")}}, NS)
+
+    first = await eventually(lambda: _count(kube, "app=web", 2))
+    hash_ = first[0]["metadata"]["labels"]["pod-template-hash"]
+    for pod in first:
+        assert re.fullmatch(rf"web-{hash_}-[a-z0-9]{{5}}", pod["metadata"]["name"]), pod["metadata"]["name"]
+        ref = pod["metadata"]["ownerReferences"][0]
+        assert ref == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                       "uid": deploy["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    # Created through the namespaced endpoint, without a namespace in the body (what admission sees).
+    assert admitted and all(a.namespace == NS and "namespace" not in a.obj["metadata"] for a in admitted)
+    assert all(a.operation == "CREATE" and a.obj["metadata"]["generateName"] == f"web-{hash_}-"
+               for a in admitted)
+
+    for pod in first:
+        await kubelet(kube, pod, "Running", ready=True)
+
+    async def steady() -> Obj | None:
+        status = (await kube.get(DEPLOYMENTS, "web", NS)).get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions") or []}
+        wanted = {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2,
+                  "observedGeneration": 1}
+        ok = all(status.get(k) == v for k, v in wanted.items()) and conditions.get(
+            "Progressing", {}).get("reason") == "NewReplicaSetAvailable"
+        return conditions if ok else None
+
+    conditions = await eventually(steady)
+    assert conditions["Available"]["status"] == "True"
+    assert conditions["Available"]["reason"] == "MinimumReplicasAvailable"
+
+    # Scale down to 1: one pod goes.
+    await kube.patch(DEPLOYMENTS, "web", {"spec": {"replicas": 1}}, NS)
+    await eventually(lambda: _count(kube, "app=web", 1))
+
+    # New template: a new hash, new pod first, the old one goes once the new one is ready.
+    await kube.patch(DEPLOYMENTS, "web", {"spec": {"template": template("web", image="busybox:2")}}, NS)
+
+    async def rolled() -> bool:
+        pods = await pods_of(kube, "app=web")
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") != "Running":
+                await kubelet(kube, pod, "Running", ready=True)
+        hashes = {p["metadata"]["labels"]["pod-template-hash"] for p in pods}
+        return len(pods) == 1 and hashes != {hash_}
+
+    await eventually(rolled)
+    [pod] = await pods_of(kube, "app=web")
+    assert pod["spec"]["containers"][0]["image"] == "busybox:2"
+    status = (await eventually(lambda: _status_is(kube, DEPLOYMENTS, "web", observedGeneration=3,
+                                                  updatedReplicas=1, availableReplicas=1, replicas=1)))
+    assert status["unavailableReplicas"] == 0
+
+    # The API server's garbage collector takes the pods with their Deployment.
+    await kube.delete(DEPLOYMENTS, "web", NS)
+    await eventually(lambda: _count(kube, "app=web", 0))
+
+
+async def test_statefulset_ordered_ready_names_claims_and_scale_down(cluster: Any) -> None:
+    kube, _ = cluster
+    claim = {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                                                    "resources": {"requests": {"storage": "1Gi"}}}}
+    await kube.create(STATEFULSETS, {"metadata": {"name": "db"}, "spec": {
+        "replicas": 3, "serviceName": "db-hl", "selector": {"matchLabels": {"app": "db"}},
+        "template": template("db"), "volumeClaimTemplates": [claim]}}, NS)
+
+    [zero] = await eventually(lambda: _count(kube, "app=db", 1))
+    await asyncio.sleep(0.3)
+    assert [p["metadata"]["name"] for p in await pods_of(kube, "app=db")] == ["db-0"], "OrderedReady"
+    assert zero["spec"]["hostname"] == "db-0" and zero["spec"]["subdomain"] == "db-hl"
+    assert zero["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] == "db-0"
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}} in zero["spec"]["volumes"]
+    assert await kube.get(PVCS, "data-db-0", NS)
+
+    for n in range(3):
+        pods = await eventually(lambda n=n: _count(kube, "app=db", n + 1))  # type: ignore[misc]
+        assert [p["metadata"]["name"] for p in pods] == [f"db-{i}" for i in range(n + 1)]
+        await kubelet(kube, pods[n], "Running", ready=True)
+    assert {p["metadata"]["name"] for p in (await kube.list(PVCS, NS))[0]} == {"data-db-0", "data-db-1",
+                                                                              "data-db-2"}
+    await eventually(lambda: _status_is(kube, STATEFULSETS, "db", replicas=3, readyReplicas=3,
+                                        currentReplicas=3, availableReplicas=3, updatedReplicas=3))
+
+    # A deleted pod comes back under its name.
+    old_uid = (await kube.get(PODS, "db-1", NS))["metadata"]["uid"]
+    await kube.delete(PODS, "db-1", NS)
+
+    async def recreated() -> bool:
+        pod = await kube.get_or_none(PODS, "db-1", NS)
+        return pod is not None and pod["metadata"]["uid"] != old_uid
+
+    await eventually(recreated)
+    await kubelet(kube, await kube.get(PODS, "db-1", NS), "Running", ready=True)
+
+    # Scale down: the highest ordinal first, one at a time.
+    await kube.patch(STATEFULSETS, "db", {"spec": {"replicas": 1}}, NS)
+    await eventually(lambda: _count(kube, "app=db", 1))
+    [left] = await pods_of(kube, "app=db")
+    assert left["metadata"]["name"] == "db-0"
+    assert (await kube.get(PVCS, "data-db-2", NS)), "claims are kept on scale down"
+
+
+async def test_statefulset_parallel_creates_all_at_once(cluster: Any) -> None:
+    kube, _ = cluster
+    await kube.create(STATEFULSETS, {"metadata": {"name": "par"}, "spec": {
+        "replicas": 3, "serviceName": "par", "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": {"app": "par"}}, "template": template("par")}}, NS)
+    pods = await eventually(lambda: _count(kube, "app=par", 3))
+    assert [p["metadata"]["name"] for p in pods] == ["par-0", "par-1", "par-2"]
+    assert all((p.get("status") or {}).get("phase") == "Pending" for p in pods)
+
+
+async def test_job_runs_to_completion(cluster: Any) -> None:
+    kube, _ = cluster
+    job = await kube.create(JOBS, {"metadata": {"name": "batch"}, "spec": {
+        "completions": 2, "parallelism": 1, "template": template("batch", restart="Never")}}, NS)
+    uid = job["metadata"]["uid"]
+    for n in range(2):
+        pods = await eventually(lambda n=n: _count(kube, "app=batch", n + 1))  # type: ignore[misc]
+        pod = next(p for p in pods if (p.get("status") or {}).get("phase") == "Pending")
+        assert re.fullmatch(r"batch-[a-z0-9]{5}", pod["metadata"]["name"])
+        labels = pod["metadata"]["labels"]
+        assert labels["batch.kubernetes.io/job-name"] == labels["job-name"] == "batch"
+        assert labels["controller-uid"] == labels["batch.kubernetes.io/controller-uid"] == uid
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "Job"
+        await kubelet(kube, pod, "Running", ready=True)
+        await kubelet(kube, pod, "Succeeded")
+
+    status = await eventually(lambda: _status_is(kube, JOBS, "batch", succeeded=2, active=0, failed=0))
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Complete"]["status"] == "True"
+    assert conditions["SuccessCriteriaMet"]["status"] == "True"
+    assert "Failed" not in conditions
+    assert status["startTime"] <= status["completionTime"]
+
+
+async def test_job_fails_after_backoff_limit(cluster: Any) -> None:
+    kube, _ = cluster
+    await kube.create(JOBS, {"metadata": {"name": "flaky"}, "spec": {
+        "backoffLimit": 1, "template": template("flaky", restart="Never")}}, NS)
+    failed: set[str] = set()
+    for n in range(2):
+        pods = await eventually(lambda n=n: _count(kube, "app=flaky", n + 1))  # type: ignore[misc]
+        pod = next(p for p in pods if p["metadata"]["name"] not in failed)
+        await kubelet(kube, pod, "Failed")
+        failed.add(pod["metadata"]["name"])
+    status = await eventually(lambda: _status_is(kube, JOBS, "flaky", failed=2, active=0, succeeded=0))
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Failed"]["status"] == "True"
+    assert conditions["Failed"]["reason"] == "BackoffLimitExceeded"
+    assert conditions["FailureTarget"]["reason"] == "BackoffLimitExceeded"
+    assert "Complete" not in conditions and "completionTime" not in status
+    await asyncio.sleep(0.2)
+    assert len(await pods_of(kube, "app=flaky")) == 2, "no pod after the Job failed"
+
+
+async def _count(kube: Kube, selector: str, count: int) -> list[Obj] | None:
+    pods = [p for p in await pods_of(kube, selector) if not p["metadata"].get("deletionTimestamp")]
+    return pods if len(pods) == count else None
+
+
+async def _status_is(kube: Kube, resource: Any, name: str, **wanted: Any) -> Obj | None:
+    status = (await kube.get(resource, name, NS)).get("status") or {}
+    return status if all(status.get(k) == v for k, v in wanted.items()) else None

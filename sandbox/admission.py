@@ -21,8 +21,10 @@ resolved with `resolve_service(namespace, name, port) -> (host, port)` (the clus
   before it are called once more, in a second round that calls no other webhook.
 - Writes of the admissionregistration objects themselves never reach webhooks.
 
-Not modelled: v1beta1 AdmissionReviews, `matchPolicy: Equivalent` across versions, audit annotations,
-and Go's exact wording for a host name mismatch (`certificate is not valid for <host>` here).
+Error texts are Go's (`dial tcp ...: connect: connection refused`, `tls: failed to verify certificate:
+x509: certificate signed by unknown authority` / `certificate is valid for a, b, not c`, `context deadline
+exceeded`). Not modelled: v1beta1 AdmissionReviews, `matchPolicy: Equivalent` across versions, audit
+annotations, and response warnings as `Warning` headers (they are collected in `warnings`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import copy
+import ipaddress
 import json
 import logging
 import ssl
@@ -63,6 +67,7 @@ Obj = dict[str, Any]
 ServiceResolver = Callable[[str, str, int], Awaitable[tuple[str, int]]]
 log = logging.getLogger("sandbox.admission")
 REVIEW = "admission.k8s.io/v1"
+X509_HOSTNAME_MISMATCH = 62
 
 
 class CallError(Exception):
@@ -120,14 +125,46 @@ def _status_text(status: int, body: bytes) -> str:
     return f"the server responded with the status code {status} but did not return more information"
 
 
-def _transport_text(exc: BaseException, host: str, port: int, server_name: str) -> str:
+def _hostname_error(cert: Obj, wanted: str) -> str:
+    """Go's x509.HostnameError text for a verified certificate (`getpeercert()`) without `wanted`."""
+    sans = cert.get("subjectAltName") or ()
+    try:
+        ipaddress.ip_address(wanted)
+    except ValueError:
+        valid = ", ".join(value for kind, value in sans if kind == "DNS")
+    else:
+        ips = [value.strip() for kind, value in sans if kind == "IP Address"]
+        if not ips:
+            return f"x509: cannot validate certificate for {wanted} because it doesn't contain any IP SANs"
+        valid = ", ".join(ips)
+    if not valid:
+        return f"x509: certificate is not valid for any names, but wanted to match {wanted}"
+    return f"x509: certificate is valid for {valid}, not {wanted}"
+
+
+async def _peer_names(host: str, port: int, ca_pem: str, server_name: str) -> str:
+    """After a host name mismatch: which names the (otherwise trusted) certificate has, as Go says it."""
+    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+    context.check_hostname = False
+    try:
+        async with asyncio.timeout(2):
+            _, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=server_name)
+    except (OSError, TimeoutError):
+        return f"x509: certificate is not valid for {server_name}"
+    try:
+        cert = writer.get_extra_info("peercert") or {}
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    return _hostname_error(cert, server_name)
+
+
+def _transport_text(exc: BaseException, host: str, port: int) -> str:
     """Go's net/http + crypto/tls wording for what went wrong on the wire."""
     if isinstance(exc, TimeoutError):
         return "context deadline exceeded"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert_error = exc.certificate_error
-        if getattr(cert_error, "verify_code", 0) == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-            return f"tls: failed to verify certificate: x509: certificate is not valid for {server_name}"
         return "tls: failed to verify certificate: x509: certificate signed by unknown authority"
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
@@ -215,7 +252,7 @@ class MutatingWebhooks:
         if not conditions:
             return True
         activation = {"object": to_cel(attrs.obj), "oldObject": to_cel(attrs.old),
-                      "request": to_cel(admission_request(attrs))}
+                      "request": to_cel(admission_request(attrs, objects=False))}
         matched, error = self.cel.match_conditions(conditions, activation)
         if error and not hook.ignore:
             log.warning("Failed evaluating match conditions, failing closed %s: %s", hook.name, error)
@@ -315,7 +352,13 @@ class MutatingWebhooks:
         except CallError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            text = _transport_text(exc, host, dial_port, server_name)
+            text = _transport_text(exc, host, dial_port)
+            if isinstance(exc, aiohttp.ClientConnectorCertificateError) and getattr(
+                exc.certificate_error, "verify_code", 0
+            ) == X509_HOSTNAME_MISMATCH:
+                pem = base64.b64decode(hook.ca_bundle).decode() if hook.ca_bundle else ""
+                text = "tls: failed to verify certificate: " + await _peer_names(host, dial_port, pem,
+                                                                                  server_name)
             raise CallError(hook.name, f'failed to call webhook: Post "{url}": {text}') from None
         if status != 200:
             raise CallError(hook.name, f"failed to call webhook: {_status_text(status, body)}")

@@ -152,8 +152,10 @@ def object_selected(selector: Obj | None, attrs: AdmissionAttributes) -> bool:
                for o in (attrs.obj, attrs.old))
 
 
-def admission_request(attrs: AdmissionAttributes, uid: str | None = None) -> Obj:
-    """The AdmissionRequest (admission.k8s.io/v1) of a write: what webhooks get and CEL's `request`."""
+def admission_request(attrs: AdmissionAttributes, uid: str | None = None, *,
+                      objects: bool = True) -> Obj:
+    """The AdmissionRequest (admission.k8s.io/v1) of a write: what webhooks get, and without `object`
+    and `oldObject` (`objects=False`; CEL has them as variables of their own) CEL's `request`."""
     kind = attrs.kind
     gvk = {"group": kind.group, "version": kind.version, "kind": kind.kind}
     gvr = {"group": kind.group, "version": kind.version, "resource": kind.plural}
@@ -162,9 +164,10 @@ def admission_request(attrs: AdmissionAttributes, uid: str | None = None) -> Obj
         "uid": uid or str(uuid.uuid4()), "kind": gvk, "resource": gvr, "requestKind": gvk,
         "requestResource": gvr, "name": attrs.name, "operation": attrs.operation,
         "userInfo": {"username": attrs.user, "groups": ["system:masters", "system:authenticated"]},
-        "object": attrs.obj, "oldObject": attrs.old, "dryRun": attrs.dry_run,
-        "options": {"kind": options, "apiVersion": "meta.k8s.io/v1"},
+        "dryRun": attrs.dry_run, "options": {"kind": options, "apiVersion": "meta.k8s.io/v1"},
     }
+    if objects:
+        request["object"], request["oldObject"] = attrs.obj, attrs.old
     if kind.namespaced:
         request["namespace"] = attrs.namespace
     if attrs.sub_resource:
@@ -390,7 +393,7 @@ class ValidatingPolicies:
         ns = namespace_object(self.server, attrs)
         activation: dict[str, Any] = {
             "object": to_cel(attrs.obj), "oldObject": to_cel(attrs.old),
-            "request": to_cel(admission_request(attrs)), "params": to_cel(param),
+            "request": to_cel(admission_request(attrs, objects=False)), "params": to_cel(param),
             "namespaceObject": to_cel(ns),
         }
         on_error = "deny" if fail else "admit"

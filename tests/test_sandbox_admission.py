@@ -171,6 +171,21 @@ async def test_eddy_webhook_good_and_wrong_ca_bundle(cluster: Cluster, tmp_path:
     assert hook.proc.returncode == 0, b"".join(hook.output).decode()[-2000:]
 
 
+async def test_eddy_webhook_local_mode_by_url(cluster: Cluster, tmp_path: Path) -> None:
+    """DESIGN.md's local mode: the configuration names the webhook by `clientConfig.url` and trusts the
+    CA it wrote to ca.crt; the certificate names 127.0.0.1, the URL's host."""
+    api = cluster.api
+    async with eddy_webhook(api, tmp_path, local=True) as hook:
+        config = manifest_mwc()
+        ca = base64.b64encode((tmp_path / "eddy-webhook-tls" / "ca.crt").read_bytes()).decode()
+        for webhook in config["webhooks"]:
+            webhook["clientConfig"] = {"url": f"https://127.0.0.1:{hook.port}/mutate", "caBundle": ca}
+        api.put(config)
+        stored = await cluster.create_pod(seed_pod("model-serving-local"))
+        assert injected(stored)
+    assert cluster.mutating.calls[HOOK] == 1
+
+
 @pytest.mark.parametrize("policy", ["Ignore", "Fail"])
 async def test_webhook_down(cluster: Cluster, policy: str) -> None:
     api = cluster.api
@@ -246,6 +261,17 @@ async def test_webhook_slower_than_timeout(cluster: Cluster, tmp_path: Path) -> 
             "default", "model-serving-fast", "CREATE")
         assert request["object"]["metadata"]["name"] == "model-serving-fast" and "oldObject" not in request
         assert request["dryRun"] is False and request["options"]["kind"] == "CreateOptions"
+        # The same server behind a Service whose name its certificate does not have: Go's host name error.
+        set_webhooks(api, "slow", clientConfig={"caBundle": slow.ca_bundle, "service": {
+            "name": "fast", "namespace": "hooks", "path": "/slow", "port": 8443}})
+        cluster.endpoints[("hooks", "fast", 8443)] = ("127.0.0.1", slow.port)
+        error = await cluster.denied(seed_pod("model-serving-misnamed"))
+        assert error.message == (
+            'Internal error occurred: failed calling webhook "slow.test": failed to call webhook: Post '
+            '"https://fast.hooks.svc:8443/slow?timeout=1s": tls: failed to verify certificate: x509: '
+            "certificate is valid for slow, slow.hooks, slow.hooks.svc, slow.hooks.svc.cluster.local, "
+            "not fast.hooks.svc")
+        assert len(slow.reviews) == 3
 
 
 async def test_reinvocation_denial_and_match_conditions(cluster: Cluster, tmp_path: Path) -> None:

@@ -106,12 +106,20 @@ async def _ca_written(api: KubeApiServer, config: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def eddy_webhook(api: KubeApiServer, tmp: Path) -> AsyncIterator[EddyWebhook]:
+async def eddy_webhook(api: KubeApiServer, tmp: Path, *, local: bool = False) -> AsyncIterator[EddyWebhook]:
     """`eddy webhook` in cluster mode against `api`, serving on 127.0.0.1; yields once its caBundle is in
-    the MutatingWebhookConfiguration and its informers have synced."""
-    cmd = [sys.executable, "-m", "eddy_cli.main", "webhook", "--kube-url", api.url, "--namespace",
-           "eddy-system", "--service", "eddy-webhook", "--webhook-config", "eddy-webhook", "--host",
-           "127.0.0.1", "--port", "0", "--cert-dir", str(tmp / "eddy-webhook-tls")]
+    the MutatingWebhookConfiguration and its informers have synced. `local`: DESIGN.md's local mode
+    instead (Datasets from a file, CA in `<tmp>/eddy-webhook-tls/ca.crt`, certificate for localhost and
+    127.0.0.1 only), which leaves the API server alone."""
+    cmd = [sys.executable, "-m", "eddy_cli.main", "webhook", "--port", "0", "--cert-dir",
+           str(tmp / "eddy-webhook-tls")]
+    if local:
+        datasets = tmp / "datasets.yaml"
+        datasets.write_text(yaml.safe_dump(dataset("serverless-data", "default")))
+        cmd += ["--local", "-f", str(datasets)]
+    else:
+        cmd += ["--kube-url", api.url, "--namespace", "eddy-system", "--service", "eddy-webhook",
+                "--webhook-config", "eddy-webhook", "--host", "127.0.0.1"]
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     assert proc.stdout is not None
@@ -132,7 +140,8 @@ async def eddy_webhook(api: KubeApiServer, tmp: Path) -> AsyncIterator[EddyWebho
                 hook.output.append(line)
 
         drain = asyncio.create_task(keep_draining())
-        await _ca_written(api, "eddy-webhook")
+        if not local:
+            await _ca_written(api, "eddy-webhook")
         yield hook
     finally:
         if proc.returncode is None:

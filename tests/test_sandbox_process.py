@@ -323,3 +323,29 @@ async def test_start_failures_are_clear(box: Box) -> None:
         await box.start(box.spec(SLEEP, netns="/run/netns/eddy-b1-no-such-netns"))
     assert not (box.tmp / "state").exists() or not any((box.tmp / "state").iterdir())
     assert not [p for p, _ in mount_points() if p.startswith(str(box.tmp))]
+
+
+async def test_privileged_non_root_fuse_through_fusermount3(box: Box) -> None:
+    """Eddy's sidecar case: privileged, the image's user 65532 (known to the image's /etc/passwd), a FUSE
+    mount made through the setuid fusermount3. Without allow_other only that uid may read it, as on a
+    node: this is the fault the sandbox exists to show."""
+    support = fuse_support()
+    if not support:
+        pytest.fail(f"FUSE is needed: {support.reason}")
+    root = box.tmp / "kubelet"
+    make_shared_root(root)
+    box.shared_roots.append(root)
+    volume = root / "pods" / "p2" / "volumes" / "data"
+    (volume / "m").mkdir(parents=True)
+    (volume / "m").chmod(0o777)  # an emptyDir is world-writable
+    fuse = await box.start(box.spec(
+        [PY, "-c", FUSE_FS, "/data/m"], name="fuse", privileged=True, uid=65532, gid=65532,
+        users=(("eddy", 65532, 65532),), mounts=(BindMount(volume, "/data", propagation="Bidirectional"),)))
+    await wait_for(lambda: str(volume / "m") in {p for p, _ in mount_points()}, "the FUSE mount")
+    mine = await fuse.exec(["cat", "/data/m/hello.txt"])
+    assert (mine.returncode, mine.stdout) == (0, b"hello from the fuse container\n"), mine
+    as_root = await fuse.exec(["cat", "/data/m/hello.txt"], uid=0, gid=0)
+    assert as_root.returncode == 1 and b"Permission denied" in as_root.stderr, as_root
+    passwd = await fuse.exec(["grep", "^eddy:", "/etc/passwd"])
+    assert passwd.stdout == b"eddy:x:65532:65532::/nonexistent:/usr/sbin/nologin\n"
+    assert await fuse.stop(5) == 0, box.log("fuse")

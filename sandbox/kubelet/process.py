@@ -96,6 +96,9 @@ class ProcessSpec:
     hosts_file: Path | None = None  # bind-mounted at /etc/hosts when set
     cpu_limit_millis: int | None = None  # cgroup cpu quota (cfs), e.g. 500 for 500m
     memory_limit_bytes: int | None = None
+    # Users the image defines (name, uid, gid), e.g. Eddy's `useradd --uid 65532 eddy`: added to the
+    # container's /etc/passwd and /etc/group (programs such as fusermount3 need a name for their uid).
+    users: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def _plan(spec: ProcessSpec, cgroups: Cgroups) -> dict[str, Any]:
             for m in spec.mounts
         ],
         "cgroup_procs": cgroups.procs_files,
+        "users": [list(user) for user in spec.users],
     }
 
 

@@ -25,6 +25,7 @@ import platform
 import re
 import signal
 import socket
+import stat
 import sys
 from typing import Any
 
@@ -145,6 +146,13 @@ def _mount_dev(root: str, privileged: bool) -> None:
     dev = root + "/dev"
     if privileged:
         _bind("/dev", dev, read_only=False)
+        if os.path.exists("/dev/fuse"):
+            # A node's udev makes /dev/fuse 0666 (so non-root FUSE daemons and fusermount3 work); a bare
+            # devtmpfs (this VM) has it 0600. The container gets its own 0666 node, as on a node.
+            node = STAGE + "/fuse"
+            os.mknod(node, stat.S_IFCHR | 0o666, os.stat("/dev/fuse").st_rdev)
+            os.chmod(node, 0o666)
+            _bind(node, dev + "/fuse", read_only=False, recursive=False)
     else:
         mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
         for name in _DEVICES:
@@ -225,6 +233,19 @@ def _mount_volumes(plan: dict[str, Any]) -> None:
         mount(None, target, None, MS_REC | PROPAGATION[m["propagation"]])
 
 
+def _add_users(users: list[list[Any]]) -> None:
+    """The image's own users (its `useradd`), added to the container's /etc/passwd and /etc/group."""
+    global _step
+    for name, uid, gid in users:
+        _step = f"adding user {name} ({uid}:{gid}) to /etc/passwd"
+        for path, key, line in (("/etc/passwd", uid, f"{name}:x:{uid}:{gid}::/nonexistent:/usr/sbin/nologin"),
+                                ("/etc/group", gid, f"{name}:x:{gid}:")):
+            with open(path, "a+") as f:
+                f.seek(0)
+                if not any(row.split(":")[2:3] == [str(key)] for row in f):
+                    f.write(line + "\n")
+
+
 def _setup_container(plan: dict[str, Any]) -> None:
     global _step
     if plan["netns"]:
@@ -248,6 +269,7 @@ def _setup_container(plan: dict[str, Any]) -> None:
     mount(None, OLD_ROOT, None, MS_REC | MS_SLAVE)
     umount2(OLD_ROOT, MNT_DETACH)
     os.rmdir(OLD_ROOT)
+    _add_users(plan.get("users", []))
     _step = f"creating working directory {plan['cwd']}"
     os.makedirs(plan["cwd"], exist_ok=True)
     if plan["read_only_root"]:

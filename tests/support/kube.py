@@ -1,6 +1,7 @@
 """Pytest fixtures for the Kubernetes API test server (`sandbox/apiserver.py`; docs/kube.md).
 
-`kube_api` starts a fresh in-memory API server on 127.0.0.1 for one test; `kube_client` is a
+`kube_api` starts a fresh, empty in-memory API server (`bare`: no system namespaces, nothing added to
+new namespaces) on 127.0.0.1 for one test; `kube_client` is a
 kubernetes-asyncio `ApiClient` pointing at it (no auth), closed at teardown.
 """
 
@@ -24,7 +25,7 @@ def api_client_for(url: str) -> k8s.ApiClient:
 
 @pytest_asyncio.fixture
 async def kube_api() -> AsyncIterator[KubeApiServer]:
-    server = KubeApiServer()
+    server = KubeApiServer(bare=True)
     await server.start()
     try:
         yield server

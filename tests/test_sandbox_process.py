@@ -349,3 +349,28 @@ async def test_privileged_non_root_fuse_through_fusermount3(box: Box) -> None:
     passwd = await fuse.exec(["grep", "^eddy:", "/etc/passwd"])
     assert passwd.stdout == b"eddy:x:65532:65532::/nonexistent:/usr/sbin/nologin\n"
     assert await fuse.stop(5) == 0, box.log("fuse")
+
+
+def _processes_mentioning(needle: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if needle.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+    return found
+
+
+async def test_cancelled_start_leaves_nothing(box: Box) -> None:
+    for delay in (0.0, 0.01, 0.03, 0.06, 0.1, 0.2):
+        marker = f"300.{uuid.uuid4().int % 10**9}"
+        state = box.tmp / "cancelled" / marker
+        task = asyncio.ensure_future(ContainerProcess.start(box.spec(["sleep", marker]), state))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            box.containers.append(await task)  # it had started already: teardown stops it
+        if task.cancelled():
+            await asyncio.sleep(0.05)
+            assert _processes_mentioning(marker) == [], f"a process survived a cancel after {delay}s"
+            assert not (state / "container.json").exists() or _processes_mentioning(str(state)) == []

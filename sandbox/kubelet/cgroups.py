@@ -19,6 +19,7 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "eddy-sandbox"
 CFS_PERIOD_US = 100_000
+STALE_AFTER = 300.0  # seconds; an empty group this old belongs to no starting or live container
 
 
 class CgroupError(Exception):
@@ -32,21 +33,18 @@ def unified() -> bool:
 
 @dataclass(frozen=True)
 class Cgroups:
-    """The cgroup directories of one container; `paths[0]` is the tracking group."""
+    """The cgroup directories of one container (`paths[0]` is the tracking group) and its limits."""
 
     paths: tuple[Path, ...]
+    cpu_quota_us: int | None = None
+    memory_bytes: int | None = None
 
     @classmethod
-    def create(cls, ident: str, *, cpu_millis: int | None, memory_bytes: int | None) -> Cgroups:
+    def plan(cls, ident: str, *, cpu_millis: int | None, memory_bytes: int | None) -> Cgroups:
+        """Where the groups go (nothing is created yet)."""
         quota = None if cpu_millis is None else max(1000, cpu_millis * CFS_PERIOD_US // 1000)
         if unified():
-            path = CGROUP_ROOT / PARENT / ident
-            _mkdir(path, enable=("cpu", "memory"))
-            if quota is not None:
-                (path / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
-            if memory_bytes is not None:
-                (path / "memory.max").write_text(str(memory_bytes))
-            return cls((path,))
+            return cls((CGROUP_ROOT / PARENT / ident,), quota, memory_bytes)
         tracker = next((h for h in ("pids", "freezer", "cpu") if (CGROUP_ROOT / h).is_dir()), None)
         if tracker is None:
             raise CgroupError(f"no cgroup v1 hierarchy (pids, freezer or cpu) under {CGROUP_ROOT}")
@@ -55,21 +53,28 @@ class Cgroups:
             paths.append(CGROUP_ROOT / "cpu" / PARENT / ident)
         if memory_bytes is not None:
             paths.append(CGROUP_ROOT / "memory" / PARENT / ident)
-        made = cls(tuple(dict.fromkeys(paths)))
-        try:
-            for path in made.paths:
-                _mkdir(path, enable=())
+        return cls(tuple(dict.fromkeys(paths)), quota, memory_bytes)
+
+    def create(self) -> None:
+        """Make the groups and write the limits (the caller removes them if this fails)."""
+        sweep_stale()
+        quota, memory = self.cpu_quota_us, self.memory_bytes
+        if unified():
+            (path,) = self.paths
+            _mkdir(path, enable=("cpu", "memory"))
             if quota is not None:
-                cpu = CGROUP_ROOT / "cpu" / PARENT / ident
-                (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-                (cpu / "cpu.cfs_quota_us").write_text(str(quota))
-            if memory_bytes is not None:
-                memory = CGROUP_ROOT / "memory" / PARENT / ident
-                (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
-        except BaseException:
-            made.remove()
-            raise
-        return made
+                (path / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
+            if memory is not None:
+                (path / "memory.max").write_text(str(memory))
+            return
+        for path in self.paths:
+            _mkdir(path, enable=())
+            hierarchy = path.parent.parent.name
+            if hierarchy == "cpu" and quota is not None:
+                (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+                (path / "cpu.cfs_quota_us").write_text(str(quota))
+            if hierarchy == "memory" and memory is not None:
+                (path / "memory.limit_in_bytes").write_text(str(memory))
 
     @property
     def procs_files(self) -> list[str]:
@@ -106,6 +111,18 @@ class Cgroups:
                     time.sleep(0.02)
             with contextlib.suppress(OSError):  # other containers may still use it
                 path.parent.rmdir()
+
+
+def sweep_stale(min_age: float = STALE_AFTER) -> None:
+    """Remove empty container groups older than `min_age` seconds: what a runner that crashed left
+    (its processes died with it, see PR_SET_PDEATHSIG in shim.py, but cgroup directories stay)."""
+    now = time.time()
+    for parent in [CGROUP_ROOT / PARENT, *CGROUP_ROOT.glob(f"*/{PARENT}")]:
+        with contextlib.suppress(OSError):
+            for group in parent.iterdir():
+                if group.is_dir() and now - group.stat().st_mtime > min_age:
+                    with contextlib.suppress(OSError):  # EBUSY when it has processes
+                        group.rmdir()
 
 
 def _mkdir(path: Path, enable: tuple[str, ...]) -> None:

@@ -235,15 +235,16 @@ class ContainerProcess:
     @classmethod
     async def start(cls, spec: ProcessSpec, state_dir: Path) -> ContainerProcess:
         _validate(spec)
-        plan_cgroups: Cgroups | None = None
         ident = uuid.uuid4().hex[:12]
         await asyncio.to_thread(_prepare_dirs, state_dir, spec.log_path)
+        cgroups = await asyncio.to_thread(
+            Cgroups.plan, ident, cpu_millis=spec.cpu_limit_millis, memory_bytes=spec.memory_limit_bytes
+        )
+        making = asyncio.ensure_future(asyncio.to_thread(cgroups.create))
         try:
-            plan_cgroups = await asyncio.to_thread(
-                Cgroups.create, ident, cpu_millis=spec.cpu_limit_millis, memory_bytes=spec.memory_limit_bytes
-            )
+            await asyncio.shield(making)
             plan_path = state_dir / "container.json"
-            await asyncio.to_thread(_write_json, plan_path, _plan(spec, plan_cgroups))
+            await asyncio.to_thread(_write_json, plan_path, _plan(spec, cgroups))
             log = await asyncio.to_thread(open, spec.log_path, "ab")
             try:
                 proc, failure = await _spawn_shim(
@@ -251,16 +252,17 @@ class ContainerProcess:
                 )
             finally:
                 log.close()
+            if failure:
+                await proc.wait()
+                raise ContainerStartError(f"container {spec.argv[0]!r} failed to start: {failure}")
         except BaseException:
-            if plan_cgroups is not None:
-                await asyncio.to_thread(plan_cgroups.remove)
-            raise
-        if failure:
-            await proc.wait()
-            await asyncio.to_thread(plan_cgroups.remove)
+            # also when cancelled: let the cgroups' creation finish, then remove them (killing the shim)
+            with contextlib.suppress(BaseException):
+                await making
+            await asyncio.to_thread(cgroups.remove)
             await asyncio.to_thread(_remove_state, state_dir)
-            raise ContainerStartError(f"container {spec.argv[0]!r} failed to start: {failure}")
-        return cls(spec, state_dir, ident, plan_cgroups, proc)
+            raise
+        return cls(spec, state_dir, ident, cgroups, proc)
 
     async def _reap(self) -> int:
         code = _exit_code(await self._proc.wait())

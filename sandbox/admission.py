@@ -256,7 +256,7 @@ class MutatingWebhooks:
         matched, error = self.cel.match_conditions(conditions, activation)
         if error and not hook.ignore:
             log.warning("Failed evaluating match conditions, failing closed %s: %s", hook.name, error)
-            raise forbidden(attrs, str(CallError(hook.name, error)))
+            raise forbidden(attrs, error)
         return matched
 
     def _context(self, hook: Hook) -> ssl.SSLContext:
@@ -282,21 +282,22 @@ class MutatingWebhooks:
                 raise CallError(hook.name, "Webhook SideEffects is nil")
             if effects not in ("None", "NoneOnDryRun"):
                 raise ApiError(400, "BadRequest", f'admission webhook "{hook.name}" does not support dry run')
-        if "v1" not in (spec.get("admissionReviewVersions") or []):
-            raise CallError(hook.name, "webhook does not accept v1 AdmissionReview")
+        version = next((v for v in spec.get("admissionReviewVersions") or [] if v in ("v1", "v1beta1")), "")
+        if not version:
+            raise CallError(hook.name, "could not create admission objects: webhook does not accept known "
+                            "AdmissionReview versions (v1, v1beta1)")
         uid = str(uuid.uuid4())
         obj = copy.deepcopy(attrs.obj)
         obj.setdefault("apiVersion", attrs.kind.api_version)
         obj.setdefault("kind", attrs.kind.kind)
         request = admission_request(attrs, uid)
-        request["object"] = obj
-        for key in ("name", "oldObject"):
-            if not request.get(key):
-                request.pop(key, None)
-        review = {"apiVersion": REVIEW, "kind": "AdmissionReview", "request": request}
+        request["object"] = obj  # oldObject stays, null on CREATE, as Go's RawExtension marshals it
+        if not request["name"]:
+            del request["name"]
+        review = {"apiVersion": f"admission.k8s.io/{version}", "kind": "AdmissionReview", "request": request}
         self.calls[hook.name] += 1
         response = await self._post(hook, review)
-        result = self._verify(hook, response, uid)
+        result = self._verify(hook, response, uid, version)
         for warning in result.get("warnings") or []:
             self.warnings.append(str(warning))
         if not result.get("allowed"):
@@ -305,7 +306,14 @@ class MutatingWebhooks:
         if not raw:
             return False
         try:
-            patch = json.loads(base64.b64decode(raw))
+            patch = json.loads(base64.b64decode(raw, validate=True))
+        except (ValueError, TypeError) as exc:
+            raise CallError(hook.name, f"received undecodable patch in webhook response: {exc}") from None
+        if not patch:
+            return False
+        if result.get("patchType", "JSONPatch") != "JSONPatch":
+            raise CallError(hook.name, f'unsupported patch type "{result["patchType"]}"')
+        try:
             patched = jsonpatch.apply_patch(attrs.obj, patch)
         except (ValueError, TypeError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise ApiError(500, "InternalError", f"Internal error occurred: {exc}") from None
@@ -380,23 +388,28 @@ class MutatingWebhooks:
             return response.status, await response.read()
 
     @staticmethod
-    def _verify(hook: Hook, doc: Obj, uid: str) -> Obj:
+    def _verify(hook: Hook, doc: Obj, uid: str, version: str) -> Obj:
+        """webhookrequest.VerifyAdmissionResponse (v1 is checked strictly, v1beta1 was never)."""
         def invalid(why: str) -> CallError:
             return CallError(hook.name, f"received invalid webhook response: {why}")
 
-        if doc.get("apiVersion") != REVIEW or doc.get("kind") != "AdmissionReview":
-            raise invalid(f"expected webhook response of {REVIEW}, Kind=AdmissionReview, got "
-                          f"{doc.get('apiVersion')}, Kind={doc.get('kind')}")
         result = doc.get("response")
         if not isinstance(result, dict):
             raise invalid("webhook response was absent")
+        if version == "v1beta1":
+            return {**result, "patchType": "JSONPatch"} if result.get("patch") else result
         if result.get("uid") != uid:
-            raise invalid(f'expected response.uid="{uid}", got "{result.get("uid")}"')
+            raise invalid(f'expected response.uid="{uid}", got "{result.get("uid") or ""}"')
+        if doc.get("apiVersion") != REVIEW or doc.get("kind") != "AdmissionReview":
+            raise invalid(f"expected webhook response of {REVIEW}, Kind=AdmissionReview, got "
+                          f"{doc.get('apiVersion') or '/'}, Kind={doc.get('kind') or ''}")
         patch_type = result.get("patchType")
-        if patch_type is not None and patch_type != "JSONPatch":
-            raise invalid(f'webhook returned invalid patchType: "{patch_type}"')
         if result.get("patch") and patch_type is None:
-            raise invalid("webhook returned patch but not patchType")
+            raise invalid("webhook returned response.patch but not response.patchType")
+        if not result.get("patch") and patch_type is not None:
+            raise invalid("webhook returned response.patchType but not response.patch")
+        if patch_type == "":
+            raise invalid('webhook returned invalid response.patchType of ""')
         return result
 
     @staticmethod

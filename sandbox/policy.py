@@ -353,8 +353,6 @@ class ValidatingPolicies:
                     self.audit.append({"policy": policy["metadata"]["name"],
                                        "binding": binding["metadata"]["name"], "message": decision.message,
                                        "validationActions": actions})
-            if denials:
-                break
         return denials
 
     def _params(self, param_kind: Obj | None, ref: Obj | None,
@@ -390,7 +388,9 @@ class ValidatingPolicies:
 
     def _validate(self, spec: Obj, attrs: AdmissionAttributes, param: Obj | None,
                   fail: bool) -> list[PolicyDecision]:
-        ns = namespace_object(self.server, attrs)
+        # kube-apiserver leaves namespaceObject null for a write of a Namespace itself.
+        is_namespace = attrs.kind.group == "" and attrs.kind.plural == "namespaces"
+        ns = None if is_namespace else namespace_object(self.server, attrs)
         activation: dict[str, Any] = {
             "object": to_cel(attrs.obj), "oldObject": to_cel(attrs.old),
             "request": to_cel(admission_request(attrs, objects=False)), "params": to_cel(param),

@@ -259,7 +259,7 @@ async def test_webhook_slower_than_timeout(cluster: Cluster, tmp_path: Path) -> 
         assert request["resource"] == {"group": "", "version": "v1", "resource": "pods"}
         assert (request["namespace"], request["name"], request["operation"]) == (
             "default", "model-serving-fast", "CREATE")
-        assert request["object"]["metadata"]["name"] == "model-serving-fast" and "oldObject" not in request
+        assert request["object"]["metadata"]["name"] == "model-serving-fast" and request["oldObject"] is None
         assert request["dryRun"] is False and request["options"]["kind"] == "CreateOptions"
         # The same server behind a Service whose name its certificate does not have: Go's host name error.
         set_webhooks(api, "slow", clientConfig={"caBundle": slow.ca_bundle, "service": {
@@ -339,10 +339,23 @@ async def test_reinvocation_denial_and_match_conditions(cluster: Cluster, tmp_pa
         error = await cluster.denied({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "deny-3"},
                                       "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
         assert error.status == 403
-        assert error.message.startswith(
-            'pods "deny-3" is forbidden: failed calling webhook "c-deny.test": '
-            "expression 'object.metadata.annotations['x'] == 'y'' resulted in error")
+        assert error.message.startswith("pods \"deny-3\" is forbidden: expression "
+                                        "'object.metadata.annotations['x'] == 'y'' resulted in error")
         assert cluster.mutating.calls["c-deny.test"] == 1
+
+        # A response for another request is a failed call: failurePolicy decides.
+        def wrong_uid(request: dict[str, Any]) -> dict[str, Any]:
+            return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": "not-" + request["uid"], "allowed": True}}
+
+        small.paths["/wrong"] = wrong_uid
+        api.put(config("c-deny", "/wrong", "Never", failurePolicy="Ignore"))
+        await cluster.create_pod({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wrong-1"},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+        uid = small.reviews[-1]["request"]["uid"]
+        assert cluster.mutating.failed_open[-1] == (
+            'failed calling webhook "c-deny.test": received invalid webhook response: '
+            f'expected response.uid="{uid}", got "not-{uid}"')
 
 
 async def test_validating_policy_from_manifests(cluster: Cluster, tmp_path: Path) -> None:

@@ -91,6 +91,17 @@ def exists(path: str | Path) -> bool:
     return os.path.lexists(path)
 
 
+def read(path: str | Path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    with open(path, "r+") as f:
+        f.write(text)
+        f.truncate()
+
+
 def run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
@@ -183,13 +194,15 @@ async def test_read_only_mounts_and_root(box: Box) -> None:
     rw.mkdir()
     (ro / "f").write_text("data")
     script = ("cat /ro/f; echo x > /ro/f || echo ro-refused; echo y > /rw/g && echo rw-ok; "
-              "echo z > /etc/eddy-test || echo root-refused; echo t > /tmp/t && echo tmp-ok")
+              "echo z > /etc/eddy-test || echo root-refused; echo t > /tmp/t && echo tmp-ok; "
+              "echo s > /scratch/s && grep ' /scratch ' /proc/self/mountinfo")
     c = await box.start(box.spec(["sh", "-c", script], read_only_root=True, mounts=(
-        BindMount(ro, "/ro", read_only=True), BindMount(rw, "/rw"))))
+        BindMount(ro, "/ro", read_only=True), BindMount(rw, "/rw"),
+        BindMount(Path("/nonexistent"), "/scratch", tmpfs=True, size_bytes=1 << 20))))
     assert await c.wait() == 0
     log = box.log()
     assert "Read-only file system" in log
-    for word in ("data", "ro-refused", "rw-ok", "root-refused", "tmp-ok"):
+    for word in ("data", "ro-refused", "rw-ok", "root-refused", "tmp-ok", "tmpfs rw,size=1024k"):
         assert word in log, log
     assert (ro / "f").read_text() == "data"
     assert (rw / "g").read_text() == "y\n"
@@ -203,11 +216,13 @@ async def test_non_privileged_root_cannot_mount(box: Box) -> None:
     c = await box.start(box.spec([PY, "-c", MOUNT_PROBE], name="plain"))
     assert await c.wait() == 0
     assert box.log("plain").split() == ["-1", "1"], "expected EPERM (1) from mount(2)"
-    grep = "grep -E '^Cap(Eff|Bnd)' /proc/self/status"
+    grep = "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status"
     c = await box.start(box.spec(["sh", "-c", grep], name="caps", cap_add=("NET_ADMIN",),
-                                 cap_drop=("CAP_KILL",)))
+                                 cap_drop=("CAP_KILL",), no_new_privs=True))
     assert await c.wait() == 0
-    eff = int(box.log("caps").split()[1], 16)
+    fields = box.log("caps").split()
+    assert fields[2:] == ["NoNewPrivs:", "1"]
+    eff = int(fields[1], 16)
     assert eff & (1 << 12) and not eff & (1 << 5) and not eff & (1 << 21)  # NET_ADMIN, KILL, SYS_ADMIN
     c = await box.start(box.spec([PY, "-c", MOUNT_PROBE], name="privileged", privileged=True))
     assert await c.wait() == 0
@@ -250,14 +265,20 @@ async def test_exec_in_container_view(box: Box) -> None:
     name = f"eddy-b1-{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(run, "ip", "netns", "add", name)
     box.netns.append(name)
+    hosts = box.tmp / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
     script = "echo inside > /tmp/marker; exec sleep 300"
     c = await box.start(box.spec(["sh", "-c", script], uid=1000, gid=1000, hostname="exec-pod",
-                                 netns=f"/run/netns/{name}", cwd="/tmp"))
+                                 netns=f"/run/netns/{name}", cwd="/tmp", hosts_file=hosts))
     await wait_for(lambda: c.returncode is None and box.log() == "" and _has_child_sleep(c.pid), "start")
     r = await c.exec(["sh", "-c", "id -u; pwd; hostname; cat /tmp/marker; ls /sys/class/net"])
     assert r.returncode == 0, r
     assert r.stdout.decode().split() == ["1000", "/tmp", "exec-pod", "inside", "lo"]
     assert not exists("/tmp/marker")
+    assert read(f"/proc/{c.pid}/root/tmp/marker") == "inside\n"  # pivot_root: /proc/<pid>/root is its root
+    rewrite_in_place(hosts, "10.244.0.9 web\n")  # as ClusterDns does: the bind pins the inode
+    r = await c.exec(["cat", "/etc/hosts"])
+    assert r.stdout == b"10.244.0.9 web\n", r
     r = await c.exec(["id", "-u"], uid=0)
     assert r.stdout == b"0\n"
     r = await c.exec(["cat"], stdin=b"piped bytes")

@@ -17,7 +17,15 @@ What a container gets here, and what it does not:
   zero, full, random, urandom, tty, a new devpts and /dev/shm; the host's /dev when privileged), /tmp
   (a fresh tmpfs), then the volumes with their mountPropagation, and `hosts_file` at /etc/hosts.
   Since /etc/hosts is a bind mount of that file, it must be rewritten in place (not renamed over) for
-  changes to show inside the container.
+  changes to show inside the container. Privileged containers get their own /dev/fuse node with mode
+  0666, as a node's udev rule makes it (this VM's bare devtmpfs has 0600). `users` adds the image's
+  users to the container's /etc/passwd and /etc/group (the host's files stay as they are).
+- mountPropagation: a volume's source under the rshared kubelet root (`make_shared_root`) joins the
+  host's peer group when bound; Bidirectional keeps it shared, HostToContainer makes it a slave, None
+  private. A source not under a shared mount propagates nothing either way (the host's / is private).
+  The root is built on a tmpfs mounted, inside the container's namespace only, over the empty host
+  directory /run/eddy-sandbox (kept, shared by all containers), whose mount is made private there, so
+  nothing of a container's root ever propagates to the host or to the kubelet root.
 - Capabilities: all when privileged, else Docker's default set adjusted by cap_add/cap_drop (names
   with or without "CAP_", or "ALL"), as the bounding set; a non-root user ends with none effective,
   as with runc when no ambient capabilities are set.

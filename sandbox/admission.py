@@ -23,8 +23,9 @@ resolved with `resolve_service(namespace, name, port) -> (host, port)` (the clus
 
 Error texts are Go's (`dial tcp ...: connect: connection refused`, `tls: failed to verify certificate:
 x509: certificate signed by unknown authority` / `certificate is valid for a, b, not c`, `context deadline
-exceeded`). Not modelled: v1beta1 AdmissionReviews, `matchPolicy: Equivalent` across versions, audit
-annotations, and response warnings as `Warning` headers (they are collected in `warnings`).
+exceeded`). Audit annotations are collected in `audit_annotations`, the responses' warnings in
+`warnings` (kube-apiserver returns them as `Warning` headers; the AdmissionStep interface has no way to).
+Not modelled: `matchPolicy: Equivalent` across versions (one version per resource here).
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ class MutatingWebhooks:
         self.calls: Counter[str] = Counter()
         self.warnings: list[str] = []
         self.failed_open: list[str] = []
+        # Per admitted write, the audit annotations kube-apiserver records (mutation.webhook.admission.
+        # k8s.io/round_<r>_index_<i>, patch..., failed-open...): audit log entries, not object fields.
+        self.audit_annotations: list[dict[str, str]] = []
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[str, ssl.SSLContext] = {}
 
@@ -213,27 +217,42 @@ class MutatingWebhooks:
         if not hooks:
             return attrs.obj
         state = _Reinvocation()
-        await self._round(hooks, attrs, state, reinvoking=False)
-        if state.should_reinvoke:
-            await self._round(hooks, attrs, state, reinvoking=True)
+        annotations: dict[str, str] = {}
+        try:
+            await self._round(hooks, attrs, state, annotations, reinvoking=False)
+            if state.should_reinvoke:
+                await self._round(hooks, attrs, state, annotations, reinvoking=True)
+        finally:
+            if annotations:
+                self.audit_annotations.append(annotations)
         return attrs.obj
 
-    async def _round(self, hooks: list[Hook], attrs: AdmissionAttributes, state: _Reinvocation, *,
-                     reinvoking: bool) -> None:
-        for hook in hooks:
+    async def _round(self, hooks: list[Hook], attrs: AdmissionAttributes, state: _Reinvocation,
+                     annotations: dict[str, str], *, reinvoking: bool) -> None:
+        for index, hook in enumerate(hooks):
             if not self._should_call(hook, attrs):
                 continue
             if reinvoking and hook.uid not in state.reinvoke:
                 continue  # a second round calls no webhook for the first time
             changed = False
+            suffix = f"round_{int(reinvoking)}_index_{index}"
             try:
-                changed = await self._call(hook, attrs)
+                changed, patch = await self._call(hook, attrs)
+                if patch:
+                    annotations[f"patch.webhook.admission.k8s.io/{suffix}"] = json.dumps(
+                        {"configuration": hook.config, "webhook": hook.name, "patch": patch,
+                         "patchType": "JSONPatch"}, separators=(",", ":"))
             except CallError as exc:
                 if not hook.ignore:
                     log.warning("Failed calling webhook, failing closed %s: %s", hook.name, exc)
                     raise ApiError(500, "InternalError", f"Internal error occurred: {exc}") from None
                 log.warning("Failed calling webhook, failing open %s: %s", hook.name, exc)
                 self.failed_open.append(str(exc))
+                annotations[f"failed-open.mutation.webhook.admission.k8s.io/{suffix}"] = hook.name
+            finally:
+                annotations[f"mutation.webhook.admission.k8s.io/{suffix}"] = json.dumps(
+                    {"configuration": hook.config, "webhook": hook.name, "mutated": changed},
+                    separators=(",", ":"))
             if changed:
                 state.require()
                 state.should_reinvoke = True
@@ -273,8 +292,8 @@ class MutatingWebhooks:
                 self._contexts[hook.ca_bundle] = context
         return self._contexts[hook.ca_bundle]
 
-    async def _call(self, hook: Hook, attrs: AdmissionAttributes) -> bool:
-        """POST the review; apply a patch to attrs.obj. True when the object changed."""
+    async def _call(self, hook: Hook, attrs: AdmissionAttributes) -> tuple[bool, list[Any]]:
+        """POST the review; apply a patch to attrs.obj. Whether the object changed, and the patch."""
         spec = hook.spec
         if attrs.dry_run:
             effects = spec.get("sideEffects")
@@ -304,13 +323,13 @@ class MutatingWebhooks:
             raise self._rejection(hook, result.get("status") or {})
         raw = result.get("patch")
         if not raw:
-            return False
+            return False, []
         try:
             patch = json.loads(base64.b64decode(raw, validate=True))
         except (ValueError, TypeError) as exc:
             raise CallError(hook.name, f"received undecodable patch in webhook response: {exc}") from None
         if not patch:
-            return False
+            return False, []
         if result.get("patchType", "JSONPatch") != "JSONPatch":
             raise CallError(hook.name, f'unsupported patch type "{result["patchType"]}"')
         try:
@@ -321,7 +340,7 @@ class MutatingWebhooks:
             raise ApiError(500, "InternalError", "Internal error occurred: the patch did not yield an object")
         changed = patched != attrs.obj
         attrs.obj = patched
-        return changed
+        return changed, patch
 
     async def _post(self, hook: Hook, review: Obj) -> Obj:
         client = hook.spec.get("clientConfig") or {}

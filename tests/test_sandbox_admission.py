@@ -6,6 +6,7 @@ Eddy's ValidatingAdmissionPolicy (manifests/) denying a labelled pod that was no
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -301,6 +302,13 @@ async def test_reinvocation_denial_and_match_conditions(cluster: Cluster, tmp_pa
         assert (cluster.mutating.calls["a-first.test"], cluster.mutating.calls["b-second.test"]) == (2, 1)
         # The second call saw what b-second made.
         assert small.reviews[-1]["request"]["object"]["metadata"]["labels"]["second"] == "done"
+        # kube-apiserver's audit annotations for it: round 0 both mutated, round 1 a-first did not.
+        audit = cluster.mutating.audit_annotations[-1]
+        assert sorted(audit) == [f"{kind}.webhook.admission.k8s.io/round_{at}" for kind, at in (
+            ("mutation", "0_index_0"), ("mutation", "0_index_1"), ("mutation", "1_index_0"),
+            ("patch", "0_index_0"), ("patch", "0_index_1"))]
+        assert json.loads(audit["mutation.webhook.admission.k8s.io/round_1_index_0"]) == {
+            "configuration": "a-first", "webhook": "a-first.test", "mutated": False}
         # With reinvocationPolicy Never nobody is called twice.
         api.put(config("a-first", "/first", "Never"))
         await cluster.create_pod({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p2"},

@@ -227,7 +227,7 @@ async def test_webhook_down(cluster: Cluster, policy: str) -> None:
 async def test_webhook_slower_than_timeout(cluster: Cluster, tmp_path: Path) -> None:
     api = cluster.api
     async with small_webhook(tmp_path, "slow", "hooks") as slow:
-        slow.delay = 3.0
+        slow.delay = 5.0
         config = manifest_mwc()
         config["metadata"]["name"] = "slow"
         del config["webhooks"][1]
@@ -239,7 +239,7 @@ async def test_webhook_slower_than_timeout(cluster: Cluster, tmp_path: Path) -> 
         cluster.endpoints[("hooks", "slow", 443)] = ("127.0.0.1", slow.port)
         started = time.monotonic()
         stored = await cluster.create_pod(seed_pod("model-serving-late"))  # Ignore
-        assert 0.9 < time.monotonic() - started < 2.5
+        assert 0.9 < time.monotonic() - started < 4.0  # the answer would take 5 s
         assert not injected(stored)
         timed_out = ('failed calling webhook "slow.test": failed to call webhook: Post '
                      '"https://slow.hooks.svc:443/slow?timeout=1s": context deadline exceeded')
@@ -247,7 +247,7 @@ async def test_webhook_slower_than_timeout(cluster: Cluster, tmp_path: Path) -> 
         set_webhooks(api, "slow", failurePolicy="Fail")
         started = time.monotonic()
         error = await cluster.denied(seed_pod("model-serving-late2"))
-        assert 0.9 < time.monotonic() - started < 2.5
+        assert 0.9 < time.monotonic() - started < 4.0  # the answer would take 5 s
         assert (error.status, error.message) == (500, f"Internal error occurred: {timed_out}")
         # Fast enough: the same webhook is called, allows, and the pod is stored.
         slow.delay = 0.0

@@ -8,7 +8,10 @@ Needs root, mount namespaces and FUSE: where they are missing the tests fail say
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import os
+import random
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
@@ -19,10 +22,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from eddy.kube import CONFIGMAPS, PODS, Kube
+from eddy.kube import CONFIGMAPS, PODS, SERVICES, Kube
 from sandbox.apiserver import KubeApiServer
+from sandbox.dns import ClusterDns
 from sandbox.kubelet.mounts import mounts_under
 from sandbox.kubelet.runner import PodRunner
+from sandbox.network import NetworkError, PodNetwork
 from tests.support.fuse import fuse_support
 
 Obj = dict[str, Any]
@@ -365,3 +370,166 @@ async def test_pod_deleted_mid_run_leaves_no_process_and_no_mount(bed: Bed) -> N
     await _gone(bed, "doomed", uid)
     for pid in pids:
         assert not _alive(pid), f"container process {pid} survived its pod"
+
+
+# ---------------------------------------------------------------------------------------------- env
+async def test_env_from_fields_secrets_configmaps_and_expansion(bed: Bed) -> None:
+    await bed.kube.create(CONFIGMAPS, {"metadata": {"name": "cfg"}, "data": {"level": "debug", "a": "1"}}, NS)
+    await bed.api.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                          "stringData": {"token": "s3cr3t"}}, NS)
+    env = [
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "level"}}},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        {"name": "NOPE", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}}},
+        {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+        {"name": "GREETING", "value": "$(POD)-$(LEVEL)-$$(POD)-$(UNKNOWN)"},
+    ]
+    c = {"name": "c", "image": BUSYBOX, "command": ["/bin/sh", "-c"],
+         "args": ['printenv GREETING; echo "$(LEVEL)|$APP|$IP|$NODE|$TOKEN|${NOPE-unset}|$MEM|$CFG_a|'
+                  '$KUBERNETES_SERVICE_HOST"'],
+         "env": env, "envFrom": [{"prefix": "CFG_", "configMapRef": {"name": "cfg"}}],
+         "resources": {"limits": {"memory": "64Mi"}}}
+    spec = pod("env", [c], restartPolicy="Never")
+    spec["metadata"]["labels"] = {"app": "demo"}
+    await bed.kube.create(PODS, spec, NS)
+    done = await eventually(bed, "env", lambda p: phase(p) in ("Succeeded", "Failed"))
+    assert phase(done) == "Succeeded", done["status"]
+    assert bed.runner.logs(NS, "env", "c") == \
+        "env-debug-$(POD)-$(UNKNOWN)\ndebug|demo|127.0.0.1|sandbox|s3cr3t|unset|64|1|127.0.0.1\n"
+    assert done["spec"]["nodeName"] == "sandbox"
+    # A missing ConfigMap key is CreateContainerConfigError, and the container starts once it exists.
+    await bed.kube.create(PODS, pod("late", [sh("c", "echo $X; sleep 30", env=[
+        {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "later", "key": "x"}}}])]), NS)
+    await eventually(bed, "late", lambda p: cstatus(p, "c").get("state", {}).get("waiting", {}).get(
+        "reason") == "CreateContainerConfigError")
+    await bed.kube.create(CONFIGMAPS, {"metadata": {"name": "later"}, "data": {"x": "here"}}, NS)
+    await eventually(bed, "late", lambda p: running(p, "c"))
+
+
+# ---------------------------------------------------------------------------------------------- probes
+async def test_liveness_failure_restarts_and_a_failing_post_start_hook_kills(bed: Bed) -> None:
+    live = stand_in("live", livenessProbe={"exec": {"command": ["sh", "-c", "test ! -f /tmp/sick"]},
+                                           "periodSeconds": 1, "failureThreshold": 1})
+    hooked = stand_in("hooked", lifecycle={"postStart": {"exec": {"command": ["false"]}}})
+    await bed.kube.create(PODS, pod("probed", [live, hooked]), NS)
+    await eventually(bed, "probed", lambda p: running(p, "live"))
+    assert (await exec_text(bed, "probed", "live", "touch", "/tmp/sick"))[0] == 0
+    p = await eventually(bed, "probed", lambda p: cstatus(p, "live").get("restartCount", 0) >= 1
+                         and running(p, "live") and cstatus(p, "hooked").get("restartCount", 0) >= 1)
+    assert cstatus(p, "live")["lastState"]["terminated"]["exitCode"] == 0  # the stand-in exits on TERM
+    assert cstatus(p, "hooked")["lastState"]["terminated"]["reason"] == "FailedPostStartHook"
+    assert phase(p) == "Running"
+
+
+# ---------------------------------------------------------------------------------------------- claims
+async def test_claim_waits_until_bound_to_a_host_path_volume(bed: Bed, tmp_path: Path) -> None:
+    data = tmp_path / "pv"
+    data.mkdir()
+    (data / "file").write_text("on the volume\n")
+    await bed.api.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+                          "spec": {"accessModes": ["ReadWriteOnce"],
+                                   "resources": {"requests": {"storage": "1Gi"}}}}, NS)
+    spec = pod("claimer", [sh("c", "cat /data/file; sleep 30",
+                              volumeMounts=[{"name": "d", "mountPath": "/data", "readOnly": True}])],
+               volumes=[{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}])
+    await bed.kube.create(PODS, spec, NS)
+    p = await eventually(bed, "claimer", lambda p: any(
+        c["type"] == "PodScheduled" and c["status"] == "False" for c in p["status"].get("conditions", [])))
+    cond = next(c for c in p["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert 'claim "data"' in cond["message"] and phase(p) == "Pending"
+    bed.api.put({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-data"},
+                 "spec": {"capacity": {"storage": "1Gi"}, "hostPath": {"path": str(data)},
+                          "claimRef": {"namespace": NS, "name": "data"}},
+                 "status": {"phase": "Bound"}})
+    claim = bed.api.get_object("persistentvolumeclaims", NS, "data")
+    assert claim is not None
+    claim["spec"]["volumeName"] = "pv-data"
+    claim["status"] = {"phase": "Bound"}
+    bed.api.put(claim)
+    await eventually(bed, "claimer", lambda p: running(p, "c"))
+    assert await exec_text(bed, "claimer", "c", "cat", "/data/file") == (0, "on the volume\n")
+    code, out = await exec_text(bed, "claimer", "c", "touch", "/data/new")
+    assert code != 0 and "Read-only" in out
+
+
+# ---------------------------------------------------------------------------------------------- real network
+async def test_with_the_real_pod_network_and_cluster_dns(tmp_path: Path) -> None:
+    """Pod IPs from the bridge, an httpGet readiness probe across it, pod-to-pod and Service traffic by
+    name through the hosts file ClusterDns keeps, and the netns gone with the pod."""
+    require_root()
+    rnd = random.Random()
+    network = None
+    for _ in range(5):  # unique bridge and CIDRs: other test runs may hold theirs
+        second, third = rnd.randrange(128, 192), rnd.randrange(0, 254, 2)
+        candidate = PodNetwork(bridge=f"rt{rnd.randrange(16**6):06x}", pod_cidr=f"10.{second}.{third}.0/24",
+                               service_cidr=f"10.{second}.{third + 1}.0/24")
+        try:
+            await candidate.start()
+        except NetworkError:
+            await candidate.stop()
+            continue
+        network = candidate
+        break
+    assert network is not None, "no free pod/service CIDR found for the test bridge"
+    api = KubeApiServer(service_cidr=str(network.service_net))
+    try:
+        await api.start()
+        kube = await Kube.connect(url=api.url)
+    except BaseException:
+        await network.stop()
+        await api.stop()
+        raise
+    dns = ClusterDns(kube, api_server_ip=network.gateway, service_ip=network.service_ip)
+    runner = PodRunner(kube, network, dns, root=tmp_path / "kubelet")
+    services = asyncio.create_task(network.watch_services(kube))
+    try:
+        await dns.start()
+        await runner.start()
+        bed = Bed(api, kube, runner, HostNetwork(), HostsFileDns(), tmp_path / "kubelet")
+        await kube.create(SERVICES, {"metadata": {"name": "web"}, "spec": {
+            "selector": {"app": "web"},
+            "ports": [{"port": 80, "targetPort": 8080}]}}, NS)
+        server = pod("server", [{"name": "http", "image": BUSYBOX, "workingDir": "/srv",
+                                 "command": [sys.executable, "-m", "http.server", "8080"],
+                                 "ports": [{"name": "http", "containerPort": 8080}],
+                                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"},
+                                                    "periodSeconds": 1},
+                                 "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}])
+        server["metadata"]["labels"] = {"app": "web"}
+        await kube.create(PODS, server, NS)
+        await kube.create(PODS, pod("client", [stand_in("c")]), NS)
+        ready = await eventually(bed, "server", lambda p: any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])))
+        ip = ready["status"]["podIP"]
+        assert ipaddress.ip_address(ip) in network.pod_net
+        assert ready["status"]["hostIP"] == network.gateway
+        await eventually(bed, "client", lambda p: running(p, "c"))
+        fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).status)"
+        assert await exec_text(bed, "client", "c", sys.executable, "-c", fetch, f"http://{ip}:8080/") == \
+            (0, "200\n")
+        code, hosts = await exec_text(bed, "client", "c", "cat", "/etc/hosts")
+        assert code == 0 and "\tclient" in hosts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (got := await exec_text(bed, "client", "c", sys.executable, "-c", fetch, "http://web/"))[0]:
+            assert loop.time() < deadline, f"Service web not reachable by name: {got}"
+            await asyncio.sleep(0.3)
+        netns = runner.workers[ready["metadata"]["uid"]].netns
+        assert netns and os.path.basename(netns) in os.listdir("/run/netns")
+        await kube.delete(PODS, "server", NS)
+        await _gone(bed, "server", ready["metadata"]["uid"])
+        assert os.path.basename(netns) not in os.listdir("/run/netns")
+    finally:
+        services.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await services
+        await runner.stop()
+        await dns.stop()
+        await network.stop()
+        await kube.close()
+        await api.stop()
+    assert mounts_under(tmp_path / "kubelet") == []

@@ -92,6 +92,7 @@ class Container:
     # ------------------------------------------------------------------ status
     def status(self) -> Obj:
         state: Obj
+        previous = self.terminated  # lastState: the termination before the current state
         if self.proc is not None and self.proc.returncode is None and self.running_since:
             state = {"running": {"startedAt": self.running_since}}
         elif self.waiting is not None:
@@ -99,6 +100,7 @@ class Container:
             state = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
         elif self.terminated is not None:
             state = {"terminated": self.terminated.as_status()}
+            previous = self.last
         else:
             state = {"waiting": {"reason": "ContainerCreating"}}
         out: Obj = {
@@ -109,10 +111,7 @@ class Container:
         if self.proc is not None:
             out["containerID"] = f"sandbox://{self.ctx.pod['metadata'].get('uid', '')}/{self.name}/" \
                                  f"{self.restart_count}"
-        if self.last is not None:
-            out["lastState"] = {"terminated": self.last.as_status()}
-        else:
-            out["lastState"] = {}
+        out["lastState"] = {"terminated": previous.as_status()} if previous is not None else {}
         return out
 
     # ------------------------------------------------------------------ lifecycle

@@ -25,7 +25,7 @@ from sandbox.kubelet.envs import ConfigError, PodFacts, container_env
 from sandbox.kubelet.images import ImageCatalog, ImageError
 from sandbox.kubelet.process import ProcessSpec
 from sandbox.kubelet.specs import process_spec
-from sandbox.kubelet.status import Conditions, pod_status
+from sandbox.kubelet.status import Conditions, pod_status, qos_class
 from sandbox.kubelet.volumes import PodVolumes, VolumeError, VolumeLookup
 
 log = logging.getLogger("sandbox.kubelet")
@@ -81,6 +81,7 @@ class PodWorker:
         self.phase = "Pending"
         self.initialized = False
         self.network_ready = False
+        self.attached = False
         self.schedule_error = ""
         self.start_time = now()
         self.conditions = Conditions()
@@ -134,7 +135,7 @@ class PodWorker:
     async def event(self, reason: str, message: str, type: str = "Normal") -> None:
         """Record an Event in the background (a failed Event never holds a pod up)."""
         async def send() -> None:
-            with contextlib.suppress(KubeError, OSError):
+            with contextlib.suppress(Exception):  # best effort, also while the client closes
                 await self.node.kube.create_event(self.pod, reason, message, type, component="kubelet",
                                                   instance=self.node.node_name)
         task = asyncio.get_running_loop().create_task(send())
@@ -174,9 +175,29 @@ class PodWorker:
         return self._teardown
 
     # ------------------------------------------------------------------ the pod's life
+    async def _attach(self) -> None:
+        """The pod's sandbox: its network namespace and address (the host's with hostNetwork),
+        retried as kubelet retries a failed sandbox."""
+        if (self.pod.get("spec") or {}).get("hostNetwork"):
+            self.pod_ip, self.netns = self.node.host_ip, None
+            return
+        reported = ""
+        while True:
+            try:
+                address = await self.node.network.attach(self.uid)
+                self.pod_ip, self.netns = address.ip, address.netns or None
+                self.attached = True
+                return
+            except Exception as exc:
+                message = f"Failed to create pod sandbox: {exc}"
+                if message != reported:
+                    reported = message
+                    log.warning("pod %s/%s: %s", self.namespace, self.name, message)
+                    await self.event("FailedCreatePodSandBox", message, "Warning")
+                await asyncio.sleep(2)
+
     async def _live(self) -> None:
-        address = await self.node.network.attach(self.uid)
-        self.pod_ip, self.netns = address.ip, address.netns or None
+        await self._attach()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.node.dns.register(self.pod, self.pod_ip, self.hosts_path)
         self.network_ready = True
@@ -241,8 +262,9 @@ class PodWorker:
         if left:
             log.error("pod %s/%s: mounts left after teardown: %s", self.namespace, self.name, left)
         self.node.dns.unregister(self.uid)
-        if self.network_ready or self.pod_ip:
+        if self.attached:
             await self.node.network.detach(self.uid)
+            self.attached = False
         self.network_ready = False
 
     async def _terminate(self, remove_object: bool) -> None:
@@ -260,14 +282,16 @@ class PodWorker:
             await c.stop(max(0.0, deadline - loop.time()))
         for c in [*self.main, *self.init]:
             c.kill()
-        if self.phase not in ("Succeeded", "Failed"):
+        if remove_object and self.phase not in ("Succeeded", "Failed"):
             ran = [c for c in self.main if c.terminated is not None]
             ok = ran and len(ran) == len(self.main) and all(
                 c.terminated is not None and c.terminated.exit_code == 0 for c in ran)
             self.phase = "Succeeded" if ok else "Failed"
         self.changed()
         await self._release()
-        await self._flush_status()
+        if remove_object:  # a stopping runner leaves the pods as they were (a node going down)
+            with contextlib.suppress(KubeError):
+                await self._flush_status()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -276,6 +300,8 @@ class PodWorker:
         if remove_object:
             await self._remove_object()
             await asyncio.to_thread(shutil.rmtree, self.state_dir, True)
+        if self._events:
+            await asyncio.wait(list(self._events), timeout=2)
         self.finished.set()
         self.removed.set()
 
@@ -305,7 +331,7 @@ class PodWorker:
         return pod_status(phase=self.phase, conditions=self.conditions, init=self.init, main=self.main,
                           initialized=self.initialized, network_ready=self.network_ready,
                           schedule_error=self.schedule_error, host_ip=self.node.host_ip,
-                          pod_ip=self.pod_ip, start_time=self.start_time)
+                          pod_ip=self.pod_ip, start_time=self.start_time, qos=qos_class(self.pod))
 
     async def _write_status(self) -> None:
         while True:

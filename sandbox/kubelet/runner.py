@@ -203,6 +203,14 @@ class PodRunner:
         worker = self.worker(namespace, pod)
         return worker.state_dir / "logs" / f"{container}.log"
 
+    def log_file(self, namespace: str, pod: str, container: str) -> Path | None:
+        """The container's log file, None while it has none: `KubeApiServer.log_source` (pods/log)."""
+        try:
+            path = self.log_path(namespace, pod, container)
+        except PodNotFound:
+            return None
+        return path if path.exists() else None
+
     def logs(self, namespace: str, pod: str, container: str) -> str:
         """What the container wrote to stdout and stderr (all its runs)."""
         path = self.log_path(namespace, pod, container)

@@ -31,6 +31,25 @@ class Conditions:
         return out
 
 
+def qos_class(pod: Obj) -> str:
+    """Guaranteed (every container: cpu and memory limits, requests equal to them), BestEffort (no
+    requests or limits at all), else Burstable."""
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    guaranteed, any_set = True, False
+    for c in containers:
+        res = c.get("resources") or {}
+        limits, requests = res.get("limits") or {}, res.get("requests") or {}
+        for name in ("cpu", "memory"):
+            if name in limits or name in requests:
+                any_set = True
+            if name not in limits or str(requests.get(name, limits[name])) != str(limits[name]):
+                guaranteed = False
+    if not any_set:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
 def _names(containers: Sequence[Container]) -> str:
     return "[" + " ".join(c.name for c in containers) + "]"
 
@@ -47,6 +66,7 @@ def pod_status(
     host_ip: str,
     pod_ip: str,
     start_time: str,
+    qos: str = "BestEffort",
     reason: str = "",
     message: str = "",
 ) -> Obj:
@@ -85,5 +105,5 @@ def pod_status(
         status["reason"] = reason
     if message:
         status["message"] = message
-    status["qosClass"] = "BestEffort"
+    status["qosClass"] = qos
     return status

@@ -27,12 +27,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eddy.kube.client import Kube
 from eddy.kube.informer import Informer
 from eddy.kube.resources import PODS, SERVICES
 from sandbox.network_endpoints import headless, pod_ready, published, service_port, target_port
+
+if TYPE_CHECKING:
+    from sandbox.network import PodNetwork
 
 Obj = dict[str, Any]
 log = logging.getLogger("sandbox.dns")
@@ -63,15 +66,21 @@ class _Registered:
 class ClusterDns:
     """Keeps one hosts file per running pod current (see the module docstring for the names)."""
 
-    def __init__(self, kube: Kube, *, api_server_ip: str,
+    def __init__(self, kube: Kube, *, api_server_ip: str, network: PodNetwork | None = None,
                  service_ip: Callable[[str, str], str | None] | None = None,
-                 cluster_domain: str = "cluster.local") -> None:
-        """`service_ip(ns, name)` is asked for a ClusterIP Service without a valid `spec.clusterIP`
-        (e.g. `PodNetwork.service_ip` when nothing allocates ClusterIPs at admission)."""
+                 cluster_domain: str = "cluster.local", resync: float = 2.0) -> None:
+        """A ClusterIP Service's names point at the VIP its proxy serves: `network.service_ip` (the
+        files are rewritten when the network's VIPs change), or `service_ip(ns, name)`, and without
+        either at `spec.clusterIP`. A Service without an address yet is left out until it has one.
+        Files are also re-rendered every `resync` seconds, in case an answer changed unannounced."""
+        if network is not None:
+            service_ip = service_ip or network.service_ip
+            network.add_service_listener(self.changed)
         self.kube = kube
         self.api_server_ip = api_server_ip
         self.service_ip = service_ip
         self.domain = cluster_domain
+        self.resync = resync
         self._pods: dict[str, _Registered] = {}
         self._services: Informer | None = None
         self._pod_informer: Informer | None = None
@@ -117,6 +126,10 @@ class ClusterDns:
         _write_in_place(entry.path, text)  # a few KiB: written on the spot, before any bind mount
         entry.written = text
 
+    def changed(self) -> None:
+        """Something the files depend on changed outside the API: rewrite them soon."""
+        self._dirty.set()
+
     def unregister(self, pod_uid: str) -> None:
         self._pods.pop(pod_uid, None)
 
@@ -140,7 +153,8 @@ class ClusterDns:
 
     async def _write_loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), self.resync)
             await asyncio.sleep(0.02)  # coalesce a burst of events
             self._dirty.clear()
             try:
@@ -177,9 +191,10 @@ class ClusterDns:
         base = f"{name}.{svc_ns}.svc"
         names = [f"{base}.{self.domain}", base, f"{name}.{svc_ns}"] + ([name] if svc_ns == own_ns else [])
         if not headless(svc):
-            vip = _valid_ip(spec.get("clusterIP"))
-            if not vip and self.service_ip is not None:
+            if self.service_ip is not None:
                 vip = self.service_ip(svc_ns, name) or ""
+            else:
+                vip = _valid_ip(spec.get("clusterIP"))
             return [f"{vip}\t{' '.join(names)}\n"] if vip else []
         lines = []
         for ep in published(svc, pods):

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ class PodNetwork:
     def netns_name(self, pod_uid: str) -> str:
         return f"{self.bridge}-{_digest(pod_uid, 12)}"
 
-    def _veth_name(self, pod_uid: str) -> str:
+    def veth_name(self, pod_uid: str) -> str:
         return "ve" + _digest(f"{self.bridge}/{pod_uid}", 13)
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,7 +178,7 @@ class PodNetwork:
 
     async def _attach(self, pod_uid: str) -> PodAddress:
         ip = self._allocate()
-        ns, veth = self.netns_name(pod_uid), self._veth_name(pod_uid)
+        ns, veth = self.netns_name(pod_uid), self.veth_name(pod_uid)
         address = PodAddress(str(ip), str(NETNS_DIR / ns))
         try:
             await run_ip("netns", "delete", ns, check=False)  # a leftover of the same pod
@@ -234,6 +235,10 @@ class PodNetwork:
     def service_ip(self, namespace: str, name: str) -> str | None:
         """The VIP of a ClusterIP Service (None: headless, unknown, or not synced yet)."""
         return self.proxy.service_ip(namespace, name)
+
+    def add_service_listener(self, listener: Callable[[], None]) -> None:
+        """`listener()` runs after every sync that added, moved or removed a VIP (ClusterDns uses it)."""
+        self.proxy.listeners.append(listener)
 
     @property
     def kubernetes_ip(self) -> str:

@@ -19,7 +19,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,7 @@ class ServiceProxy:
         self._dirty = asyncio.Event()
         self._syncer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.listeners: list[Callable[[], None]] = []  # called after a sync that changed the VIPs
 
     def service_ip(self, namespace: str, name: str) -> str | None:
         entry = self._services.get((namespace, name))
@@ -87,6 +88,7 @@ class ServiceProxy:
             await self._sync(list(services), pods)
 
     async def _sync(self, services: list[Obj], pods: list[Obj]) -> None:
+        before = {k: s.vip for k, s in self._services.items()}
         wanted: dict[Key, tuple[Obj, dict[int, list[tuple[str, int]]]]] = {}
         for svc in services:
             meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
@@ -133,6 +135,9 @@ class ServiceProxy:
                     except OSError as exc:
                         log.warning("cannot listen on %s:%d for %s/%s: %s", entry.vip, number, *key, exc)
                 port.backends = backends
+        if {k: s.vip for k, s in self._services.items()} != before:
+            for listener in list(self.listeners):
+                listener()
 
     def _vip_for(self, key: Key, svc: Obj) -> str | None:
         taken = {s.vip for s in self._services.values()}
@@ -255,3 +260,4 @@ async def _close_port(port: _Port) -> None:
 def _key(svc: Obj) -> Key:
     meta = svc.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+

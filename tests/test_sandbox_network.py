@@ -1,0 +1,312 @@
+"""The sandbox's pod network (sandbox/network*.py) and cluster DNS (sandbox/dns.py), for real.
+
+Real network namespaces, veths and a bridge (each test run has its own bridge name and its own /24s
+inside 10.244.0.0/16 and 10.96.0.0/16); real processes (`ip netns exec`) serve and connect. Traffic
+goes only to addresses inside those namespaces: the "unreachable" checks connect to addresses outside
+and expect ENETUNREACH, which the kernel returns before sending anything. Needs root and `ip`; fails
+(never skips) with what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import random
+import secrets
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import pytest_asyncio
+
+from eddy.kube import PODS, SERVICES, Kube
+from sandbox.apiserver import KubeApiServer
+from sandbox.dns import ClusterDns, NoEndpoints
+from sandbox.network import NetworkError, PodAddress, PodNetwork, run_ip
+
+Obj = dict[str, Any]
+NS = "default"
+ECHO_SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+print("listening", flush=True)
+while True:
+    c, peer = s.accept()
+    data = c.recv(1000)
+    c.sendall(b"pong " + data)
+    c.close()
+"""
+CLIENT = """
+import errno, json, socket, sys
+out = {}
+for target in json.loads(sys.argv[1]):
+    host, port = target.rsplit(":", 1)
+    try:
+        c = socket.create_connection((host, int(port)), timeout=3)
+        c.sendall(b"ping")
+        c.shutdown(socket.SHUT_WR)
+        out[target] = c.recv(1000).decode()
+        c.close()
+    except OSError as exc:
+        out[target] = errno.errorcode.get(exc.errno or 0, str(exc))
+print(json.dumps(out))
+"""
+HTTP_GET = """
+import json, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+c = socket.create_connection((host, port), timeout=3)
+c.sendall(f"GET /version HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n".encode())
+data = b""
+while chunk := c.recv(65536):
+    data += chunk
+print(json.loads(data.split(b"\\r\\n\\r\\n", 1)[1])["gitVersion"])
+"""
+
+
+def _require_capabilities() -> None:
+    missing = [what for ok, what in [
+        (os.geteuid() == 0, "root"),
+        (shutil.which("ip") is not None, "iproute2 (`ip`)"),
+        (shutil.which("unshare") is not None, "util-linux `unshare`"),
+        (os.path.exists("/proc/self/ns/net"), "network namespaces"),
+    ] if not ok]
+    if missing:
+        pytest.fail("the pod network tests need " + ", ".join(missing))
+
+
+def _netns_names() -> set[str]:
+    return set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+
+
+async def _leftovers(bridge: str, uids: list[str], network: PodNetwork) -> list[str]:
+    """Every trace of `bridge` and the pods' netns/veths still on the host."""
+    found = []
+    if (await run_ip("link", "show", bridge, check=False)).strip():
+        found.append(f"bridge {bridge}")
+    found += [f"netns {n}" for n in _netns_names() if n.startswith(f"{bridge}-")]
+    links = {link["ifname"] for link in json.loads(await run_ip("-j", "link", "show") or "[]")}
+    found += [f"veth {network.veth_name(u)}" for u in uids if network.veth_name(u) in links]
+    return found
+
+
+async def _new_network(**kwargs: Any) -> PodNetwork:
+    """A started PodNetwork on a bridge and /24s of its own (another run may hold the first pick)."""
+    _require_capabilities()
+    bridge = kwargs.pop("bridge", f"etn{secrets.token_hex(4)}")
+    for _ in range(8):
+        octet = random.randrange(100, 250)
+        network = PodNetwork(bridge=bridge, pod_cidr=f"10.244.{octet}.0/24",
+                             service_cidr=f"10.96.{octet}.0/24", **kwargs)
+        try:
+            await network.start()
+            return network
+        except NetworkError as exc:
+            if "overlaps" not in str(exc):
+                raise
+    raise AssertionError("no free /24 found for the test pod network")
+
+
+@pytest_asyncio.fixture
+async def kube(kube_api: KubeApiServer) -> AsyncIterator[Kube]:
+    client = await Kube.connect(url=kube_api.url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _spawn(netns: PodAddress, *argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", Path(netns.netns).name, *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def _run_in(pod: PodAddress, *argv: str, hosts: Path | None = None) -> str:
+    """Run argv in the pod's netns (with `hosts` bind-mounted on /etc/hosts in a private mount ns)."""
+    if hosts is not None:
+        argv = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *argv)
+    proc = await _spawn(pod, *argv)
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, f"{argv}: {err.decode()}"
+    return out.decode()
+
+
+def _pod(name: str, ip: str, labels: dict[str, str], **spec: Any) -> Obj:
+    return {"metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": "busybox",
+                                     "ports": [{"name": "http", "containerPort": 8080}]}], **spec},
+            "_ip": ip}
+
+
+async def _create_running(kube: Kube, pod: Obj, ready: bool = True) -> Obj:
+    ip = pod.pop("_ip")
+    made = await kube.create(PODS, pod, NS)
+    status = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+              "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    return await kube.patch_status(PODS, made["metadata"]["name"], {"status": status}, NS)
+
+
+async def test_pods_talk_by_ip_name_and_vip_and_reach_nothing_else(kube_api: KubeApiServer, kube: Kube,
+                                                                   tmp_path: Path) -> None:
+    api = urlparse(kube_api.url)
+    assert api.hostname and api.port
+    network = await _new_network(api_server=(api.hostname, api.port))
+    dns = ClusterDns(kube, api_server_ip=network.kubernetes_ip, network=network)
+    server_proc: asyncio.subprocess.Process | None = None
+    try:
+        server_addr = await network.attach("uid-server")
+        client_addr = await network.attach("uid-client")
+        assert server_addr.ip == str(network.pod_net[2]) and client_addr.ip == str(network.pod_net[3])
+        assert network.gateway == str(network.pod_net[1])
+        assert await network.attach("uid-server") == server_addr  # idempotent
+        for addr in (server_addr, client_addr):
+            routes = await run_ip("-n", Path(addr.netns).name, "route", "show")
+            assert "default" not in routes, routes
+            assert str(network.service_net) in routes and str(network.pod_net) in routes
+
+        server = await _create_running(kube, _pod("echo-0", server_addr.ip, {"app": "echo"},
+                                                  hostname="echo-0", subdomain="echo-hl"))
+        client = await _create_running(kube, _pod("client", client_addr.ip, {"app": "client"}))
+        await kube.create(SERVICES, {"metadata": {"name": "echo"}, "spec": {
+            "selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": "http"}]}}, NS)
+        await kube.create(SERVICES, {"metadata": {"name": "echo-hl"}, "spec": {
+            "clusterIP": "None", "selector": {"app": "echo"}, "ports": [{"port": 8080}]}}, NS)
+        await kube.create(SERVICES, {"metadata": {"name": "idle", "namespace": "other"}, "spec": {
+            "selector": {"app": "none"}, "ports": [{"port": 81}]}}, "other")
+        await network.watch_services(kube)
+        await dns.start()
+        hosts = tmp_path / "hosts-client"
+        dns.register(client, client_addr.ip, hosts)
+        inode = hosts.stat().st_ino
+
+        async def vip_ready() -> str:
+            for _ in range(200):
+                vip, idle = network.service_ip(NS, "echo"), network.service_ip("other", "idle")
+                text = hosts.read_text()
+                if vip and idle and f"{vip}\techo.default" in text and f"{idle}\tidle.other" in text:
+                    return vip
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"no VIP / hosts line for echo or idle:\n{hosts.read_text()}")
+
+        vip = await vip_ready()
+        assert ipaddress.IPv4Address(vip) in network.service_net
+        text = hosts.read_text()
+        assert "127.0.0.1\tlocalhost" in text
+        assert f"{client_addr.ip}\tclient\n" in text
+        assert f"{vip}\techo.default.svc.cluster.local echo.default.svc echo.default echo\n" in text
+        assert f"{server_addr.ip}\techo-hl.default.svc.cluster.local echo-hl.default.svc" in text
+        stable = "echo-0.echo-hl.default.svc"
+        assert f"{server_addr.ip}\t{stable}.cluster.local {stable}\n" in text
+        assert (f"{network.kubernetes_ip}\tkubernetes.default.svc.cluster.local kubernetes.default.svc "
+                "kubernetes.default kubernetes\n") in text
+        idle_vip = network.service_ip("other", "idle")
+        # Another namespace's Service: no short form.
+        assert f"{idle_vip}\tidle.other.svc.cluster.local idle.other.svc idle.other\n" in text
+
+        server_proc = await _spawn(server_addr, sys.executable, "-c", ECHO_SERVER, "8080")
+        assert server_proc.stdout is not None
+        assert await asyncio.wait_for(server_proc.stdout.readline(), 10) == b"listening\n"
+
+        targets = [f"{server_addr.ip}:8080", "echo-0.echo-hl.default.svc.cluster.local:8080",
+                   "echo-hl:8080", "echo:80", "echo.default.svc:80", f"{vip}:80", "idle.other:81",
+                   "192.0.2.1:80", "8.8.8.8:53"]
+        result = json.loads(await _run_in(client_addr, sys.executable, "-c", CLIENT, json.dumps(targets),
+                                          hosts=hosts))
+        for target in targets[:6]:
+            assert result[target] == "pong ping", (target, result)
+        # A Service without a ready endpoint: the proxy closes the connection at once.
+        assert result["idle.other:81"] in ("", "ECONNRESET", "ENOTCONN", "EPIPE"), result
+        # Nothing outside the pod network is routable from a pod: no packet ever leaves.
+        assert result["192.0.2.1:80"] == result["8.8.8.8:53"] == "ENETUNREACH", result
+
+        # The API server through the `kubernetes` VIP (the userspace proxy relays to 127.0.0.1).
+        version = await _run_in(client_addr, sys.executable, "-c", HTTP_GET, "kubernetes.default.svc", "443",
+                                hosts=hosts)
+        assert version.strip() == kube_api.git_version
+
+        # A change to the Services rewrites the file in place (the bind mount keeps its inode).
+        await kube.create(SERVICES, {"metadata": {"name": "late"}, "spec": {
+            "selector": {"app": "echo"}, "ports": [{"port": 82, "targetPort": 8080}]}}, NS)
+        for _ in range(200):
+            if "late.default.svc" in hosts.read_text():
+                break
+            await asyncio.sleep(0.05)
+        assert "late.default.svc" in hosts.read_text() and hosts.stat().st_ino == inode
+        late = json.loads(await _run_in(client_addr, sys.executable, "-c", CLIENT, '["late:82"]',
+                                        hosts=hosts))
+        assert late == {"late:82": "pong ping"}
+
+        # Webhook-style resolution: a ready endpoint's pod IP and target port.
+        assert await dns.resolve_service(NS, "echo", 80) == (server_addr.ip, 8080)
+        await kube.patch_status(PODS, "echo-0", {"status": {"conditions": [
+            {"type": "Ready", "status": "False"}]}}, NS)
+        with pytest.raises(NoEndpoints, match="no endpoints available"):
+            for _ in range(100):
+                await dns.resolve_service(NS, "echo", 80)
+                await asyncio.sleep(0.05)
+        with pytest.raises(NoEndpoints, match="not found"):
+            await dns.resolve_service(NS, "missing", 443)
+        assert server["metadata"]["uid"]
+    finally:
+        if server_proc is not None and server_proc.returncode is None:
+            server_proc.kill()
+            await server_proc.wait()
+        await dns.stop()
+        await network.stop()
+    left = await _leftovers(network.bridge, ["uid-server", "uid-client"], network)
+    assert not left, f"stop() left {left}"
+    assert not (await run_ip("-o", "addr", "show", "to", str(network.service_net))).strip()
+
+
+async def test_detach_frees_and_reuses_addresses() -> None:
+    network = await _new_network()
+    try:
+        first = [await network.attach(f"pod-{n}") for n in range(3)]
+        await network.detach("pod-1")
+        assert Path(first[1].netns).name not in _netns_names()
+        again = await network.attach("pod-9")
+        assert again.ip == first[1].ip  # the lowest free address is used again
+        await network.detach("unknown")  # nothing to do
+    finally:
+        await network.stop()
+    assert not await _leftovers(network.bridge, ["pod-0", "pod-1", "pod-2", "pod-9"], network)
+
+
+async def test_start_removes_what_a_crashed_run_left() -> None:
+    crashed = await _new_network()
+    await crashed.attach("pod-a")
+    await crashed.attach("pod-b")
+    # No stop(): the process "died". A new instance with the same bridge name and CIDRs cleans up.
+    network = PodNetwork(bridge=crashed.bridge, pod_cidr=str(crashed.pod_net),
+                         service_cidr=str(crashed.service_net))
+    try:
+        await network.start()
+        assert not [n for n in _netns_names() if n.startswith(f"{crashed.bridge}-")]
+        address = await network.attach("pod-c")
+        assert address.ip == str(network.pod_net[2])
+    finally:
+        await network.stop()
+    assert not await _leftovers(network.bridge, ["pod-a", "pod-b", "pod-c"], network)
+
+
+async def test_overlapping_cidr_is_refused() -> None:
+    first = await _new_network()
+    other = PodNetwork(bridge=f"etn{secrets.token_hex(4)}", pod_cidr=str(first.pod_net),
+                       service_cidr="10.96.251.0/24")
+    try:
+        with pytest.raises(NetworkError, match="overlaps"):
+            await other.start()
+    finally:
+        await other.stop()
+        await first.stop()
+    assert not await _leftovers(other.bridge, [], other)

@@ -17,22 +17,19 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import random
-import string
-import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from sandbox import api_discovery as disc
-from sandbox import api_pods, builtin, tables
-from sandbox.api_kinds import ApiError, Kind, Obj, Registry, now
+from sandbox import api_pods, tables
+from sandbox.api_kinds import ApiError, Kind, Obj
+from sandbox.api_objects import Objects
 from sandbox.api_patch import apply_patch, field_match, label_match, merge_patch, parse_body, strategic_merge
-from sandbox.api_store import Change, Store, parse_rv
-from sandbox.api_tls import make_authority, serving_context
+from sandbox.api_store import Change, parse_rv
+from sandbox.api_tls import serving_context
 
 __all__ = [
     "BY_KEY",
@@ -144,7 +141,6 @@ KINDS: tuple[Kind, ...] = (
 BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 BY_KEY = {k.key: k for k in KINDS} | {f"{k.plural}.{k.group}": k for k in KINDS if k.group}
 BY_KIND = {(k.api_version, k.kind): k for k in KINDS}
-CRDS = BY_PATH[("apiextensions.k8s.io", "v1", "customresourcedefinitions")]
 
 
 @dataclass
@@ -196,7 +192,7 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in ("true", "1")
 
 
-class KubeApiServer:
+class KubeApiServer(Objects):
     """The in-memory API server. `start()` binds 127.0.0.1 on a free port and sets `.url`;
     `serve_tls(host)` adds an HTTPS listener whose CA is `.ca_pem`.
 
@@ -216,34 +212,18 @@ class KubeApiServer:
         bare: bool = False,
         service_cidr: str = "10.96.0.0/16",
     ) -> None:
+        super().__init__(KINDS, history_limit, strict=strict, bare=bare, service_cidr=service_cidr)
         self.git_version = git_version
-        self.strict = strict
-        self.gc = True  # delete dependents whose owners are all gone
         self.url = ""
         self.tls_urls: list[str] = []
         self.calls = CallCounter()
         self.requests: list[tuple[str, str]] = []  # (method, path?query), for debugging tests
         self.last_headers: dict[str, str] = {}
-        self.kinds = Registry(KINDS)
-        self.authority = make_authority()
-        self.ca_pem = self.authority.pem
         self.log_source: api_pods.LogSource | None = None  # set by the pod runner: container log files
-        self._db = Store(history_limit)
         self._faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
         # Run in order on every CREATE/UPDATE of a main resource: mutating steps, then validating ones.
         self.admission: list[AdmissionStep] = []
-        self.bare = bare
-        self.service_cidr = service_cidr  # ClusterIPs are allocated from here
-        for ns in builtin.SYSTEM_NAMESPACES if not bare else ():
-            self.put(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Namespace",
-                    "metadata": {"name": ns},
-                    "status": {"phase": "Active"},
-                }
-            )
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> KubeApiServer:
@@ -265,9 +245,7 @@ class KubeApiServer:
             raise RuntimeError("start() the server first")
         site = web.TCPSite(self._runner, host, port, ssl_context=serving_context(self.authority, host))
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = int(sockets[0].getsockname()[1]) if sockets else port
+        bound = int(self._runner.addresses[-1][1])  # the sites' sockets, in the order they started
         self.tls_urls.append(f"https://{host}:{bound}")
         return bound
 
@@ -278,65 +256,9 @@ class KubeApiServer:
             await self._runner.cleanup()
             self._runner = None
 
-    # ------------------------------------------------------------------ direct access for tests
-    @property
-    def resource_version(self) -> int:
-        return self._db.rv
-
-    @property
-    def history_limit(self) -> int:
-        return self._db.history_limit
-
-    @history_limit.setter
-    def history_limit(self, value: int) -> None:
-        self._db.history_limit = value
-
     def reset_calls(self) -> None:
         self.calls.clear()
         self.requests.clear()
-
-    def put(self, obj: Obj) -> Obj:
-        """Seed or overwrite an object as is (status included), with an ADDED/MODIFIED event."""
-        kind = self.kinds.by_kind(obj.get("apiVersion", ""), obj.get("kind", ""))
-        if kind is None:
-            raise ValueError(f"unknown apiVersion/kind {obj.get('apiVersion')}/{obj.get('kind')}")
-        obj = copy.deepcopy(obj)
-        meta = obj.setdefault("metadata", {})
-        ns = (meta.get("namespace") or "default") if kind.namespaced else ""
-        if kind.namespaced:
-            meta["namespace"] = ns
-        old = self._db.objects.get((kind, ns, meta["name"]))
-        if old is None:
-            self._fill_new_meta(meta)
-        else:
-            for k in ("uid", "creationTimestamp"):
-                meta.setdefault(k, old["metadata"].get(k))
-            meta.setdefault("generation", old["metadata"].get("generation", 1))
-        return copy.deepcopy(self._commit(kind, ns, meta["name"], obj, old))
-
-    def get_object(self, resource: str, namespace: str | None, name: str) -> Obj | None:
-        kind = self.kinds.by_key(resource)
-        obj = self._db.objects.get((kind, namespace or "" if kind.namespaced else "", name))
-        return copy.deepcopy(obj) if obj is not None else None
-
-    def objects(self, resource: str, namespace: str | None = None) -> list[Obj]:
-        kind = self.kinds.by_key(resource)
-        return [copy.deepcopy(o) for _, o in self._db.items(kind, namespace)]
-
-    def remove(self, resource: str, namespace: str | None, name: str) -> None:
-        """Delete an object outright (ignoring finalizers and grace periods), with a DELETED event."""
-        kind = self.kinds.by_key(resource)
-        ns = namespace or "" if kind.namespaced else ""
-        if (kind, ns, name) in self._db.objects:
-            self._remove(kind, ns, name)
-
-    def compact(self) -> None:
-        """Forget all history: every watch/list from an older resourceVersion now gets 410 Gone."""
-        self._db.compact()
-
-    def close_watches(self) -> None:
-        """End every open watch stream (clients see the stream end and re-watch)."""
-        self._db.close_watches()
 
     def fail_next(
         self, count: int = 1, status: int = 500, *, method: str | None = None, path: str | None = None
@@ -348,174 +270,6 @@ class KubeApiServer:
 
     def clear_faults(self) -> None:
         self._faults.clear()
-
-    # ------------------------------------------------------------------ changes
-    def _fill_new_meta(self, meta: Obj) -> None:
-        meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", now())
-        meta.setdefault("generation", 1)
-
-    def _commit(self, kind: Kind, ns: str, name: str, obj: Obj, old: Obj | None) -> Obj:
-        builtin.normalize(kind, obj)
-        if kind == CRDS:
-            self._register_crd(obj, old)
-        db = self._db
-        db.rv += 1
-        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
-        obj["metadata"]["resourceVersion"] = str(db.rv)
-        db.objects[(kind, ns, name)] = obj
-        db.record(Change(db.rv, kind, "ADDED" if old is None else "MODIFIED", obj, old))
-        if old is None and (kind.group, kind.plural) == ("", "namespaces") and not self.bare:
-            self._fill_namespace(name)
-        return obj
-
-    def _fill_namespace(self, ns: str) -> None:
-        for obj in builtin.namespace_objects(ns, self.ca_pem):
-            kind = self.kinds.by_kind(obj["apiVersion"], obj["kind"])
-            if kind is not None and (kind, ns, obj["metadata"]["name"]) not in self._db.objects:
-                self.put(obj)
-
-    def _register_crd(self, crd: Obj, old: Obj | None) -> None:
-        """Validate a CRD being stored, register its kinds (replacing those of its previous spec) and
-        give it the status the apiextensions controllers would."""
-        builtin.validate_crd(crd)
-        new_kinds = builtin.crd_kinds(crd)
-        for kind in builtin.crd_kinds(old) if old is not None else []:
-            if kind not in new_kinds:
-                self._drop_kind(kind)
-        for kind in new_kinds:
-            self.kinds.register(kind)
-        crd["status"] = builtin.crd_status(crd, (old or {}).get("status"))
-
-    def _drop_kind(self, kind: Kind) -> None:
-        """A CRD (version) is gone: its objects go with it, then its kind (a built-in kind keeps
-        serving with its built-in metadata)."""
-        for k, ns, name in [key for key in self._db.objects if key[0] == kind]:
-            self._remove(k, ns, name)
-        if self.kinds.unregister(kind.path):
-            self._db.close_watches(kind)
-
-    def _remove(self, kind: Kind, ns: str, name: str) -> Obj:
-        db = self._db
-        old = db.objects.pop((kind, ns, name))
-        db.rv += 1
-        gone = copy.deepcopy(old)
-        gone["metadata"]["resourceVersion"] = str(db.rv)
-        db.record(Change(db.rv, kind, "DELETED", gone, old))
-        if kind == CRDS:
-            for crd_kind in builtin.crd_kinds(old):
-                self._drop_kind(crd_kind)
-        if self.gc:
-            self._collect_dependents(old["metadata"].get("uid"))
-        if ns:
-            self._finish_namespace(ns)
-        return gone
-
-    def _collect_dependents(self, uid: str | None) -> None:
-        if not uid:
-            return
-        live = {o["metadata"].get("uid") for o in self._db.objects.values()}
-        for (kind, ns, name), obj in list(self._db.objects.items()):
-            refs = obj["metadata"].get("ownerReferences") or []
-            orphaned = any(r.get("uid") == uid for r in refs) and not any(r.get("uid") in live for r in refs)
-            if orphaned and (kind, ns, name) in self._db.objects:
-                self._delete(kind, ns, name)
-
-    def _delete(
-        self, kind: Kind, ns: str, name: str, grace: int | None = None, *, dry_run: bool = False
-    ) -> Obj:
-        """DELETE as kube-apiserver does it: a pod on a node gets a grace period (deletionTimestamp in
-        the future) and stays until deleted again with 0; an object with finalizers gets a
-        deletionTimestamp; a namespace terminates (its objects are deleted, then it goes)."""
-        obj = self._db.objects[(kind, ns, name)]
-        meta = obj["metadata"]
-        is_pod = (kind.group, kind.plural) == ("", "pods")
-        if (kind.group, kind.plural) == ("", "namespaces"):
-            return self._terminate_namespace(obj, dry_run)
-        period = api_pods.grace_period(obj, grace) if is_pod else 0
-        if meta.get("deletionTimestamp"):
-            current = meta.get("deletionGracePeriodSeconds")
-            if not is_pod or current is None or period >= int(current):
-                return copy.deepcopy(obj)
-        if period == 0 and not meta.get("finalizers"):
-            return copy.deepcopy(obj) if dry_run else self._remove(kind, ns, name)
-        new = copy.deepcopy(obj)
-        when = datetime.now(UTC) + timedelta(seconds=period)
-        new["metadata"]["deletionTimestamp"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
-        new["metadata"]["deletionGracePeriodSeconds"] = period
-        if dry_run:
-            return new
-        return copy.deepcopy(self._commit(kind, ns, name, new, obj))
-
-    def _terminate_namespace(self, obj: Obj, dry_run: bool) -> Obj:
-        name = obj["metadata"]["name"]
-        if dry_run or obj["metadata"].get("deletionTimestamp"):
-            return copy.deepcopy(obj)
-        namespaces = self.kinds.by_key("namespaces")
-        new = copy.deepcopy(obj)
-        new["metadata"]["deletionTimestamp"] = now()
-        new["metadata"]["deletionGracePeriodSeconds"] = 0
-        new["status"] = {**(new.get("status") or {}), "phase": "Terminating"}
-        result = copy.deepcopy(self._commit(namespaces, "", name, new, obj))
-        for key in [k for k in self._db.objects if k[1] == name and k[0].namespaced]:
-            if key in self._db.objects:
-                self._delete(*key)
-        self._finish_namespace(name)
-        return result
-
-    def _finish_namespace(self, ns: str) -> None:
-        namespaces = self.kinds.by_key("namespaces")
-        obj = self._db.objects.get((namespaces, "", ns))
-        if obj is None or not obj["metadata"].get("deletionTimestamp") or obj["metadata"].get("finalizers"):
-            return
-        if not any(key[1] == ns and key[0].namespaced for key in self._db.objects):
-            self._remove(namespaces, "", ns)
-
-    def _write(
-        self, kind: Kind, ns: str, name: str, new: Obj, old: Obj, status_only: bool, *, dry_run: bool = False
-    ) -> Obj:
-        """Apply an update/patch result with subresource isolation, generation and finalizer rules."""
-        if status_only:
-            merged = copy.deepcopy(old)
-            if "status" in new:
-                merged["status"] = new["status"]
-            else:
-                merged.pop("status", None)
-            new = merged
-        else:
-            if kind.has_status:
-                if "status" in old:
-                    new["status"] = copy.deepcopy(old["status"])
-                else:
-                    new.pop("status", None)
-            meta = new.setdefault("metadata", {})
-            for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"):
-                if key in old["metadata"]:
-                    meta[key] = old["metadata"][key]
-                else:
-                    meta.pop(key, None)
-            meta["name"], meta["generation"] = name, old["metadata"].get("generation", 1)
-            if ns:
-                meta["namespace"] = ns
-            if _spec_of(new) != _spec_of(old):
-                meta["generation"] += 1
-        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        new["apiVersion"], new["kind"] = kind.api_version, kind.kind
-        builtin.normalize(kind, new)
-        if new == old or dry_run:
-            return copy.deepcopy(new)  # a no-op write changes nothing, not even the resourceVersion
-        meta = new["metadata"]
-        if (
-            meta.get("deletionTimestamp")
-            and not meta.get("finalizers")
-            and not meta.get("deletionGracePeriodSeconds")
-        ):
-            self._db.objects[(kind, ns, name)] = new
-            return self._remove(kind, ns, name)
-        result = copy.deepcopy(self._commit(kind, ns, name, new, old))
-        if kind.plural == "namespaces" and not kind.group:
-            self._finish_namespace(name)
-        return result
 
     # ------------------------------------------------------------------ HTTP
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -797,34 +551,6 @@ class KubeApiServer:
             attrs.obj = await step(attrs)
         return attrs.obj
 
-    def _admit_builtin(self, operation: str, kind: Kind, ns: str, obj: Obj, old: Obj | None) -> Obj:
-        if operation != "CREATE":
-            if (kind.group, kind.plural) == ("", "services") and old is not None:
-                for key in ("clusterIP", "clusterIPs"):  # immutable once allocated
-                    if key in (old.get("spec") or {}):
-                        obj.setdefault("spec", {})[key] = old["spec"][key]
-            return obj
-        if self.strict and kind.namespaced:
-            namespace = self._db.objects.get((self.kinds.by_key("namespaces"), "", ns))
-            if namespace is None:
-                raise ApiError(404, "NotFound", f'namespaces "{ns}" not found')
-            if namespace["metadata"].get("deletionTimestamp"):
-                raise ApiError(
-                    403,
-                    "Forbidden",
-                    f"unable to create new content in namespace {ns} because it is being terminated",
-                )
-        if (kind.group, kind.plural) == ("", "services"):
-            taken = {str(o.get("spec", {}).get("clusterIP")) for _, o in self._db.items(kind, None)}
-            return builtin.default_service(copy.deepcopy(obj), taken, self.service_cidr)
-        if (kind.group, kind.plural) != ("", "pods"):
-            return obj
-        obj = builtin.default_pod(copy.deepcopy(obj))
-        accounts = self.kinds.by_key("serviceaccounts")
-        return builtin.admit_service_account(
-            obj, ns, lambda n, a: self._db.objects.get((accounts, n, a)), require=self.strict
-        )
-
     async def create(self, obj: Obj, namespace: str | None = None) -> Obj:
         """Create through admission, as a POST would (for in-process callers; no request is counted)."""
         kind = self.kinds.by_kind(obj.get("apiVersion", ""), obj.get("kind", ""))
@@ -853,46 +579,6 @@ class KubeApiServer:
             "items": items,
         }
 
-    def _create(self, kind: Kind, ns: str | None, body: Any, *, dry_run: bool = False) -> Obj:
-        if not isinstance(body, dict):
-            raise ApiError(400, "BadRequest", "the body must be an object")
-        obj = copy.deepcopy(body)
-        meta = obj.setdefault("metadata", {})
-        if kind.namespaced:
-            if ns is None:
-                raise ApiError(404, "NotFound", f"{kind.plural} is namespaced")
-            if meta.get("namespace") not in (None, "", ns):
-                raise ApiError(400, "BadRequest", "the namespace of the object does not match the request")
-            meta["namespace"] = ns
-        else:
-            meta.pop("namespace", None)
-        store_ns = ns or "" if kind.namespaced else ""
-        if not meta.get("name"):
-            if not meta.get("generateName"):
-                raise ApiError(422, "Invalid", "metadata.name or metadata.generateName is required")
-            while True:
-                suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
-                name = meta["generateName"] + suffix
-                if (kind, store_ns, name) not in self._db.objects:
-                    break
-            meta["name"] = name
-        if (kind, store_ns, meta["name"]) in self._db.objects:
-            raise ApiError(409, "AlreadyExists", f'{kind.key} "{meta["name"]}" already exists')
-        for k in ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp"):
-            meta.pop(k, None)
-        if kind.has_status:
-            obj.pop("status", None)
-        if kind.kind in builtin.INITIAL_STATUS and not kind.group:
-            obj["status"] = copy.deepcopy(builtin.INITIAL_STATUS[kind.kind])
-        self._fill_new_meta(meta)
-        if dry_run:
-            if kind == CRDS:
-                builtin.validate_crd(obj)
-            builtin.normalize(kind, obj)
-            obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
-            return obj
-        return copy.deepcopy(self._commit(kind, store_ns, meta["name"], obj, None))
-
     def _delete_collection(self, request: web.Request, kind: Kind, ns: str | None) -> Obj:
         labels, fields = request.query.get("labelSelector", ""), request.query.get("fieldSelector", "")
         doomed = [key for key, _ in self._db.items(kind, ns, labels, fields)]
@@ -918,7 +604,3 @@ def _check_rv(body: Obj, old: Obj, kind: Kind, name: str) -> None:
             f'Operation cannot be fulfilled on {kind.key} "{name}": the object '
             "has been modified; please apply your changes to the latest version and try again",
         )
-
-
-def _spec_of(obj: Obj) -> Obj:
-    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}

@@ -34,12 +34,17 @@ INITIAL_STATUS: dict[str, Obj] = {
 
 def normalize(kind: Kind, obj: Obj) -> None:
     """What the real API server does on every write that clients can see: a Secret's `stringData` is
-    folded into base64 `data`; a namespace carries its name as the `kubernetes.io/metadata.name` label."""
+    folded into base64 `data`; a namespace carries its name as the `kubernetes.io/metadata.name` label;
+    a ValidatingAdmissionPolicy's status has the generation observed."""
     if kind.kind == "Secret" and isinstance(obj.get("stringData"), dict):
         data = obj.get("data") or {}
         for key, value in obj.pop("stringData").items():
             data[key] = base64.b64encode(str(value).encode()).decode()
         obj["data"] = data
+    if (kind.group, kind.plural) == ("admissionregistration.k8s.io", "validatingadmissionpolicies"):
+        # what the policy type-checking controller reports once it has seen a generation
+        generation = (obj.get("metadata") or {}).get("generation", 1)
+        obj["status"] = {**(obj.get("status") or {}), "observedGeneration": generation}
     if (kind.group, kind.kind) == ("", "Namespace"):
         meta = obj.setdefault("metadata", {})
         meta["labels"] = {**(meta.get("labels") or {}), NAME_LABEL: meta.get("name", "")}

@@ -101,8 +101,11 @@ async def bed(tmp_path: Path) -> AsyncIterator[Bed]:
         yield Bed(api, kube, runner, network, dns, root)
     finally:
         try:
+            pids = [c.proc.pid for w in runner.workers.values() for c in [*w.main, *w.init]
+                    if c.proc is not None and c.proc.returncode is None]
             await runner.stop()
             assert mounts_under(root) == [], "PodRunner.stop() left mounts behind"
+            assert not [pid for pid in pids if _alive(pid)], "PodRunner.stop() left processes behind"
             assert not network.attached and not dns.registered
         finally:
             await kube.close()
@@ -352,11 +355,15 @@ async def test_configmap_change_reaches_the_mounted_file_through_the_data_swap(b
 
 
 # ---------------------------------------------------------------------------------------------- deletion
-async def test_pod_deleted_mid_run_leaves_no_process_and_no_mount(bed: Bed) -> None:
+async def test_pod_deleted_mid_run_leaves_no_process_and_no_mount(bed: Bed, tmp_path: Path) -> None:
     stubborn = sh("stubborn", "trap '' TERM; while :; do sleep 0.1; done")
-    polite = stand_in("polite", volumeMounts=[{"name": "mem", "mountPath": "/mem"}])
-    spec = pod("doomed", [stubborn, polite], volumes=[{"name": "mem", "emptyDir": {"medium": "Memory",
-                                                                                   "sizeLimit": "16Mi"}}])
+    polite = stand_in("polite", volumeMounts=[{"name": "mem", "mountPath": "/mem"},
+                                              {"name": "out", "mountPath": "/out"}],
+                      lifecycle={"preStop": {"exec": {"command": ["sh", "-c", "echo bye > /out/prestop"]}}})
+    out = tmp_path / "out"
+    spec = pod("doomed", [stubborn, polite], volumes=[
+        {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        {"name": "out", "hostPath": {"path": str(out), "type": "DirectoryOrCreate"}}])
     await bed.kube.create(PODS, spec, NS)
     p = await eventually(bed, "doomed", lambda p: running(p, "stubborn", "polite"))
     uid = p["metadata"]["uid"]
@@ -370,6 +377,7 @@ async def test_pod_deleted_mid_run_leaves_no_process_and_no_mount(bed: Bed) -> N
     await _gone(bed, "doomed", uid)
     for pid in pids:
         assert not _alive(pid), f"container process {pid} survived its pod"
+    assert (out / "prestop").read_text() == "bye\n"  # the preStop hook ran before SIGTERM
 
 
 # ---------------------------------------------------------------------------------------------- env
@@ -533,3 +541,52 @@ async def test_with_the_real_pod_network_and_cluster_dns(tmp_path: Path) -> None
         await kube.close()
         await api.stop()
     assert mounts_under(tmp_path / "kubelet") == []
+
+
+# ---------------------------------------------------------------------------------------------- volumes
+async def test_projected_secret_subpath_and_host_path_volumes(bed: Bed, tmp_path: Path) -> None:
+    await bed.kube.create(CONFIGMAPS, {"metadata": {"name": "app"}, "data": {"app.conf": "port=1\n",
+                                                                            "other": "o"}}, NS)
+    await bed.api.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"},
+                          "stringData": {"key": "k1", "unused": "u"}}, NS)
+    host = tmp_path / "host" / "made"
+    mounts = [{"name": "proj", "mountPath": "/proj"}, {"name": "keys", "mountPath": "/keys"},
+              {"name": "app", "mountPath": "/etc/app.conf", "subPath": "app.conf"},
+              {"name": "host", "mountPath": "/host"}]
+    volumes = [
+        {"name": "proj", "projected": {"defaultMode": 0o440, "sources": [
+            {"secret": {"name": "keys", "items": [{"key": "key", "path": "creds/key", "mode": 0o400}]}},
+            {"configMap": {"name": "app", "items": [{"key": "other", "path": "other.txt"}]}},
+            {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+            {"configMap": {"name": "absent", "optional": True}}]}},
+        {"name": "keys", "secret": {"secretName": "keys", "defaultMode": 0o400}},
+        {"name": "app", "configMap": {"name": "app"}},
+        {"name": "host", "hostPath": {"path": str(host), "type": "DirectoryOrCreate"}},
+    ]
+    spec = pod("vols", [stand_in("c", volumeMounts=mounts)], volumes=volumes,
+               securityContext={"fsGroup": 5000})
+    spec["metadata"]["labels"] = {"tier": "web"}
+    await bed.kube.create(PODS, spec, NS)
+    await eventually(bed, "vols", lambda p: running(p, "c"))
+
+    async def run(*argv: str) -> str:
+        code, out = await exec_text(bed, "vols", "c", *argv)
+        assert code == 0, out
+        return out
+
+    assert await run("cat", "/proj/creds/key", "/proj/other.txt", "/proj/labels") == 'k1otier="web"\n'
+    assert (await run("cat", "/proj/token")).strip()
+    assert await run("stat", "-L", "-c", "%a %g", "/proj/creds/key", "/proj/other.txt", "/keys/key") == \
+        "440 5000\n440 5000\n440 5000\n"  # modes as asked, plus group read for the fsGroup
+    assert sorted((await run("ls", "/keys")).split()) == ["key", "unused"]
+    assert await run("cat", "/etc/app.conf") == "port=1\n"
+    await run("sh", "-c", "echo from-pod > /host/out")
+    assert (host / "out").read_text() == "from-pod\n"
+    # A hostPath whose type check fails keeps the pod Pending with the reason on its containers.
+    await bed.kube.create(PODS, pod("badhost", [stand_in("c", volumeMounts=[
+        {"name": "h", "mountPath": "/h"}])], volumes=[
+        {"name": "h", "hostPath": {"path": str(tmp_path / "nothing"), "type": "File"}}]), NS)
+    bad = await eventually(bed, "badhost", lambda p: "type check failed" in cstatus(p, "c").get(
+        "state", {}).get("waiting", {}).get("message", ""))
+    assert phase(bad) == "Pending"

@@ -123,7 +123,13 @@ class Container:
         backoff = BACKOFF_INITIAL
         try:
             while not self.stopping:
-                code = await self.run_once()
+                try:
+                    code = await self.run_once()
+                except Exception as exc:  # a bug or an unexpected OS error: report it, retry later
+                    log.exception("container %s failed to run", self.name)
+                    self.waiting = ("RunContainerError", f"{type(exc).__name__}: {exc}")
+                    self.ctx.changed()
+                    code = None
                 if code is None:  # could not be created: retried on the next sync
                     await self._sleep(CONFIG_RETRY)
                     continue
@@ -293,7 +299,8 @@ class Container:
             if proc.returncode is None:
                 await proc.stop(max(0.0, deadline - loop.time()))
         if self.task is not None:
-            await asyncio.shield(self.task)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.task)
 
     def kill(self) -> None:
         """SIGKILL at once (the runner's last resort)."""

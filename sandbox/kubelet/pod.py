@@ -145,8 +145,14 @@ class PodWorker:
     # ------------------------------------------------------------------ driving
     def start(self) -> None:
         self._life = asyncio.create_task(self._live(), name=f"pod-{self.namespace}/{self.name}")
+        self._life.add_done_callback(self._crashed)
         self._tasks = [asyncio.create_task(self._write_status()), asyncio.create_task(self._sync_volumes())]
         self.changed()
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pod %s/%s: the pod worker failed", self.namespace, self.name,
+                      exc_info=task.exception())
 
     def update(self, pod: Obj) -> None:
         """A newer copy of the pod from the watch (labels/annotations feed downwardAPI volumes)."""
@@ -207,16 +213,17 @@ class PodWorker:
             try:
                 await self.volumes.setup(self.pod, self.facts())
                 break
-            except VolumeError as exc:
+            except (VolumeError, OSError, ValueError) as exc:
                 message = str(exc)
-                self.schedule_error = message if exc.reason == "FailedScheduling" else ""
+                reason = exc.reason if isinstance(exc, VolumeError) else "FailedMount"
+                self.schedule_error = message if reason == "FailedScheduling" else ""
                 for c in [*self.init, *self.main]:
                     c.waiting = ("PodInitializing" if c.role == "main" and self.init else "ContainerCreating",
-                                 "" if exc.reason == "FailedScheduling" else message)
+                                 "" if reason == "FailedScheduling" else message)
                 self.changed()
                 if message != reported:
                     reported = message
-                    await self.event(exc.reason, message, "Warning")
+                    await self.event(reason, message, "Warning")
                 await asyncio.sleep(VOLUME_SYNC)
         self.schedule_error = ""
         for c in self.init:
@@ -275,9 +282,8 @@ class PodWorker:
             self._life.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._life
-        if self._life is not None and not self._life.cancelled() and self._life.exception() is not None:
-            log.error("pod %s/%s failed: %r", self.namespace, self.name, self._life.exception())
-        await asyncio.gather(*(c.stop(max(0.0, deadline - loop.time())) for c in self.main))
+        await asyncio.gather(*(c.stop(max(0.0, deadline - loop.time())) for c in self.main),
+                             return_exceptions=True)
         for c in reversed(self.init):
             await c.stop(max(0.0, deadline - loop.time()))
         for c in [*self.main, *self.init]:

@@ -22,7 +22,7 @@ from eddy.quantity import parse_quantity
 from sandbox.kubelet import atomic
 from sandbox.kubelet.atomic import FileProjection
 from sandbox.kubelet.envs import ConfigError, ObjectLookup, PodFacts, field_value, resource_value
-from sandbox.kubelet.mounts import mount_tmpfs, unmount_all
+from sandbox.kubelet.mounts import MountError, mount_tmpfs, unmount_all
 
 Obj = dict[str, Any]
 ATOMIC_KINDS = ("configMap", "secret", "downwardAPI", "projected")
@@ -106,13 +106,19 @@ class PodVolumes:
             await asyncio.to_thread(path.mkdir, 0o777, False, True)
             if src.get("medium") == "Memory" and not await asyncio.to_thread(os.path.ismount, path):
                 size = parse_quantity(str(src["sizeLimit"])) if src.get("sizeLimit") else None
-                await mount_tmpfs(path, size)
+                try:
+                    await mount_tmpfs(path, size)
+                except MountError as exc:
+                    raise VolumeError(f"MountVolume.SetUp failed for volume {name!r}: {exc}") from exc
             os.chmod(path, 0o2777 if gid is not None else 0o777)
             if gid is not None:
                 os.chown(path, -1, gid)
             return Volume(name, kind, path)
         if kind == "hostPath":
-            return Volume(name, kind, await asyncio.to_thread(_host_path, src))
+            try:
+                return Volume(name, kind, await asyncio.to_thread(_host_path, src))
+            except OSError as exc:
+                raise VolumeError(f"hostPath {src.get('path')!r}: {exc}") from exc
         if kind in ATOMIC_KINDS:
             try:
                 payload = self.payload(pod, spec, facts)

@@ -312,13 +312,18 @@ async def test_native_sidecar_gates_the_next_init_container_and_the_job_complete
 
 
 async def test_classic_sidecar_exits_when_told_through_a_downward_api_annotation(bed: Bed) -> None:
-    podinfo = [{"name": "podinfo", "mountPath": "/podinfo"}]
-    sidecar = sh("sidecar", "until grep -q 'sandbox/stop=\"true\"' /podinfo/annotations; do sleep 0.2; "
-                 "done; echo told to stop", volumeMounts=podinfo)
-    main = sh("main", "echo working; sleep 0.5")
+    podinfo = [{"name": "podinfo", "mountPath": "/podinfo"}, {"name": "shared", "mountPath": "/shared"}]
+    # The sidecar comes first; its postStart hook holds the next container back until it is ready.
+    sidecar = sh("sidecar", "sleep 0.5; touch /shared/ready; until grep -q 'sandbox/stop=\"true\"' "
+                 "/podinfo/annotations; do sleep 0.2; done; echo told to stop", volumeMounts=podinfo,
+                 lifecycle={"postStart": {"exec": {"command": [
+                     "sh", "-c", "until test -f /shared/ready; do sleep 0.1; done"]}}})
+    main = sh("main", "test -f /shared/ready && echo working && sleep 0.5",
+              volumeMounts=[{"name": "shared", "mountPath": "/shared"}])
     spec = pod("classic", [sidecar, main], restartPolicy="Never", volumes=[
         {"name": "podinfo", "downwardAPI": {"items": [
-            {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}])
+            {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}},
+        {"name": "shared", "emptyDir": {}}])
     await bed.kube.create(PODS, spec, NS)
     p = await eventually(bed, "classic", lambda p: "terminated" in cstatus(p, "main").get("state", {}))
     assert phase(p) == "Running" and running(p, "sidecar")
@@ -328,6 +333,7 @@ async def test_classic_sidecar_exits_when_told_through_a_downward_api_annotation
     done = await eventually(bed, "classic", lambda p: phase(p) in ("Succeeded", "Failed"))
     assert phase(done) == "Succeeded", done["status"]
     assert bed.runner.logs(NS, "classic", "sidecar") == "told to stop\n"
+    assert bed.runner.logs(NS, "classic", "main") == "working\n"  # started after the sidecar's postStart
     assert not files.exists()  # a finished pod's volumes are cleaned up
 
 

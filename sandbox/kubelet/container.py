@@ -28,6 +28,7 @@ Obj = dict[str, Any]
 BACKOFF_INITIAL = 1.0  # kubelet: 10 s doubling to 300 s; shorter here, same shape
 BACKOFF_MAX = 20.0
 CONFIG_RETRY = 1.0
+POST_START_TIMEOUT = 120.0  # an exec hook has no timeout of its own; a hung one must not block forever
 
 
 def now() -> str:
@@ -82,6 +83,9 @@ class Container:
         self.ready = False
         self.started = False
         self.started_event = asyncio.Event()  # startupProbe passed (or running, without one)
+        # The first start attempt is over: running with its postStart hook done, or failed. kubelet
+        # starts a pod's containers one by one, each after the previous one's postStart returned.
+        self.launched = asyncio.Event()
         self.done = asyncio.Event()  # terminated for good (no restart follows)
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
@@ -157,6 +161,12 @@ class Container:
     async def run_once(self) -> int | None:
         """Start, hooks, probes, wait for the exit; the exit code, or None if it could not be created."""
         try:
+            return await self._attempt()
+        finally:
+            self.launched.set()
+
+    async def _attempt(self) -> int | None:
+        try:
             spec = self.ctx.build_spec(self.spec)
         except (ConfigError, ValueError) as exc:
             self.waiting = ("CreateContainerConfigError", str(exc))
@@ -183,11 +193,12 @@ class Container:
             hook = ((self.spec.get("lifecycle") or {}).get("postStart")) or None
             if hook:
                 ok, message = await run_action(hook, container=self.spec, pod_ip=self.ctx.pod_ip,
-                                               execer=self._execer(proc), timeout=30)
+                                               execer=self._execer(proc), timeout=POST_START_TIMEOUT)
                 if not ok and proc.returncode is None:
                     await self.ctx.event("FailedPostStartHook", message[:300], "Warning")
                     self._kill_reason = "FailedPostStartHook"
                     await proc.stop(self._grace())
+            self.launched.set()
             self._start_probes(proc)
             code = await proc.wait()
         finally:

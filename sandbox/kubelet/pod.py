@@ -156,10 +156,16 @@ class PodWorker:
 
     def update(self, pod: Obj) -> None:
         """A newer copy of the pod from the watch (labels/annotations feed downwardAPI volumes)."""
-        self.pod = pod
-        self._resync.set()
-        if pod["metadata"].get("deletionTimestamp"):
+        before, self.pod = self.pod["metadata"], pod
+        meta = pod["metadata"]
+        if before.get("labels") != meta.get("labels") or before.get("annotations") != meta.get("annotations"):
+            self._resync.set()
+        if meta.get("deletionTimestamp"):
             self.delete()
+
+    @property
+    def deleting(self) -> bool:
+        return self._teardown is not None
 
     def resync(self) -> None:
         self._resync.set()

@@ -179,9 +179,10 @@ class PodRunner:
 
     # ------------------------------------------------------------------ exec and logs
     def worker(self, namespace: str, pod: str) -> PodWorker:
-        for worker in self.workers.values():
-            if worker.namespace == namespace and worker.name == pod and not worker.removed.is_set():
-                return worker
+        found = [w for w in self.workers.values()
+                 if w.namespace == namespace and w.name == pod and not w.removed.is_set()]
+        if found:  # a pod re-created under the same name may meet its predecessor still going away
+            return next((w for w in reversed(found) if not w.deleting), found[-1])
         raise PodNotFound(f'pod "{pod}" not found in namespace "{namespace}" on node {self.node_name}')
 
     async def exec(self, namespace: str, pod: str, container: str, argv: list[str], *,

@@ -25,6 +25,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import random
 import re
 import shutil
 from collections.abc import Callable
@@ -73,12 +74,38 @@ class PodNetwork:
         if self.pod_net.num_addresses < 8 or self.service_net.num_addresses < 8:
             raise ValueError("pod and service CIDRs need at least 8 addresses (/29)")
         self.gateway = str(self.pod_net[1])
+        # A routing table and rule priority of this bridge's own (see start()).
+        self.rule_table = 10000 + int(_digest(bridge, 8), 16) % 50000
+        self.rule_priority = 1000 + int(_digest(bridge, 8), 16) % 30000
         self.proxy = ServiceProxy(bridge, self.service_net, api_server=api_server,
                                   kubernetes_port=kubernetes_port)
         self._pods: dict[str, tuple[PodAddress, str]] = {}  # pod uid -> (address, host veth)
         self._used: set[ipaddress.IPv4Address] = set()
         self._pending: dict[str, asyncio.Future[PodAddress]] = {}
         self._started = False
+
+    @classmethod
+    async def start_in_free_range(cls, *, bridge: str, pod_base: str = "10.244.0.0/16",
+                                  service_base: str = "10.96.0.0/16", prefix: int = 24, attempts: int = 8,
+                                  **kwargs: Any) -> PodNetwork:
+        """A started PodNetwork on a random /`prefix` of each base that no other network uses, so runs
+        side by side (tests, a demo) do not collide; another pick when `start()` finds an overlap."""
+        pods = list(ipaddress.IPv4Network(pod_base).subnets(new_prefix=prefix))
+        services = list(ipaddress.IPv4Network(service_base).subnets(new_prefix=prefix))
+        last: NetworkError | None = None
+        for _ in range(attempts):
+            index = random.randrange(1, min(len(pods), len(services)))  # 0 stays for the defaults' gateway
+            network = cls(bridge=bridge, pod_cidr=str(pods[index]), service_cidr=str(services[index]),
+                          **kwargs)
+            try:
+                await network.start()
+                return network
+            except NetworkError as exc:
+                if "overlaps" not in str(exc):
+                    raise
+                last = exc
+        raise NetworkError(f"no free /{prefix} in {pod_base} and {service_base} after {attempts} tries: "
+                           f"{last}")
 
     # ------------------------------------------------------------------ names
     def netns_name(self, pod_uid: str) -> str:
@@ -104,8 +131,14 @@ class PodNetwork:
             await run_ip("addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge)
             await run_ip("link", "set", self.bridge, "up")
             await run_ip("route", "add", str(self.service_net), "dev", self.bridge, "src", self.gateway)
+            # Belt and braces: should forwarding ever be switched on, whatever arrives from the pods and
+            # is not for the host itself finds only an unreachable route (local addresses are looked up
+            # first, in the `local` table, so the gateway and the VIPs still work).
+            await run_ip("route", "add", "unreachable", "default", "table", str(self.rule_table))
+            await run_ip("rule", "add", "iif", self.bridge, "priority", str(self.rule_priority),
+                         "table", str(self.rule_table))
         except BaseException:
-            await run_ip("link", "del", self.bridge, check=False)
+            await self._remove_leftovers()
             raise
         self._started = True
         await self.proxy.start()
@@ -135,6 +168,16 @@ class PodNetwork:
             if pattern.fullmatch(name):
                 await run_ip("netns", "delete", name, check=False)
         await run_ip("link", "del", self.bridge, check=False)
+        for _ in range(16):  # rules do not go with the device (one, unless a run was interrupted)
+            if not await self._has_rule():
+                break
+            await run_ip("rule", "del", "iif", self.bridge, "priority", str(self.rule_priority),
+                         "table", str(self.rule_table), check=False)
+        await run_ip("route", "flush", "table", str(self.rule_table), check=False)
+
+    async def _has_rule(self) -> bool:
+        rules = json.loads(await run_ip("-j", "rule", "show", check=False) or "[]")
+        return any(r.get("iif") == self.bridge and r.get("priority") == self.rule_priority for r in rules)
 
     async def _check_free(self) -> None:
         """Fail when another interface already routes or holds addresses in our CIDRs."""
@@ -235,6 +278,12 @@ class PodNetwork:
     def service_ip(self, namespace: str, name: str) -> str | None:
         """The VIP of a ClusterIP Service (None: headless, unknown, or not synced yet)."""
         return self.proxy.service_ip(namespace, name)
+
+    async def set_api_server(self, host: str, port: int) -> None:
+        """Where the `default/kubernetes` VIP relays to (e.g. once the API server has its port)."""
+        self.proxy.set_api_server(host, port)
+        if self._started:
+            await self.proxy.resync()
 
     def add_service_listener(self, listener: Callable[[], None]) -> None:
         """`listener()` runs after every sync that added, moved or removed a VIP (ClusterDns uses it)."""

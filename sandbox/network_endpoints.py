@@ -57,7 +57,8 @@ def selects(service: Obj, pod: Obj) -> bool:
 
 
 def endpoints(service: Obj, pods: list[Obj]) -> list[Endpoint]:
-    """The pods behind `service` that have an IP, ready ones first (by name), then the not-ready ones.
+    """The pods behind `service` that have an IP and are neither terminating nor finished, ready ones
+    first (by name), then the not-ready ones.
     A pod's hostname is published only when its `spec.subdomain` names this Service (as the endpoints
     controller does)."""
     name = (service.get("metadata") or {}).get("name")
@@ -66,6 +67,8 @@ def endpoints(service: Obj, pods: list[Obj]) -> list[Endpoint]:
         ip = pod_ip(pod)
         if not ip or not selects(service, pod) or (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue  # a finished pod's IP is already someone else's
         spec = pod.get("spec") or {}
         hostname = pod_hostname(pod) if spec.get("hostname") and spec.get("subdomain") == name else ""
         found.append(Endpoint(ip, str(pod["metadata"].get("name")), hostname, pod_ready(pod), pod))

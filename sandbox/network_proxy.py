@@ -67,6 +67,7 @@ class ServiceProxy:
         self._syncer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.listeners: list[Callable[[], None]] = []  # called after a sync that changed the VIPs
+        self._last: tuple[list[Obj], list[Obj]] = ([], [])
 
     def service_ip(self, namespace: str, name: str) -> str | None:
         entry = self._services.get((namespace, name))
@@ -85,7 +86,15 @@ class ServiceProxy:
     # ------------------------------------------------------------------ reconcile
     async def sync(self, services: Iterable[Obj], pods: list[Obj]) -> None:
         async with self._lock:
-            await self._sync(list(services), pods)
+            self._last = (list(services), list(pods))
+            await self._sync(*self._last)
+
+    async def resync(self) -> None:
+        """Sync again from the informers (when watching) or from the last lists given."""
+        if self._informers:
+            self._dirty.set()
+        else:
+            await self.sync(*self._last)
 
     async def _sync(self, services: list[Obj], pods: list[Obj]) -> None:
         before = {k: s.vip for k, s in self._services.items()}

@@ -174,7 +174,8 @@ class JobController(OwnerController):
                                                  int(old_status.get("failed") or 0))
             if state.succeeded + state.failed >= len(done):
                 state.counted = {str(p["metadata"]["uid"]) for p in done}
-        last = {str(p["metadata"]["uid"]): _phase(p) for p in done}
+        last = {str(p["metadata"]["uid"]): _phase(p) for p in done
+                if str(p["metadata"]["uid"]) not in state.deleted_by_us}  # ours ended as we asked
         for pod_uid, phase in self._vanished.pop(uid, {}).items():
             if pod_uid not in state.deleted_by_us:
                 last.setdefault(pod_uid, phase if phase in ("Succeeded", "Failed") else "Failed")

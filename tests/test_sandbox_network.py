@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import json
 import os
-import random
 import secrets
 import shutil
 import sys
@@ -101,18 +100,7 @@ async def _leftovers(bridge: str, uids: list[str], network: PodNetwork) -> list[
 async def _new_network(**kwargs: Any) -> PodNetwork:
     """A started PodNetwork on a bridge and /24s of its own (another run may hold the first pick)."""
     _require_capabilities()
-    bridge = kwargs.pop("bridge", f"etn{secrets.token_hex(4)}")
-    for _ in range(8):
-        octet = random.randrange(100, 250)
-        network = PodNetwork(bridge=bridge, pod_cidr=f"10.244.{octet}.0/24",
-                             service_cidr=f"10.96.{octet}.0/24", **kwargs)
-        try:
-            await network.start()
-            return network
-        except NetworkError as exc:
-            if "overlaps" not in str(exc):
-                raise
-    raise AssertionError("no free /24 found for the test pod network")
+    return await PodNetwork.start_in_free_range(bridge=f"etn{secrets.token_hex(4)}", **kwargs)
 
 
 @pytest_asyncio.fixture
@@ -169,6 +157,9 @@ async def test_pods_talk_by_ip_name_and_vip_and_reach_nothing_else(kube_api: Kub
         assert server_addr.ip == str(network.pod_net[2]) and client_addr.ip == str(network.pod_net[3])
         assert network.gateway == str(network.pod_net[1])
         assert await network.attach("uid-server") == server_addr  # idempotent
+        rules = json.loads(await run_ip("-j", "rule", "show"))
+        assert {"iif": network.bridge, "table": str(network.rule_table)}.items() <= next(
+            r for r in rules if r.get("iif") == network.bridge).items()
         for addr in (server_addr, client_addr):
             routes = await run_ip("-n", Path(addr.netns).name, "route", "show")
             assert "default" not in routes, routes
@@ -266,6 +257,8 @@ async def test_pods_talk_by_ip_name_and_vip_and_reach_nothing_else(kube_api: Kub
     left = await _leftovers(network.bridge, ["uid-server", "uid-client"], network)
     assert not left, f"stop() left {left}"
     assert not (await run_ip("-o", "addr", "show", "to", str(network.service_net))).strip()
+    assert not [r for r in json.loads(await run_ip("-j", "rule", "show")) if r.get("iif") == network.bridge]
+    assert not (await run_ip("route", "show", "table", str(network.rule_table), check=False)).strip()
 
 
 async def test_detach_frees_and_reuses_addresses() -> None:

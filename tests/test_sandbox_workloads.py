@@ -186,7 +186,7 @@ async def test_statefulset_ordered_ready_names_claims_and_scale_down(cluster: An
     assert (await kube.get(PVCS, "data-db-2", NS)), "claims are kept on scale down"
 
 
-async def test_statefulset_parallel_creates_all_at_once(cluster: Any) -> None:
+async def test_statefulset_parallel_and_rolling_update(cluster: Any) -> None:
     kube, _ = cluster
     await kube.create(STATEFULSETS, {"metadata": {"name": "par"}, "spec": {
         "replicas": 3, "serviceName": "par", "podManagementPolicy": "Parallel",
@@ -194,6 +194,31 @@ async def test_statefulset_parallel_creates_all_at_once(cluster: Any) -> None:
     pods = await eventually(lambda: _count(kube, "app=par", 3))
     assert [p["metadata"]["name"] for p in pods] == ["par-0", "par-1", "par-2"]
     assert all((p.get("status") or {}).get("phase") == "Pending" for p in pods)
+    for pod in pods:
+        await kubelet(kube, pod, "Running", ready=True)
+    status = await eventually(lambda: _status_is(kube, STATEFULSETS, "par", readyReplicas=3,
+                                                 currentReplicas=3))
+    old_rev = status["currentRevision"]
+    assert status["updateRevision"] == old_rev and old_rev.startswith("par-")
+
+    # A new template: pods are replaced from the highest ordinal down, one at a time.
+    await kube.patch(STATEFULSETS, "par", {"spec": {"template": template("par", image="busybox:2")}}, NS)
+    replaced: list[str] = []
+
+    async def rolled() -> bool:
+        for pod in await pods_of(kube, "app=par"):
+            rev = pod["metadata"]["labels"]["controller-revision-hash"]
+            if rev != old_rev and pod["metadata"]["name"] not in replaced:
+                replaced.append(pod["metadata"]["name"])
+            if (pod.get("status") or {}).get("phase") != "Running":
+                await kubelet(kube, pod, "Running", ready=True)
+        return len(replaced) == 3
+
+    await eventually(rolled)
+    assert replaced == ["par-2", "par-1", "par-0"]
+    status = await eventually(lambda: _status_is(kube, STATEFULSETS, "par", updatedReplicas=3,
+                                                 currentReplicas=3, readyReplicas=3))
+    assert status["currentRevision"] == status["updateRevision"] != old_rev
 
 
 async def test_job_runs_to_completion(cluster: Any) -> None:

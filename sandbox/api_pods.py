@@ -33,6 +33,14 @@ def bind(pod: Obj, body: object) -> Obj:
             f'Operation cannot be fulfilled on pods/binding "{name}": pod '
             f"{name} is being deleted, cannot be assigned to a host",
         )
+    uid = (body.get("metadata") or {}).get("uid")
+    if uid and uid != pod["metadata"].get("uid"):
+        raise ApiError(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on pods/binding "{name}": Precondition '
+            f"failed: UID in precondition: {uid}, UID in object meta: {pod['metadata'].get('uid')}",
+        )
     node = (pod.get("spec") or {}).get("nodeName")
     if node:
         raise ApiError(
@@ -158,3 +166,32 @@ def _read_from(path: Path, offset: int) -> bytes:
             return f.read(1 << 20)
     except FileNotFoundError:
         return b""
+
+
+_MUTABLE = ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates")
+
+
+def validate_update(old: Obj, new: Obj) -> None:
+    """kube-apiserver's pod update validation: only container images, activeDeadlineSeconds,
+    tolerations, terminationGracePeriodSeconds and schedulingGates may change in a pod's spec."""
+    before, after = copy.deepcopy(old.get("spec") or {}), copy.deepcopy(new.get("spec") or {})
+    for key in _MUTABLE:
+        after.pop(key, None)
+        before.pop(key, None)
+    for group in ("containers", "initContainers"):
+        for a, b in zip(after.get(group) or [], before.get(group) or [], strict=False):
+            if isinstance(a, dict) and isinstance(b, dict):
+                a.pop("image", None)
+                b.pop("image", None)
+    if after != before:
+        name = new.get("metadata", {}).get("name", "")
+        raise ApiError(
+            422,
+            "Invalid",
+            f'Pod "{name}" is invalid: spec: Forbidden: pod updates may not change '
+            "fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,"
+            "`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing "
+            "tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was "
+            "previously negative)",
+            {"name": name, "kind": "Pod"},
+        )

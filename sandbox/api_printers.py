@@ -197,3 +197,145 @@ BUILTIN_PRINTERS: dict[tuple[str, str], Printer] = {
         lambda o: [o["metadata"].get("name", ""), o["metadata"].get("creationTimestamp", "")],
     ),
 }
+
+
+def _event_row(o: Obj) -> list[Any]:
+    involved = o.get("involvedObject") or o.get("regarding") or {}
+    last = o.get("lastTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp")
+    first = o.get("firstTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp")
+    source = o.get("source") or {}
+    origin = ", ".join(
+        filter(None, [source.get("component") or o.get("reportingController"), source.get("host")])
+    )
+    return [
+        age(last),
+        o.get("type", ""),
+        o.get("reason", ""),
+        f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
+        involved.get("fieldPath", ""),
+        origin,
+        o.get("message") or o.get("note", ""),
+        age(first),
+        o.get("count", 1),
+        o["metadata"].get("name", ""),
+    ]
+
+
+EVENT_PRINTER: Printer = (
+    [
+        _c("Last Seen"),
+        _c("Type"),
+        _c("Reason"),
+        _c("Object"),
+        _c("Subobject", 1),
+        _c("Source", 1),
+        _c("Message"),
+        _c("First Seen", 1),
+        _c("Count", 1),
+        Column("Name", "string", "", "", "name", 1),
+    ],
+    _event_row,
+)
+
+
+def _endpoints(o: Obj) -> str:
+    out = [
+        f"{a.get('ip')}:{p.get('port')}"
+        for sub in o.get("subsets") or []
+        for a in sub.get("addresses") or []
+        for p in sub.get("ports") or [{}]
+    ]
+    return ",".join(out[:3]) + (f" + {len(out) - 3} more..." if len(out) > 3 else "") or "<none>"
+
+
+def _slice_endpoints(o: Obj) -> str:
+    out = [a for e in o.get("endpoints") or [] for a in e.get("addresses") or []]
+    return ",".join(out[:3]) + (f" + {len(out) - 3} more..." if len(out) > 3 else "") or "<unset>"
+
+
+def _role_ref(o: Obj) -> str:
+    ref = o.get("roleRef") or {}
+    return f"{ref.get('kind', '')}/{ref.get('name', '')}"
+
+
+def _created_at(o: Obj) -> str:
+    return str(o["metadata"].get("creationTimestamp", ""))
+
+
+CREATED_AT = Column("Created At", "date", "", AGE.description)
+MORE_PRINTERS: dict[tuple[str, str], Printer] = {
+    ("", "events"): EVENT_PRINTER,
+    ("events.k8s.io", "events"): EVENT_PRINTER,
+    ("", "endpoints"): _printer(["Endpoints", "Age"], lambda o: [_endpoints(o), _created(o)]),
+    ("discovery.k8s.io", "endpointslices"): _printer(
+        ["AddressType", "Ports", "Endpoints", "Age"],
+        lambda o: [
+            o.get("addressType", ""),
+            ",".join(str(p.get("port", "")) for p in o.get("ports") or []) or "<unset>",
+            _slice_endpoints(o),
+            _created(o),
+        ],
+    ),
+    ("coordination.k8s.io", "leases"): _printer(
+        ["Holder", "Age"], lambda o: [_get(o, "spec", "holderIdentity", default=""), _created(o)]
+    ),
+    ("rbac.authorization.k8s.io", "roles"): (
+        [NAME, CREATED_AT],
+        lambda o: [o["metadata"]["name"], _created_at(o)],
+    ),
+    ("rbac.authorization.k8s.io", "clusterroles"): (
+        [NAME, CREATED_AT],
+        lambda o: [o["metadata"]["name"], _created_at(o)],
+    ),
+    ("rbac.authorization.k8s.io", "rolebindings"): _printer(
+        ["Role", "Age"], lambda o: [_role_ref(o), _created(o)]
+    ),
+    ("rbac.authorization.k8s.io", "clusterrolebindings"): _printer(
+        ["Role", "Age"], lambda o: [_role_ref(o), _created(o)]
+    ),
+    ("networking.k8s.io", "networkpolicies"): _printer(
+        ["Pod-Selector", "Age"],
+        lambda o: [
+            ",".join(f"{k}={v}" for k, v in _get(o, "spec", "podSelector", "matchLabels", default={}).items())
+            or "<none>",
+            _created(o),
+        ],
+    ),
+    ("policy", "poddisruptionbudgets"): _printer(
+        ["Min Available", "Max Unavailable", "Allowed Disruptions", "Age"],
+        lambda o: [
+            str(_get(o, "spec", "minAvailable", default="N/A")),
+            str(_get(o, "spec", "maxUnavailable", default="N/A")),
+            _get(o, "status", "disruptionsAllowed", default=0),
+            _created(o),
+        ],
+    ),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): _printer(
+        ["Webhooks", "Age"], lambda o: [len(o.get("webhooks") or []), _created(o)]
+    ),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): _printer(
+        ["Webhooks", "Age"], lambda o: [len(o.get("webhooks") or []), _created(o)]
+    ),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies"): _printer(
+        ["Validations", "ParamKind", "Age"],
+        lambda o: [
+            len(_get(o, "spec", "validations", default=[])),
+            "/".join(
+                filter(
+                    None, [_get(o, "spec", "paramKind", "apiVersion"), _get(o, "spec", "paramKind", "kind")]
+                )
+            )
+            or "<unset>",
+            _created(o),
+        ],
+    ),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicybindings"): _printer(
+        ["PolicyName", "ParamRef", "Age"],
+        lambda o: [
+            _get(o, "spec", "policyName", default=""),
+            _get(o, "spec", "paramRef", "name", default="<unset>"),
+            _created(o),
+        ],
+    ),
+}
+BUILTIN_PRINTERS.update(MORE_PRINTERS)

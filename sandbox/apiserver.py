@@ -505,6 +505,8 @@ class KubeApiServer(Objects):
             old = self._db.objects.get((kind, store_ns, name))  # admission awaited: re-read what is stored
             if old is None:
                 raise ApiError(404, "NotFound", f'{kind.key} "{name}" not found')
+            if (kind.group, kind.plural) == ("", "pods"):
+                api_pods.validate_update(old, new)
         return web.json_response(self._write(kind, store_ns, name, new, old, status_only, dry_run=dry_run))
 
     async def _delete_options(self, request: web.Request, old: Obj, dry_run: bool) -> tuple[int | None, bool]:

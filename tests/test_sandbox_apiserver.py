@@ -340,6 +340,12 @@ async def test_graceful_pod_deletion_and_binding(sandbox_api: KubeApiServer) -> 
         assert any(c["type"] == "PodScheduled" for c in bound["status"]["conditions"])
         with pytest.raises(kube.Conflict):
             await k.request("POST", binding, body={"target": {"kind": "Node", "name": "other"}})
+        # a pod's spec is immutable but for images (and a few scheduling fields), as kube-apiserver validates
+        with pytest.raises(kube.Invalid):
+            await k.patch(kube.PODS, "p", {"spec": {"nodeName": "elsewhere"}}, "default")
+        image = {"spec": {"containers": [{"name": "app", "image": "busybox:2"}]}}
+        changed = await k.patch(kube.PODS, "p", image, "default", patch_type="strategic")
+        assert changed["spec"]["containers"][0]["image"] == "busybox:2"
 
         await k.delete(kube.PODS, "p", "default")
         terminating = must(sandbox_api.get_object("pods", "default", "p"))

@@ -426,6 +426,15 @@ async def test_env_from_fields_secrets_configmaps_and_expansion(bed: Bed) -> Non
         "reason") == "CreateContainerConfigError")
     await bed.kube.create(CONFIGMAPS, {"metadata": {"name": "later"}, "data": {"x": "here"}}, NS)
     await eventually(bed, "late", lambda p: running(p, "c"))
+    # A failed container of a Never pod fails the pod; FallbackToLogsOnError puts its log in the status.
+    await bed.kube.create(PODS, pod("crash", [sh("c", "echo boom; exit 3",
+                                                 terminationMessagePolicy="FallbackToLogsOnError")],
+                                    restartPolicy="Never"), NS)
+    crashed = await eventually(bed, "crash", lambda p: phase(p) in ("Succeeded", "Failed"))
+    assert phase(crashed) == "Failed"
+    terminated = cstatus(crashed, "c")["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (3, "Error", "boom")
+    assert terminated["containerID"] == cstatus(crashed, "c")["containerID"] != ""
 
 
 # ---------------------------------------------------------------------------------------------- probes

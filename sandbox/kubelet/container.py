@@ -56,10 +56,11 @@ class Terminated:
     started_at: str
     finished_at: str
     message: str = ""
+    container_id: str = ""
 
     def as_status(self) -> Obj:
         out: Obj = {"exitCode": self.exit_code, "reason": self.reason, "startedAt": self.started_at,
-                    "finishedAt": self.finished_at, "containerID": ""}
+                    "finishedAt": self.finished_at, "containerID": self.container_id}
         if self.message:
             out["message"] = self.message
         return out
@@ -113,8 +114,7 @@ class Container:
             "started": self.started,
         }
         if self.proc is not None:
-            out["containerID"] = f"sandbox://{self.ctx.pod['metadata'].get('uid', '')}/{self.name}/" \
-                                 f"{self.restart_count}"
+            out["containerID"] = self.container_id()
         out["lastState"] = {"terminated": previous.as_status()} if previous is not None else {}
         return out
 
@@ -209,7 +209,10 @@ class Container:
                     await task
             self._probers = []
         reason = self._kill_reason or ("Completed" if code == 0 else "Error")
-        self._finish(Terminated(code, reason, started_at, now()))
+        message = ""
+        if code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = await asyncio.to_thread(_log_tail, spec.log_path)
+        self._finish(Terminated(code, reason, started_at, now(), message, self.container_id()))
         with contextlib.suppress(Exception):
             await proc.cleanup()
         return code
@@ -221,6 +224,10 @@ class Container:
         self.running_since = ""
         self.ready = False
         self.ctx.changed()
+
+    def container_id(self) -> str:
+        """An ID per run, in the `<runtime>://<id>` form of containerStatuses."""
+        return f"sandbox://{self.ctx.pod['metadata'].get('uid', '')}/{self.name}/{self.restart_count}"
 
     def _grace(self) -> float:
         return float((self.ctx.pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
@@ -318,3 +325,14 @@ class Container:
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.signal(signal.SIGKILL)
+
+
+def _log_tail(path: Path, max_bytes: int = 2048, max_lines: int = 80) -> str:
+    """kubelet's FallbackToLogsOnError message: the end of the log, at most 80 lines / 2 KiB."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - max_bytes))
+            tail = f.read()
+    except OSError:
+        return ""
+    return "\n".join(tail.decode("utf-8", "replace").splitlines()[-max_lines:])

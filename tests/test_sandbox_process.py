@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.kubelet import cgroups
 from sandbox.kubelet.process import (
     BindMount,
     ContainerProcess,
@@ -33,6 +34,7 @@ from tests.support.fuse import fuse_support
 PATH = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
 PY = sys.executable
 SLEEP = ["sleep", "300"]
+REPO = Path(__file__).resolve().parents[1]
 
 FUSE_FS = """
 import asyncio, errno, signal, stat, sys
@@ -104,6 +106,27 @@ def rewrite_in_place(path: Path, text: str) -> None:
 
 def run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
+
+
+def _processes_mentioning(needle: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if needle.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+    return found
+
+
+def _group_members(pgid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                    found.add(int(entry))
+    return found
 
 
 def host_mounts_mentioning(*needles: str) -> list[str]:
@@ -287,9 +310,10 @@ async def test_exec_in_container_view(box: Box) -> None:
     assert r.returncode == 127 and b"executable not found" in r.stderr, r
     r = await c.exec(["sh", "-c", "exit 3"])
     assert r.returncode == 3
+    marker = f"30.{uuid.uuid4().int % 10**9}"
     with pytest.raises(TimeoutError):
-        await c.exec(["sleep", "30"], timeout=0.3)
-    assert c.cgroups.pids() == {c.pid}, "the timed-out exec was not killed"
+        await c.exec(["sleep", marker], timeout=0.3)
+    assert _processes_mentioning(marker) == [], "the timed-out exec was not killed"
 
 
 def _has_child_sleep(pid: int) -> bool:
@@ -301,25 +325,32 @@ async def test_stop_grace_then_sigkill(box: Box) -> None:
     out.mkdir()
     stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "open('/out/ready', 'w').close(); time.sleep(300)")
-    script = f"setsid sleep 300 & echo $! > /out/daemon; exec {PY} -c \"{stubborn}\""
+    script = f"sleep 300 & exec {PY} -c \"{stubborn}\""
     c = await box.start(box.spec(["sh", "-c", script], mounts=(BindMount(out, "/out"),)))
     await wait_for((out / "ready").exists, "the container to ignore SIGTERM")
-    daemon = int((out / "daemon").read_text())
-    assert os.getpgid(daemon) != c.pid  # escaped the process group, not the cgroup
+    await wait_for(lambda: len(_group_members(c.pid)) == 2, "the container's two processes")
+    (child,) = _group_members(c.pid) - {c.pid}
     began = time.monotonic()
     assert await c.stop(0.5) == 128 + signal.SIGKILL
     assert time.monotonic() - began >= 0.5
-    await wait_for(lambda: not Path(f"/proc/{daemon}").exists(), "the daemon to be killed")
+    await wait_for(lambda: not exists(f"/proc/{child}"), "its child to be killed with it")
     polite = await box.start(box.spec(SLEEP, name="polite"))
     began = time.monotonic()
     assert await polite.stop(10) == 128 + signal.SIGTERM
     assert time.monotonic() - began < 5
 
 
-async def test_cpu_and_memory_limits_in_cgroup(box: Box) -> None:
-    c = await box.start(box.spec(SLEEP, cpu_limit_millis=500, memory_limit_bytes=64 << 20))
+async def test_cgroup_limits_and_whole_group_kill(box: Box) -> None:
+    if not cgroups.available():
+        pytest.fail(f"no cgroup filesystem under {cgroups.CGROUP_ROOT} (in a chroot, bind /sys with its "
+                    "submounts: mount --rbind /sys ROOT/sys): containers would run without limits")
+    out = box.tmp / "out"
+    out.mkdir()
+    script = "setsid sleep 300 & echo $! > /out/daemon; exec sleep 300"
+    c = await box.start(box.spec(["sh", "-c", script], cpu_limit_millis=500, memory_limit_bytes=64 << 20,
+                                 mounts=(BindMount(out, "/out"),)))
     by_kind = {p.parts[4]: p for p in c.cgroups.paths}  # /sys/fs/cgroup/<hierarchy>/eddy-sandbox/<id>
-    if (Path("/sys/fs/cgroup") / "cgroup.controllers").exists():  # cgroup v2
+    if cgroups.unified():
         (group,) = c.cgroups.paths
         assert (group / "cpu.max").read_text().split() == ["50000", "100000"]
         assert int((group / "memory.max").read_text()) == 64 << 20
@@ -329,7 +360,12 @@ async def test_cpu_and_memory_limits_in_cgroup(box: Box) -> None:
         assert int((by_kind["memory"] / "memory.limit_in_bytes").read_text()) == 64 << 20
     for group in c.cgroups.paths:
         assert c.pid in {int(p) for p in (group / "cgroup.procs").read_text().split()}
+    await wait_for(lambda: exists(out / "daemon") and read(out / "daemon").endswith("\n"), "the daemon's pid")
+    daemon = int(read(out / "daemon"))
+    # it escapes the process group (once setsid(1) ran), not the cgroup
+    await wait_for(lambda: os.getpgid(daemon) != c.pid, "the daemon to leave the process group")
     await c.stop(1)
+    await wait_for(lambda: not exists(f"/proc/{daemon}"), "the daemon to be killed with the cgroup")
     await c.cleanup()
     await c.cleanup()  # idempotent
     assert not any(p.exists() for p in c.cgroups.paths)
@@ -372,16 +408,6 @@ async def test_privileged_non_root_fuse_through_fusermount3(box: Box) -> None:
     assert await fuse.stop(5) == 0, box.log("fuse")
 
 
-def _processes_mentioning(needle: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if needle.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-    return found
-
-
 async def test_cancelled_start_leaves_nothing(box: Box) -> None:
     for delay in (0.0, 0.01, 0.03, 0.06, 0.1, 0.2):
         marker = f"300.{uuid.uuid4().int % 10**9}"
@@ -395,3 +421,56 @@ async def test_cancelled_start_leaves_nothing(box: Box) -> None:
             await asyncio.sleep(0.05)
             assert _processes_mentioning(marker) == [], f"a process survived a cancel after {delay}s"
             assert not (state / "container.json").exists() or _processes_mentioning(str(state)) == []
+
+
+IN_CHROOT = """
+import asyncio, os, sys
+from pathlib import Path
+from sandbox.kubelet.process import BindMount, ContainerProcess, ProcessSpec
+from sandbox.kubelet.process import make_shared_root, release_shared_root
+async def main():
+    root = Path("/kroot")
+    make_shared_root(root)
+    (root / "vol" / "t").mkdir(parents=True)
+    try:
+        spec = ProcessSpec(
+            argv=["/bin/sh", "-c", "mount -t tmpfs -o size=1m t /v/t && echo > /v/t/x && exec sleep 30"],
+            env={"PATH": "/usr/bin:/bin"}, log_path=Path("/log"), privileged=True,
+            mounts=(BindMount(Path("/usr"), "/usr", read_only=True),
+                    BindMount(root / "vol", "/v", propagation="Bidirectional")))
+        c = await ContainerProcess.start(spec, Path("/state"))
+        for _ in range(100):
+            if (root / "vol" / "t" / "x").exists():
+                break
+            await asyncio.sleep(0.05)
+        print("propagated", (root / "vol" / "t" / "x").exists())
+        print("stopped", await c.stop(2))
+        await c.cleanup()
+    finally:
+        release_shared_root(root)
+    mounts = open("/proc/self/mountinfo").read().splitlines()
+    print("left", [l.split()[4] for l in mounts if "/kroot" in l or "eddy-sandbox" in l])
+asyncio.run(main())
+"""
+
+
+async def test_runs_inside_a_chroot(box: Box) -> None:
+    """As in the fresh-Debian check: the runner itself in a chroot, whose / is not a mount point
+    (pivot_root refuses that unless the shim re-roots first)."""
+    chroot = box.tmp / "chroot"
+    repo = REPO
+    binds = ["/usr", "/etc", str(repo), sys.base_prefix, "/dev"]
+    for name in ("proc", "sys", "run", "tmp", *(b.lstrip("/") for b in binds)):
+        (chroot / name).mkdir(parents=True, exist_ok=True)
+    for link in ("bin", "sbin", "lib", "lib64"):
+        (chroot / link).symlink_to(f"usr/{link}")
+    setup = " && ".join(
+        [f"mount --bind {b} {chroot}{b}" for b in binds]
+        + [f"mount -t proc proc {chroot}/proc", f"mount --bind /sys {chroot}/sys",
+           f"cd {repo} && PYTHONPATH={repo} chroot {chroot} {sys.executable} -c '{IN_CHROOT}'"])
+    proc = await asyncio.create_subprocess_exec(
+        "unshare", "-m", "--propagation", "private", "sh", "-c", setup,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    assert proc.returncode == 0, out
+    assert out.split("\n")[:3] == ["propagated True", "stopped 143", "left []"], out

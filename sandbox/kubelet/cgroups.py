@@ -4,18 +4,22 @@ kill all of them, daemons and exec'd processes included), plus the cpu and memor
 cgroup v1 (this machine): `pids/eddy-sandbox/<id>` always, `cpu/eddy-sandbox/<id>` with a CFS quota when
 a cpu limit is set, `memory/eddy-sandbox/<id>` when a memory limit is set. cgroup v2 (unified
 hierarchy mounted at /sys/fs/cgroup): one group `eddy-sandbox/<id>` with cpu.max and memory.max.
+Without any cgroup filesystem (a chroot whose /sys was bound without its submounts, such as the
+fresh-Debian check's) a container runs without cgroups: no limits, tracked by its process group only.
 All calls block briefly (small writes to cgroupfs); the runner calls them in a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("sandbox.kubelet")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "eddy-sandbox"
 CFS_PERIOD_US = 100_000
@@ -29,6 +33,11 @@ class CgroupError(Exception):
 def unified() -> bool:
     """True when the machine runs cgroup v2 only (no v1 controller hierarchies)."""
     return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def available() -> bool:
+    """Whether containers get cgroups here (see the module docstring)."""
+    return unified() or any((CGROUP_ROOT / h / "cgroup.procs").exists() for h in ("pids", "freezer", "cpu"))
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,12 @@ class Cgroups:
         quota = None if cpu_millis is None else max(1000, cpu_millis * CFS_PERIOD_US // 1000)
         if unified():
             return cls((CGROUP_ROOT / PARENT / ident,), quota, memory_bytes)
-        tracker = next((h for h in ("pids", "freezer", "cpu") if (CGROUP_ROOT / h).is_dir()), None)
+        tracker = next((h for h in ("pids", "freezer", "cpu") if (CGROUP_ROOT / h / "cgroup.procs").exists()),
+                       None)
         if tracker is None:
-            raise CgroupError(f"no cgroup v1 hierarchy (pids, freezer or cpu) under {CGROUP_ROOT}")
+            if quota is not None or memory_bytes is not None:
+                log.warning("no cgroup filesystem under %s: cpu/memory limits are not enforced", CGROUP_ROOT)
+            return cls((), quota, memory_bytes)
         paths = [CGROUP_ROOT / tracker / PARENT / ident]
         if quota is not None:
             paths.append(CGROUP_ROOT / "cpu" / PARENT / ident)

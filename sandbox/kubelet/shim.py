@@ -169,10 +169,23 @@ def _mount_dev(root: str, privileged: bool) -> None:
     mount("shm", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=65536k")
 
 
+def _ensure_root_is_mount() -> None:
+    """In a chroot (e.g. the fresh-Debian check) "/" is a plain directory, which pivot_root refuses and
+    whose propagation cannot be set: re-root this process onto a recursive bind of it (in its own mount
+    namespace), which is a mount point. The bind's submounts keep their peer groups."""
+    if any(point == "/" for point, _ in mount_points()):
+        return
+    mount("/", STAGE, None, MS_BIND | MS_REC)
+    os.chdir(STAGE)
+    os.chroot(".")
+    os.chdir("/")
+
+
 def _build_root(plan: dict[str, Any]) -> str:
     """The container's root at STAGE/root, with its system mounts; returns its path."""
     global _step
     _step = "making the container's mounts private"
+    _ensure_root_is_mount()
     for point in {"/", _containing_mount(STAGE)[0]}:
         mount(None, point, None, MS_PRIVATE)
     _step = "mounting the root's tmpfs and overlay"

@@ -14,6 +14,7 @@ Importable without pytest: `await KubeApiServer().start()` / `.stop()`; fixtures
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import logging
@@ -248,6 +249,28 @@ class KubeApiServer(Objects):
         bound = int(self._runner.addresses[-1][1])  # the sites' sockets, in the order they started
         self.tls_urls.append(f"https://{host}:{bound}")
         return bound
+
+    def kubeconfig(self, url: str = "", namespace: str = "default", token: str = "sandbox") -> str:
+        """A kubeconfig (YAML text) for kubectl and clients: `url` defaults to the plain HTTP listener;
+        an https URL carries this server's CA. The token is not checked (no authentication)."""
+        url = url or self.url
+        cluster: Obj = {"server": url}
+        if url.startswith("https://"):
+            cluster["certificate-authority-data"] = base64.b64encode(self.ca_pem.encode()).decode()
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "sandbox",
+            "clusters": [{"name": "sandbox", "cluster": cluster}],
+            "users": [{"name": "sandbox", "user": {"token": token} if url.startswith("https://") else {}}],
+            "contexts": [
+                {
+                    "name": "sandbox",
+                    "context": {"cluster": "sandbox", "user": "sandbox", "namespace": namespace},
+                }
+            ],
+        }
+        return json.dumps(doc, indent=2) + "\n"  # JSON is YAML
 
     async def stop(self) -> None:
         self._db.closing = True

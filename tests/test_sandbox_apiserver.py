@@ -63,7 +63,7 @@ def pod(name: str, **spec: Any) -> dict[str, Any]:
 async def test_kubectl_applies_eddys_manifests_and_prints_crd_columns(
     sandbox_api: KubeApiServer, tmp_path: Path
 ) -> None:
-    config = write_kubeconfig(tmp_path / "kubeconfig", sandbox_api.url)
+    config = write_kubeconfig(tmp_path / "kubeconfig", sandbox_api)
     rc, rendered, err = await kubectl(config, "kustomize", str(REPO / "manifests"))
     assert rc == 0, err
     docs = [d for d in yaml.safe_load_all(rendered) if d]
@@ -446,6 +446,14 @@ async def test_in_cluster_config_over_tls(sandbox_api: KubeApiServer, tmp_path: 
         names = [n["metadata"]["name"] for n in (await k.list(kube.NAMESPACES))[0]]
         assert names == ["default", "kube-public", "kube-system"]
         assert sandbox_api.last_headers["Authorization"] == "Bearer any-token"
+    # kubectl over TLS, with the CA in its kubeconfig
+    config = write_kubeconfig(tmp_path / "kubeconfig", sandbox_api, f"https://127.0.0.1:{port}")
+    rc, out, err = await kubectl(config, "get", "namespaces", "-o", "name")
+    assert rc == 0 and out.split() == [
+        "namespace/default",
+        "namespace/kube-public",
+        "namespace/kube-system",
+    ], err
     # the serving certificate names what in-cluster clients dial
     context = ssl.create_default_context(cafile=str(ca))
     reader, writer = await asyncio.open_connection(

@@ -5,7 +5,7 @@
   pointing at it (no auth), closed at teardown.
 - `sandbox_api` is the server as the sandbox cluster runs it: `default`, `kube-system` and
   `kube-public` exist, each namespace gets its `default` ServiceAccount and `kube-root-ca.crt`.
-- `write_kubeconfig(path, url)` and `kubectl(kubeconfig, *args)` run the real kubectl against it.
+- `write_kubeconfig(path, server, url="")` and `kubectl(kubeconfig, *args)` run the real kubectl against it.
 """
 
 from __future__ import annotations
@@ -40,16 +40,9 @@ def api_client_for(url: str) -> k8s.ApiClient:
     return k8s.ApiClient(configuration)
 
 
-def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:
-    """A kubeconfig for `url` with no credentials (the server has no authentication)."""
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: sandbox\n  cluster:\n    server: {url}\n"
-        "users:\n- name: sandbox\n  user: {}\n"
-        f"contexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox\n"
-        f"    namespace: {namespace}\n"
-        "current-context: sandbox\n"
-    )
+def write_kubeconfig(path: Path, server: KubeApiServer, url: str = "", namespace: str = "default") -> Path:
+    """The server's kubeconfig (`KubeApiServer.kubeconfig`) written to `path`."""
+    path.write_text(server.kubeconfig(url, namespace))
     return path
 
 

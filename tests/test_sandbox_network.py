@@ -303,3 +303,55 @@ async def test_overlapping_cidr_is_refused() -> None:
         await other.stop()
         await first.stop()
     assert not await _leftovers(other.bridge, [], other)
+
+
+async def test_hosts_files_follow_services_and_pods(kube: Kube, tmp_path: Path) -> None:
+    """ClusterDns alone (no network): which names a pod's hosts file holds, and that it follows changes."""
+    dns = ClusterDns(kube, api_server_ip="10.96.0.1", resync=0.2)
+    await kube.create(SERVICES, {"metadata": {"name": "api"}, "spec": {
+        "clusterIP": "10.96.0.50", "selector": {"app": "api"}, "ports": [{"port": 80}]}}, NS)
+    await kube.create(SERVICES, {"metadata": {"name": "workers", "namespace": "data"}, "spec": {
+        "clusterIP": "None", "publishNotReadyAddresses": True, "selector": {"app": "worker"},
+        "ports": [{"port": 8000}]}}, "data")
+    await kube.create(SERVICES, {"metadata": {"name": "outside"}, "spec": {
+        "type": "ExternalName", "externalName": "example.org"}}, NS)
+    worker = {"metadata": {"name": "w-0", "labels": {"app": "worker"}},
+              "spec": {"hostname": "w-0", "subdomain": "workers",
+                       "containers": [{"name": "c", "image": "x"}]}}
+    made = await kube.create(PODS, worker, "data")
+    await kube.patch_status(PODS, "w-0", {"status": {"phase": "Running", "podIP": "10.244.0.20"}}, "data")
+    await dns.start()
+    try:
+        me = await kube.create(PODS, _pod("me", "10.244.0.30", {"app": "me"}, hostname="box",
+                                          subdomain="workers"), "data")
+        hosts = tmp_path / "hosts"
+        hosts.write_text("#" * 10000)  # longer than the content: truncated, not left behind
+        inode = hosts.stat().st_ino
+        dns.register(me, "10.244.0.30", hosts)
+        text = hosts.read_text()
+        assert "#" * 100 not in text and hosts.stat().st_ino == inode
+        assert "10.244.0.30\tbox.workers.data.svc.cluster.local box\n" in text
+        # Another namespace's Service: no short name. Not-ready endpoints are published when asked.
+        assert "10.96.0.50\tapi.default.svc.cluster.local api.default.svc api.default\n" in text
+        assert "10.244.0.20\tworkers.data.svc.cluster.local workers.data.svc workers.data workers\n" in text
+        assert "10.244.0.20\tw-0.workers.data.svc.cluster.local w-0.workers.data.svc\n" in text
+        assert "outside" not in text  # a CNAME has no place in a hosts file
+        kubernetes = "kubernetes.default.svc.cluster.local kubernetes.default.svc kubernetes.default"
+        assert f"10.96.0.1\t{kubernetes}\n" in text
+
+        # The worker stops: its names go; the Service goes: its names go.
+        await kube.patch_status(PODS, "w-0", {"status": {"phase": "Succeeded"}}, "data")
+        await kube.delete(SERVICES, "api", NS)
+        for _ in range(100):
+            text = hosts.read_text()
+            if "10.244.0.20" not in text and "api.default" not in text:
+                break
+            await asyncio.sleep(0.05)
+        assert "10.244.0.20" not in text and "api.default" not in text, text
+        assert hosts.stat().st_ino == inode
+        dns.unregister(me["metadata"]["uid"])
+        with pytest.raises(NoEndpoints, match="no endpoints available"):
+            await dns.resolve_service("data", "workers", 8000)
+        assert made["metadata"]["uid"]
+    finally:
+        await dns.stop()

@@ -1,8 +1,9 @@
-"""`eddy demo`: the seed's scenario end to end on one machine, no cluster and no cloud account.
+"""`eddy demo`: the seed's scenario end to end on one machine, no cloud account.
 
-Object store (embedded SeaweedFS) behind an OSS-like link → workers with the seed's MEM tier → the
-seed's pod through the webhook over HTTPS → the seed's DataLoad → the sidecar's FUSE mount, copied out
-with the cache and without it. Prints the seed's `kubectl get` tables and, last, the speed-up.
+By default on the one-machine cluster (sandbox/): Eddy installed from manifests/ with kubectl, the
+seed's files applied, the controller, preloader, webhook and the injected pod doing the rest, the copy
+made inside the app container (eddy_cli/demo_cluster.py). `--local` runs the parts as local processes
+driven by flags instead (eddy_cli/demo_steps.py: no cluster, no namespaces). Both end with the speed-up.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from eddy.quantity import parse_quantity
+from eddy_cli.demo_cluster import ClusterDemo
 from eddy_cli.demo_steps import DemoRun
 
 SEED_DIR_CANDIDATES = ("../shared/seed", "shared/seed")
@@ -45,7 +47,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed-dir", type=Path, help="folder with the seed manifests (default: built in)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) after the run")
     parser.add_argument(
-        "--no-fuse", action="store_true", help="read through the sidecar's reader without a mount"
+        "--local", action="store_true",
+        help="run the parts as local processes driven by flags, not on the one-machine cluster",
+    )
+    parser.add_argument("--acs", action="store_true", help="run the seed's deployment-acs.yaml, not -eci")
+    parser.add_argument(
+        "--no-fuse", action="store_true", help="--local: read through the sidecar's reader without a mount"
     )
     parser.set_defaults(func=_run)
 
@@ -72,6 +79,19 @@ def fuse_usable() -> tuple[bool, str]:
     return True, ""
 
 
+def cluster_prerequisites() -> str:
+    """What the sandbox needs that this machine lacks ("" when nothing): root, FUSE, netns, kubectl."""
+    if os.geteuid() != 0:
+        return "root (network namespaces, mounts, other users)"
+    ok, why = fuse_usable()
+    if not ok:
+        return f"FUSE ({why})"
+    for tool in ("ip", "kubectl"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` (make installs it)"
+    return ""
+
+
 def _run(args: argparse.Namespace) -> int:
     return asyncio.run(_main(args))
 
@@ -82,17 +102,18 @@ async def _main(args: argparse.Namespace) -> int:
     use_fuse, why_not = fuse_usable()
     if args.no_fuse:
         use_fuse, why_not = False, "--no-fuse was given"
+    if not args.local and (missing := cluster_prerequisites()):
+        print(f"eddy demo: the one-machine cluster needs {missing} (or run `eddy demo --local`)")
+        return 2
     work = Path(tempfile.mkdtemp(prefix="eddy-demo-"))
-    run = DemoRun(
-        work=work,
-        seed_dir=find_seed_dir(args.seed_dir),
-        total=total,
-        workers=args.workers,
-        bandwidth=bandwidth,
-        latency_s=args.latency_ms / 1000,
-        use_fuse=use_fuse,
-        why_no_fuse=why_not,
-    )
+    run: DemoRun | ClusterDemo
+    if not args.local:
+        run = ClusterDemo(work=work, seed_dir=find_seed_dir(args.seed_dir), total=total, workers=args.workers,
+                          bandwidth=bandwidth, latency_s=args.latency_ms / 1000, acs=args.acs)
+    else:
+        run = DemoRun(work=work, seed_dir=find_seed_dir(args.seed_dir), total=total, workers=args.workers,
+                      bandwidth=bandwidth, latency_s=args.latency_ms / 1000, use_fuse=use_fuse,
+                      why_no_fuse=why_not)
     started = time.monotonic()
     # Ctrl-C, and also SIGTERM (`timeout`, a CI runner): cancel the run so `finally` stops and unmounts.
     task = asyncio.current_task()
@@ -113,7 +134,7 @@ async def _main(args: argparse.Namespace) -> int:
         args.keep = True
         return 1
     finally:
-        await run.close(keep=args.keep)
+        await run.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"(demo took {time.monotonic() - started:.0f}s)")

@@ -100,8 +100,7 @@ class DemoRun:
         print(f"copy {size} without the cache: real {cold:.3f}s")
         print(f"speed-up: {cold / warm:.1f}x (seed: 13x)", flush=True)
 
-    async def close(self, keep: bool = False) -> None:
-        del keep
+    async def close(self) -> None:
         await asyncio.to_thread(self.procs.close)
         if self.link is not None:
             await self.link.stop()

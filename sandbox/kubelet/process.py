@@ -155,9 +155,9 @@ def _plan(spec: ProcessSpec, cgroups: Cgroups) -> dict[str, Any]:
         "groups": list(spec.groups), "privileged": spec.privileged, "keep_caps": capability_set(spec),
         "no_new_privs": spec.no_new_privs, "read_only_root": spec.read_only_root,
         "netns": spec.netns, "hostname": spec.hostname,
-        "hosts_file": str(spec.hosts_file.absolute()) if spec.hosts_file else None,
+        "hosts_file": str(spec.hosts_file.resolve()) if spec.hosts_file else None,
         "mounts": [
-            {"source": str(m.source.absolute()), "target": m.target, "read_only": m.read_only,
+            {"source": str(m.source.resolve()), "target": m.target, "read_only": m.read_only,
              "propagation": m.propagation, "tmpfs": m.tmpfs, "size_bytes": m.size_bytes}
             for m in spec.mounts
         ],
@@ -252,7 +252,8 @@ class ContainerProcess:
         try:
             await asyncio.shield(making)
             plan_path = state_dir / "container.json"
-            await asyncio.to_thread(_write_json, plan_path, _plan(spec, cgroups))
+            # sources resolved on the host (a bind follows the host's symlinks), in a thread
+            await asyncio.to_thread(lambda: _write_json(plan_path, _plan(spec, cgroups)))
             log = await asyncio.to_thread(open, spec.log_path, "ab")
             try:
                 proc, failure = await _spawn_shim(

@@ -273,3 +273,52 @@ async def _count(kube: Kube, selector: str, count: int) -> list[Obj] | None:
 async def _status_is(kube: Kube, resource: Any, name: str, **wanted: Any) -> Obj | None:
     status = (await kube.get(resource, name, NS)).get("status") or {}
     return status if all(status.get(k) == v for k, v in wanted.items()) else None
+
+
+async def test_job_parallelism_deleted_pod_and_deadline(cluster: Any) -> None:
+    kube, _ = cluster
+    await kube.create(JOBS, {"metadata": {"name": "par"}, "spec": {
+        "completions": 3, "parallelism": 2, "template": template("jpar", restart="Never")}}, NS)
+    pods = await eventually(lambda: _count(kube, "app=jpar", 2))
+    # An active pod deleted by someone else counts as failed, and is replaced.
+    await kube.delete(PODS, pods[0]["metadata"]["name"], NS)
+    await eventually(lambda: _status_is(kube, JOBS, "par", failed=1, active=2))
+    for _ in range(3):
+        pending = await eventually(lambda: _pending(kube, "app=jpar"))
+        await kubelet(kube, pending, "Succeeded")
+    status = await eventually(lambda: _status_is(kube, JOBS, "par", succeeded=3, failed=1, active=0))
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in status["conditions"])
+
+    # activeDeadlineSeconds: a Job still running at its deadline fails, and its pods go.
+    await kube.create(JOBS, {"metadata": {"name": "slow"}, "spec": {
+        "activeDeadlineSeconds": 1, "template": template("slow", restart="Never")}}, NS)
+    [pod] = await eventually(lambda: _count(kube, "app=slow", 1))
+    await kubelet(kube, pod, "Running", ready=True)
+    status = await eventually(lambda: _status_is(kube, JOBS, "slow", active=0), timeout=5)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Failed"]["reason"] == "DeadlineExceeded"
+    await eventually(lambda: _count(kube, "app=slow", 0))
+
+
+async def test_deployment_recreate_replaces_all_at_once(cluster: Any) -> None:
+    kube, _ = cluster
+    await kube.create(DEPLOYMENTS, {"metadata": {"name": "rec"}, "spec": {
+        "replicas": 2, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": {"app": "rec"}},
+        "template": template("rec")}}, NS)
+    old = await eventually(lambda: _count(kube, "app=rec", 2))
+    for pod in old:
+        await kubelet(kube, pod, "Running", ready=True)
+    await kube.patch(DEPLOYMENTS, "rec", {"spec": {"template": template("rec", image="busybox:2")}}, NS)
+
+    async def replaced() -> list[Obj] | None:
+        pods = await _count(kube, "app=rec", 2)
+        images = {p["spec"]["containers"][0]["image"] for p in pods or []}
+        return pods if images == {"busybox:2"} else None
+
+    new = await eventually(replaced)
+    assert not {p["metadata"]["name"] for p in old} & {p["metadata"]["name"] for p in new}
+
+
+async def _pending(kube: Kube, selector: str) -> Obj | None:
+    return next((p for p in await pods_of(kube, selector)
+                 if (p.get("status") or {}).get("phase") == "Pending"), None)

@@ -90,7 +90,7 @@ class Container:
         self.done = asyncio.Event()  # terminated for good (no restart follows)
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
-        self._probers: list[asyncio.Task[None]] = []
+        self._probers: list[tuple[Prober, asyncio.Task[None]]] = []
         self._kill_reason = ""
         self._wake = asyncio.Event()
 
@@ -202,12 +202,7 @@ class Container:
             self._start_probes(proc)
             code = await proc.wait()
         finally:
-            for task in self._probers:
-                task.cancel()
-            for task in self._probers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            self._probers = []
+            await self._stop_probes()
         reason = self._kill_reason or ("Completed" if code == 0 else "Error")
         message = ""
         if code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
@@ -271,13 +266,15 @@ class Container:
             await started.wait()
             await prober.run()
 
-        def prober(kind: str, probe: Obj, cb: Callable[[bool, str], Awaitable[None]]) -> Prober:
-            return Prober(kind, probe, container=self.spec, pod_ip=self.ctx.pod_ip, execer=execer,
-                          on_result=cb)
+        def add(kind: str, probe: Obj, cb: Callable[[bool, str], Awaitable[None]]) -> None:
+            prober = Prober(kind, probe, container=self.spec, pod_ip=self.ctx.pod_ip, execer=execer,
+                            on_result=cb)
+            run = prober.run() if kind == "startup" else after_startup(prober)
+            self._probers.append((prober, asyncio.create_task(run)))
 
         if startup:
             self.started = False
-            self._probers.append(asyncio.create_task(prober("startup", startup, on_startup).run()))
+            add("startup", startup, on_startup)
         else:
             self.started = True
             started.set()
@@ -285,12 +282,27 @@ class Container:
             self.ready = not readiness
         if readiness:
             self.ready = False
-            self._probers.append(asyncio.create_task(after_startup(prober("readiness", readiness,
-                                                                          on_readiness))))
+            add("readiness", readiness, on_readiness)
         if liveness:
-            self._probers.append(asyncio.create_task(after_startup(prober("liveness", liveness,
-                                                                          on_liveness))))
+            add("liveness", liveness, on_liveness)
         self.ctx.changed()
+
+    async def _stop_probes(self) -> None:
+        """Let each probe finish the attempt in flight (bounded by its timeout), then end it."""
+        probers, self._probers = self._probers, []
+        for prober, task in probers:
+            prober.stop()
+            if not prober.busy:
+                task.cancel()
+        tasks = [task for _, task in probers]
+        if tasks:
+            longest = max(int(p.probe.get("timeoutSeconds", 1)) for p, _ in probers)
+            _, pending = await asyncio.wait(tasks, timeout=longest + 2)
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _probe_kill(self, proc: ContainerProcess, kind: str, message: str) -> None:
         if proc.returncode is not None or self.stopping:

@@ -57,7 +57,7 @@ async def run_action(action: Obj, *, container: Obj, pod_ip: str, execer: Execer
             return False, "grpc probes are not supported by the sandbox"
     except TimeoutError:
         return False, f"timeout after {timeout:g}s"
-    except (OSError, ValueError, aiohttp.ClientError) as exc:
+    except Exception as exc:  # connection refused, bad port, container gone...: the probe failed
         return False, f"{type(exc).__name__}: {exc}"
     return False, "the probe has no handler"
 
@@ -94,6 +94,16 @@ class Prober:
         self.execer = execer
         self.on_result = on_result
         self.result: bool | None = None
+        self._stop = asyncio.Event()
+        self.busy = False  # an attempt is in flight
+
+    def stop(self) -> None:
+        """End the loop after the attempt in flight (cancelling an exec mid-way would strand it)."""
+        self._stop.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def run(self) -> None:
         p = self.probe
@@ -101,18 +111,26 @@ class Prober:
         timeout = max(1, int(p.get("timeoutSeconds", 1)))
         need_ok = max(1, int(p.get("successThreshold", 1)))
         need_fail = max(1, int(p.get("failureThreshold", 3)))
-        await asyncio.sleep(max(0, int(p.get("initialDelaySeconds", 0))))
+        await self._pause(max(0, int(p.get("initialDelaySeconds", 0))))
         oks = fails = 0
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stop.is_set():
             started = loop.time()
-            ok, message = await run_action(p, container=self.container, pod_ip=self.pod_ip,
-                                           execer=self.execer, timeout=timeout)
+            self.busy = True
+            try:
+                ok, message = await run_action(p, container=self.container, pod_ip=self.pod_ip,
+                                               execer=self.execer, timeout=timeout)
+            finally:
+                self.busy = False
+            if self._stop.is_set():
+                return
             if ok:
                 oks, fails = oks + 1, 0
                 if oks >= need_ok and self.result is not True:
                     self.result = True
                     await self.on_result(True, "")
+                    if self.kind == "startup":  # kubelet stops a startup probe once it succeeded
+                        return
             else:
                 oks, fails = 0, fails + 1
                 if fails >= need_fail and self.result is not False:
@@ -120,4 +138,4 @@ class Prober:
                     await self.on_result(False, message)
                 elif fails >= need_fail and self.kind == "liveness":
                     await self.on_result(False, message)
-            await asyncio.sleep(max(0.0, period - (loop.time() - started)))
+            await self._pause(max(0.0, period - (loop.time() - started)))

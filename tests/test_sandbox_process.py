@@ -191,14 +191,16 @@ async def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) 
 
 
 async def test_user_env_cwd_and_hostname(box: Box) -> None:
-    script = 'id -u; id -g; id -G; pwd; echo "$GREETING"; hostname; touch /tmp/ok && echo tmp-writable'
+    script = ('id -u; id -g; id -G; pwd; echo "$GREETING"; hostname; touch /tmp/ok && echo tmp-writable; '
+              "cat /etc/fuse.conf")
     spec = box.spec(["sh", "-c", script], uid=1000, gid=1000, groups=(1000, 2000), cwd="/work",
-                    hostname="pod-a")
+                    hostname="pod-a", image_files=(("/etc/fuse.conf", "user_allow_other\n"),))
     spec = ProcessSpec(**{**spec.__dict__, "env": {**PATH, "GREETING": "hello there"}})
     c = await box.start(spec)
     assert await c.wait() == 0
-    assert box.log().split("\n")[:7] == ["1000", "1000", "1000 2000", "/work", "hello there", "pod-a",
-                                         "tmp-writable"]
+    assert box.log().split("\n")[:8] == ["1000", "1000", "1000 2000", "/work", "hello there", "pod-a",
+                                         "tmp-writable", "user_allow_other"]
+    assert "user_allow_other" not in read("/etc/fuse.conf").splitlines(), "the host's file must stay as it is"
     assert os.uname().nodename != "pod-a"
     # root, and a non-root user running the venv's interpreter (under /root/.pyenv, made searchable)
     root = await box.start(box.spec(["sh", "-c", "id -u; mkdir -p /newdir/x && echo made"], name="root"))

@@ -19,7 +19,8 @@ What a container gets here, and what it does not:
   Since /etc/hosts is a bind mount of that file, it must be rewritten in place (not renamed over) for
   changes to show inside the container. Privileged containers get their own /dev/fuse node with mode
   0666, as a node's udev rule makes it (this VM's bare devtmpfs has 0600). `users` adds the image's
-  users to the container's /etc/passwd and /etc/group (the host's files stay as they are).
+  users to the container's /etc/passwd and /etc/group, `image_files` writes the image's own files
+  into the container's root (the host's files stay as they are).
 - mountPropagation: a volume's source under the rshared kubelet root (`make_shared_root`) joins the
   host's peer group when bound; Bidirectional keeps it shared, HostToContainer makes it a slave, None
   private. A source not under a shared mount propagates nothing either way (the host's / is private).
@@ -107,6 +108,9 @@ class ProcessSpec:
     # Users the image defines (name, uid, gid), e.g. Eddy's `useradd --uid 65532 eddy`: added to the
     # container's /etc/passwd and /etc/group (programs such as fusermount3 need a name for their uid).
     users: tuple[tuple[str, int, int], ...] = ()
+    # Files the image adds (absolute path, text), e.g. an /etc/fuse.conf: written into the container's
+    # root (its overlay) before the command starts; the host's files stay as they are.
+    image_files: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,9 @@ def _validate(spec: ProcessSpec) -> None:
             raise ContainerStartError(f"mount target must be an absolute path below /: {m.target!r}")
         if m.propagation not in PROPAGATION:
             raise ContainerStartError(f"unknown mountPropagation {m.propagation!r} for {m.target}")
+    for path, _ in spec.image_files:
+        if not path.startswith("/") or path.endswith("/"):
+            raise ContainerStartError(f"image file path must be an absolute file path: {path!r}")
 
 
 def _plan(spec: ProcessSpec, cgroups: Cgroups) -> dict[str, Any]:
@@ -163,6 +170,7 @@ def _plan(spec: ProcessSpec, cgroups: Cgroups) -> dict[str, Any]:
         ],
         "cgroup_procs": cgroups.procs_files,
         "users": [list(user) for user in spec.users],
+        "files": [[path, text] for path, text in spec.image_files],
     }
 
 

@@ -283,6 +283,11 @@ def _setup_container(plan: dict[str, Any]) -> None:
     umount2(OLD_ROOT, MNT_DETACH)
     os.rmdir(OLD_ROOT)
     _add_users(plan.get("users", []))
+    for path, text in plan.get("files", []):
+        _step = f"writing image file {path}"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
     _step = f"creating working directory {plan['cwd']}"
     os.makedirs(plan["cwd"], exist_ok=True)
     if plan["read_only_root"]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from eddy.kube.client import Kube
 from eddy.kube.errors import KubeError, NotFound
+from eddy.kube.events import EventRecorder
 from eddy.kube.informer import Informer
 from eddy.kube.resources import PODS, Resource
 
@@ -181,10 +182,12 @@ class OwnerController:
     `reconcile` returns seconds after which to look again (timers: minReadySeconds, deadlines)."""
 
     resource: Resource
+    component = "controller-manager"  # the Events' source, as kube-controller-manager's controllers name it
 
     def __init__(self, kube: Kube, pods: PodIndex) -> None:
         self.kube = kube
         self.pods = pods
+        self.events = EventRecorder(kube, self.component)
         self.owners = Informer(kube, self.resource, on_event=self._owner_event)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
@@ -265,9 +268,20 @@ class OwnerController:
 
     # ------------------------------------------------------------------ writes
     async def create_pod(self, owner: Obj, body: Obj) -> Obj:
-        pod = await self.kube.create(PODS, body, owner["metadata"]["namespace"])
+        """Create a pod (through admission); `SuccessfulCreate`, or a `FailedCreate` Warning with the
+        API's message (a webhook's or a policy's denial, say) on the owner, as kubectl describe shows."""
+        try:
+            pod = await self.kube.create(PODS, body, owner["metadata"]["namespace"])
+        except KubeError as exc:
+            message = f"Error creating: {exc.message or exc}"
+            await self.events.record(owner, "FailedCreate", message, "Warning")
+            raise
         self.pods.expect_created(pod)
+        await self.events.record(owner, "SuccessfulCreate", self.created_message(owner, pod))
         return pod
+
+    def created_message(self, owner: Obj, pod: Obj) -> str:
+        return f"Created pod: {pod['metadata']['name']}"
 
     async def delete_pod(self, pod: Obj) -> None:
         meta = pod["metadata"]

@@ -78,6 +78,7 @@ def deletion_order(pods: list[Obj]) -> list[Obj]:
 
 class DeploymentController(OwnerController):
     resource = DEPLOYMENTS
+    component = "deployment-controller"
 
     async def reconcile(self, owner: Obj) -> float | None:
         meta, spec = owner["metadata"], owner.get("spec") or {}

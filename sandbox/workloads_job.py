@@ -59,6 +59,7 @@ class _JobState:
     last_failure: float = 0.0
     start_time: str = ""
     completion_time: str = ""
+    announced: bool = False  # the Completed / failure Event is out
 
 
 def _phase(pod: Obj) -> str:
@@ -73,6 +74,7 @@ def _restarts(pod: Obj) -> int:
 
 class JobController(OwnerController):
     resource = JOBS
+    component = "job-controller"
 
     def __init__(self, kube: Kube, pods: PodIndex, *, backoff: float = 10.0,
                  interim_conditions: bool = True) -> None:
@@ -140,6 +142,9 @@ class JobController(OwnerController):
                 if self.interim_conditions:
                     conditions = set_condition(conditions, "FailureTarget", "True", reason, message)
                 conditions = set_condition(conditions, "Failed", "True", reason, message)
+                if not state.announced:
+                    state.announced = True
+                    await self.events.record(owner, reason, message, "Warning")
             elif complete:
                 for pod in active:
                     await self.delete_pod(pod)
@@ -149,6 +154,9 @@ class JobController(OwnerController):
                     conditions = set_condition(conditions, "SuccessCriteriaMet", "True", "CompletionsReached",
                                                message)
                 conditions = set_condition(conditions, "Complete", "True", "CompletionsReached", message)
+                if not state.announced:
+                    state.announced = True
+                    await self.events.record(owner, "Completed", "Job completed")
                 state.completion_time = state.completion_time or now_iso()
                 status["completionTime"] = state.completion_time
             else:

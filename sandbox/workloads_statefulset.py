@@ -61,6 +61,10 @@ def revision_of(pod: Obj) -> str:
 
 class StatefulSetController(OwnerController):
     resource = STATEFULSETS
+    component = "statefulset-controller"
+
+    def created_message(self, owner: Obj, pod: Obj) -> str:
+        return f"create Pod {pod['metadata']['name']} in StatefulSet {owner['metadata']['name']} successful"
 
     async def reconcile(self, owner: Obj) -> float | None:
         meta, spec = owner["metadata"], owner.get("spec") or {}

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest_asyncio
 
-from eddy.kube import DEPLOYMENTS, PODS, PVCS, STATEFULSETS, Kube
-from sandbox.apiserver import AdmissionAttributes, KubeApiServer
+from eddy.kube import DEPLOYMENTS, EVENTS, PODS, PVCS, STATEFULSETS, Kube
+from sandbox.apiserver import AdmissionAttributes, ApiError, KubeApiServer
 from sandbox.workloads import WorkloadControllers
 from sandbox.workloads_job import JOBS
 
@@ -322,3 +322,28 @@ async def test_deployment_recreate_replaces_all_at_once(cluster: Any) -> None:
 async def _pending(kube: Kube, selector: str) -> Obj | None:
     return next((p for p in await pods_of(kube, selector)
                  if (p.get("status") or {}).get("phase") == "Pending"), None)
+
+
+async def test_denied_pod_is_a_failed_create_event(kube_api: KubeApiServer, cluster: Any) -> None:
+    kube, _ = cluster
+    denying = True
+
+    async def deny(attrs: AdmissionAttributes) -> Obj:
+        if denying and attrs.kind.kind == "Pod" and attrs.operation == "CREATE":
+            raise ApiError(400, "BadRequest", 'admission webhook "guard.example" denied the request: no')
+        return attrs.obj
+
+    kube_api.admission.append(deny)
+    await kube.create(DEPLOYMENTS, {"metadata": {"name": "guarded"}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": {"app": "guarded"}}, "template": template("guarded")}}, NS)
+
+    async def failed_create() -> Obj | None:
+        events, _ = await kube.list(EVENTS, NS)
+        return next((e for e in events if e["involvedObject"]["name"] == "guarded"
+                     and e["reason"] == "FailedCreate"), None)
+
+    event = await eventually(failed_create)
+    assert event["type"] == "Warning" and event["source"]["component"] == "deployment-controller"
+    assert event["message"] == 'Error creating: admission webhook "guard.example" denied the request: no'
+    denying = False
+    await eventually(lambda: _count(kube, "app=guarded", 1))

@@ -217,7 +217,10 @@ class Container:
             self.last = self.terminated
         self.terminated = term
         self.running_since = ""
-        self.ready = False
+        # As kubelet reports them: a completed init container is ready, anything else that ended is
+        # neither ready nor started.
+        self.ready = self.role == "init" and term.exit_code == 0
+        self.started = False
         self.ctx.changed()
 
     def container_id(self) -> str:

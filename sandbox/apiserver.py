@@ -29,6 +29,7 @@ from sandbox import api_pods, tables
 from sandbox.api_kinds import ApiError, Kind, Obj
 from sandbox.api_objects import Objects
 from sandbox.api_patch import apply_patch, field_match, label_match, merge_patch, parse_body, strategic_merge
+from sandbox.api_podsecurity import check_pod_security, validate_pod
 from sandbox.api_store import Change, parse_rv
 from sandbox.api_tls import serving_context
 
@@ -557,24 +558,24 @@ class KubeApiServer(Objects):
         self, operation: str, kind: Kind, ns: str, obj: Obj, old: Obj | None, *, dry_run: bool = False
     ) -> Obj:
         """The admission chain over one write, returning what to store: the server's own steps first
-        (pod defaults, NamespaceLifecycle when strict, the ServiceAccount plugin), then `self.admission`
-        (mutating, then validating)."""
+        (pod defaults, NamespaceLifecycle when strict, the ServiceAccount plugin, Service defaults), then
+        `self.admission` (mutating, then validating), then, for a new pod, the object validation (when
+        strict) and the PodSecurity plugin."""
         obj = self._admit_builtin(operation, kind, ns, obj, old)
-        if not self.admission:
-            return obj
-        name = str((obj.get("metadata") or {}).get("name") or "")
-        attrs = AdmissionAttributes(
-            operation,
-            kind,
-            ns,
-            name,
-            copy.deepcopy(obj),
-            copy.deepcopy(old) if old is not None else None,
-            dry_run=dry_run,
-        )
-        for step in self.admission:
-            attrs.obj = await step(attrs)
-        return attrs.obj
+        if self.admission:
+            name = str((obj.get("metadata") or {}).get("name") or "")
+            old_copy = copy.deepcopy(old) if old is not None else None
+            attrs = AdmissionAttributes(
+                operation, kind, ns, name, copy.deepcopy(obj), old_copy, dry_run=dry_run
+            )
+            for step in self.admission:
+                attrs.obj = await step(attrs)
+            obj = attrs.obj
+        if operation == "CREATE" and (kind.group, kind.plural) == ("", "pods"):
+            if self.strict:
+                validate_pod(obj)
+            check_pod_security(obj, self._db.objects.get((self.kinds.by_key("namespaces"), "", ns)))
+        return obj
 
     async def create(self, obj: Obj, namespace: str | None = None) -> Obj:
         """Create through admission, as a POST would (for in-process callers; no request is counted)."""

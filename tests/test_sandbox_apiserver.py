@@ -20,7 +20,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
 from eddy import kube
-from sandbox.apiserver import KubeApiServer
+from sandbox.apiserver import ApiError, KubeApiServer
 from sandbox.builtin import TOKEN_MOUNT
 from tests.support.kube import kubectl, write_kubeconfig
 
@@ -474,3 +474,60 @@ async def test_in_cluster_config_over_tls(sandbox_api: KubeApiServer, tmp_path: 
     }
     assert "127.0.0.1" in {str(ip) for ip in alt.get_values_for_type(x509.IPAddress)}
     del reader
+
+
+async def test_strict_server_validates_pods_and_enforces_pod_security(tmp_path: Path) -> None:
+    server = await KubeApiServer(strict=True).start()
+    try:
+        config = write_kubeconfig(tmp_path / "kubeconfig", server)
+        rc, rendered, err = await kubectl(config, "kustomize", str(REPO / "manifests"))
+        assert rc == 0, err
+        docs = [d for d in yaml.safe_load_all(rendered) if d]
+        for doc in docs:  # namespace and service accounts first, as kubectl apply orders them
+            if doc["kind"] in ("Namespace", "ServiceAccount"):
+                await server.create(doc)
+        namespace = must(server.get_object("namespaces", None, "eddy-system"))
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+        # Eddy's own pods pass the namespace's restricted level
+        for doc in docs:
+            if doc["kind"] == "Deployment":
+                template = doc["spec"]["template"]
+                await server.create(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "spec": template["spec"],
+                        "metadata": {**template["metadata"], "name": doc["metadata"]["name"]},
+                    },
+                    doc["metadata"]["namespace"],
+                )
+        assert len(server.objects("pods", "eddy-system")) == 3
+        rogue = pod("rogue", serviceAccountName="eddy-webhook")
+        rogue["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+        with pytest.raises(ApiError) as denied:
+            await server.create(rogue, "eddy-system")
+        assert denied.value.code == 403
+        assert 'violates PodSecurity "restricted:latest": privileged (container "app" must not set' in (
+            denied.value.message
+        )
+        assert "runAsNonRoot != true" in denied.value.message
+        with pytest.raises(ApiError) as missing:  # NamespaceLifecycle
+            await server.create(pod("p"), "nowhere")
+        assert missing.value.code == 404
+        with pytest.raises(ApiError) as no_account:
+            await server.create(pod("p", serviceAccountName="ghost"), "default")
+        assert no_account.value.code == 403 and 'serviceaccount "ghost" not found' in no_account.value.message
+        shared = pod("shared", volumes=[{"name": "data", "emptyDir": {}}])
+        shared["spec"]["containers"][0]["volumeMounts"] = [
+            {"name": "data", "mountPath": "/data", "mountPropagation": "Bidirectional"}
+        ]
+        with pytest.raises(ApiError) as invalid:
+            await server.create(shared, "default")
+        assert (
+            invalid.value.code == 422
+            and "Bidirectional mount propagation is available only to privileged" in (invalid.value.message)
+        )
+        shared["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+        await server.create(shared, "default")  # the default namespace enforces nothing
+    finally:
+        await server.stop()

@@ -231,7 +231,11 @@ class PodWorker:
                     reported = message
                     await self.event(reason, message, "Warning")
                 await asyncio.sleep(VOLUME_SYNC)
-        self.schedule_error = ""
+        if reported:
+            self.schedule_error = ""
+            for c in [*self.init, *self.main]:
+                if c.waiting is not None:
+                    c.waiting = (c.waiting[0], "")
         for c in self.init:
             c.start()
             if c.role == "sidecar":

@@ -380,6 +380,10 @@ async def test_start_failures_are_clear(box: Box) -> None:
         await box.start(box.spec(SLEEP, mounts=(BindMount(box.tmp / "missing", "/m"),)))
     with pytest.raises(ContainerStartError, match="network namespace"):
         await box.start(box.spec(SLEEP, netns="/run/netns/eddy-b1-no-such-netns"))
+    with pytest.raises(ContainerStartError, match="unknown capability 'NOT_A_CAP'"):
+        await box.start(box.spec(SLEEP, cap_add=("NOT_A_CAP",)))
+    with pytest.raises(ContainerStartError, match="mountPropagation"):
+        await box.start(box.spec(SLEEP, mounts=(BindMount(box.tmp, "/x", propagation="Shared"),)))
     assert not (box.tmp / "state").exists() or not any((box.tmp / "state").iterdir())
     assert not [p for p, _ in mount_points() if p.startswith(str(box.tmp))]
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.kubelet.cgroups import Cgroups
+from sandbox.kubelet.cgroups import CgroupError, Cgroups
 from sandbox.kubelet.shim import (
     CAPABILITIES,
     DEFAULT_CAPABILITIES,
@@ -258,7 +258,10 @@ class ContainerProcess:
         )
         making = asyncio.ensure_future(asyncio.to_thread(cgroups.create))
         try:
-            await asyncio.shield(making)
+            try:
+                await asyncio.shield(making)
+            except (CgroupError, OSError) as exc:
+                raise ContainerStartError(f"cannot set up the container's cgroups: {exc}") from exc
             plan_path = state_dir / "container.json"
             # sources resolved on the host (a bind follows the host's symlinks), in a thread
             await asyncio.to_thread(lambda: _write_json(plan_path, _plan(spec, cgroups)))
@@ -276,7 +279,8 @@ class ContainerProcess:
             # also when cancelled: let the cgroups' creation finish, then remove them (killing the shim)
             with contextlib.suppress(BaseException):
                 await making
-            await asyncio.to_thread(cgroups.remove)
+            with contextlib.suppress(CgroupError):
+                await asyncio.to_thread(cgroups.remove)
             await asyncio.to_thread(_remove_state, state_dir)
             raise
         return cls(spec, state_dir, ident, cgroups, proc)
@@ -360,7 +364,10 @@ class ContainerProcess:
             return
         if self._returncode is None:
             await self.stop(0)
-        await asyncio.to_thread(self.cgroups.remove)
+        try:
+            await asyncio.to_thread(self.cgroups.remove)
+        except CgroupError as exc:  # a process that SIGKILL does not end; cleanup may be retried
+            raise ContainerError(str(exc)) from exc
         await asyncio.to_thread(_remove_state, self.state_dir)
         self._cleaned = True
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from eddy.kube import CONFIGMAPS, PODS, SERVICES, Kube
+from eddy.kube import CONFIGMAPS, NODES, PODS, SERVICES, Kube
 from sandbox.apiserver import KubeApiServer
 from sandbox.dns import ClusterDns
 from sandbox.kubelet import atomic
@@ -651,3 +651,18 @@ def test_atomic_writer_swaps_data_and_prunes(tmp_path: Path) -> None:
     assert (target / "a").read_bytes() == b"3" and os.readlink(target / "a") == "..data/a"
     with pytest.raises(ValueError):
         atomic.write(target, {"../escape": FileProjection(b"")})
+
+
+# ---------------------------------------------------------------------------------------------- node
+async def test_node_is_registered_and_node_selectors_are_honoured(bed: Bed) -> None:
+    node = await bed.kube.get(NODES, "sandbox")
+    assert node["metadata"]["labels"]["kubernetes.io/hostname"] == "sandbox"
+    assert [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"] == ["True"]
+    await bed.kube.create(PODS, pod("fits", [stand_in("c")],
+                                    nodeSelector={"kubernetes.io/hostname": "sandbox"}), NS)
+    await bed.kube.create(PODS, pod("nowhere", [stand_in("c")], nodeSelector={"disk": "ssd"}), NS)
+    await eventually(bed, "fits", lambda p: running(p, "c"))
+    p = await eventually(bed, "nowhere", lambda p: any(
+        c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+        for c in (p.get("status") or {}).get("conditions", [])))
+    assert not p["spec"].get("nodeName") and phase(p) == "Pending"

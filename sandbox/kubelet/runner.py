@@ -15,9 +15,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from eddy.kube import CONFIGMAPS, PODS, PVCS, PVS, SECRETS, Informer, Kube, KubeError, NotFound
+from eddy.kube import (
+    CONFIGMAPS,
+    NODES,
+    PODS,
+    PVCS,
+    PVS,
+    SECRETS,
+    AlreadyExists,
+    Informer,
+    Kube,
+    KubeError,
+    NotFound,
+)
 from sandbox.kubelet.envs import service_env
 from sandbox.kubelet.images import ImageCatalog
+from sandbox.kubelet.node import node_labels, node_object, unfit_reason, unschedulable_status
 from sandbox.kubelet.pod import Dns, Network, PodWorker
 from sandbox.kubelet.process import ContainerError, ExecResult, make_shared_root, release_shared_root
 
@@ -84,9 +97,20 @@ class PodRunner:
             informer.start()
         for informer in self.caches.all:
             await informer.wait_synced(30)
+        await self._register_node()
         self._pods.start()
         await self._pods.wait_synced(30)
         self._started = True
+
+    async def _register_node(self) -> None:
+        """Create (or refresh) this node's Node object, Ready."""
+        node = node_object(self.node_name, self.host_ip)
+        try:
+            with contextlib.suppress(AlreadyExists):
+                await self.kube.create(NODES, {k: v for k, v in node.items() if k != "status"})
+            await self.kube.patch_status(NODES, self.node_name, {"status": node["status"]})
+        except KubeError as exc:  # a server without Nodes still runs pods
+            log.warning("node %s: not registered: %s", self.node_name, exc)
 
     async def stop(self) -> None:
         """Stop every pod (preStop, SIGTERM, grace, SIGKILL), unmount everything; pod objects stay."""
@@ -152,6 +176,13 @@ class PodRunner:
         """The one-node scheduler: bind an unscheduled pod to this node."""
         meta = pod["metadata"]
         ns, name = str(meta.get("namespace") or "default"), str(meta["name"])
+        reason = unfit_reason(pod, node_labels(self.node_name))
+        if reason:
+            patch = unschedulable_status(pod, reason)
+            if patch is not None:
+                with contextlib.suppress(KubeError):
+                    await self.kube.patch_status(PODS, name, patch, ns)
+            return
         binding = {"apiVersion": "v1", "kind": "Binding",
                    "metadata": {"name": name, "namespace": ns, "uid": meta.get("uid")},
                    "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}}

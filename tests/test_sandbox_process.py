@@ -409,6 +409,10 @@ async def test_privileged_non_root_fuse_through_fusermount3(box: Box) -> None:
     assert (mine.returncode, mine.stdout) == (0, b"hello from the fuse container\n"), mine
     as_root = await fuse.exec(["cat", "/data/m/hello.txt"], uid=0, gid=0)
     assert as_root.returncode == 1 and b"Permission denied" in as_root.stderr, as_root
+    probe = f"/dev/eddy-b1-{uuid.uuid4().hex[:8]}"
+    dev = await fuse.exec(["sh", "-c", f"stat -c %a /dev/fuse && touch {probe} && ls /dev/pts"], uid=0)
+    assert dev.stdout.split() == [b"666", b"ptmx"], dev  # its own /dev, devices copied, a new devpts
+    assert not exists(probe)
     passwd = await fuse.exec(["grep", "^eddy:", "/etc/passwd"])
     assert passwd.stdout == b"eddy:x:65532:65532::/nonexistent:/usr/sbin/nologin\n"
     assert await fuse.stop(5) == 0, box.log("fuse")

@@ -14,11 +14,12 @@ What a container gets here, and what it does not:
   overlay so non-root users can run the venv's interpreter (which lives under /root/.pyenv).
 - /proc (the host's, with /proc/sys, /proc/irq, /proc/bus and /proc/sysrq-trigger read-only unless
   privileged), /sys (a read-only sysfs; the host's /sys when privileged), /dev (a tmpfs with null,
-  zero, full, random, urandom, tty, a new devpts and /dev/shm; the host's /dev when privileged), /tmp
+  zero, full, random, urandom, tty, a new devpts and /dev/shm; with a copy of every host device node
+  when privileged, as Docker does, so nothing is ever written into the host's /dev), /tmp
   (a fresh tmpfs), then the volumes with their mountPropagation, and `hosts_file` at /etc/hosts.
   Since /etc/hosts is a bind mount of that file, it must be rewritten in place (not renamed over) for
-  changes to show inside the container. Privileged containers get their own /dev/fuse node with mode
-  0666, as a node's udev rule makes it (this VM's bare devtmpfs has 0600). `users` adds the image's
+  changes to show inside the container. Privileged containers' /dev/fuse has mode 0666, as a node's
+  udev rule makes it (this VM's bare devtmpfs has 0600). `users` adds the image's
   users to the container's /etc/passwd and /etc/group, `image_files` writes the image's own files
   into the container's root (the host's files stay as they are).
 - mountPropagation: a volume's source under the rshared kubelet root (`make_shared_root`) joins the

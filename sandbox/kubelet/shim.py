@@ -65,6 +65,8 @@ DEFAULT_CAPABILITIES = frozenset({
 STAGE = "/run/eddy-sandbox"
 OLD_ROOT = "/.eddy-oldroot"
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# what every container's /dev gets of its own, never copied from the host's
+_DEV_OWN = frozenset({"pts", "shm", "mqueue", "hugepages", "ptmx", "fd", "stdin", "stdout", "stderr"})
 _PROC_READONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -142,30 +144,45 @@ def _bind(source: str, target: str, *, read_only: bool, recursive: bool = True) 
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+def _copy_host_devices(dev: str) -> None:
+    """Privileged: every device node of the host's /dev, made anew in the container's /dev (as Docker
+    does), so the container never writes into the host's /dev. /dev/fuse gets mode 0666, as a node's
+    udev rule makes it (a bare devtmpfs, as on this VM, has 0600)."""
+    for top, dirs, files in os.walk("/dev"):
+        rel = os.path.relpath(top, "/dev")
+        if rel == ".":
+            dirs[:] = [d for d in dirs if d not in _DEV_OWN]
+            files = [f for f in files if f not in _DEV_OWN]
+        for name in (*dirs, *files):
+            source, target = os.path.join(top, name), os.path.normpath(os.path.join(dev, rel, name))
+            st = os.lstat(source)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(source), target)
+            elif stat.S_ISDIR(st.st_mode):
+                os.mkdir(target, stat.S_IMODE(st.st_mode))
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                os.mknod(target, st.st_mode, st.st_rdev)
+                os.chown(target, st.st_uid, st.st_gid)
+                os.chmod(target, 0o666 if target == dev + "/fuse" else stat.S_IMODE(st.st_mode))
+
+
 def _mount_dev(root: str, privileged: bool) -> None:
     dev = root + "/dev"
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     if privileged:
-        _bind("/dev", dev, read_only=False)
-        if os.path.exists("/dev/fuse"):
-            # A node's udev makes /dev/fuse 0666 (so non-root FUSE daemons and fusermount3 work); a bare
-            # devtmpfs (this VM) has it 0600. The container gets its own 0666 node, as on a node.
-            node = STAGE + "/fuse"
-            os.mknod(node, stat.S_IFCHR | 0o666, os.stat("/dev/fuse").st_rdev)
-            os.chmod(node, 0o666)
-            _bind(node, dev + "/fuse", read_only=False, recursive=False)
+        _copy_host_devices(dev)
     else:
-        mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
         for name in _DEVICES:
             if os.path.exists(f"/dev/{name}"):
                 _touch(f"{dev}/{name}", directory=False)
                 _bind(f"/dev/{name}", f"{dev}/{name}", read_only=False, recursive=False)
-        os.makedirs(dev + "/pts")
-        mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
-        os.symlink("pts/ptmx", dev + "/ptmx")
-        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-            os.symlink(target, f"{dev}/{name}")
-    os.makedirs(dev + "/shm", exist_ok=True)
+    os.makedirs(dev + "/pts")
+    mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", dev + "/ptmx")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+    os.makedirs(dev + "/shm")
     mount("shm", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=65536k")
 
 

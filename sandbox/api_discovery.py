@@ -6,9 +6,9 @@
 - `/openapi/v3` and `/openapi/v3/{api/v1|apis/g/v}`: a minimal OpenAPI v3 document per group version:
   one PATCH operation per kind, tagged with `x-kubernetes-group-version-kind` and declaring the
   `fieldValidation` query parameter, and no schemas. That is what kubectl's validation looks for: with
-  it kubectl trusts server-side field validation and does not download schemas (`/openapi/v2` is not
-  served), so `kubectl apply` works with its default `--validate`. The server accepts
-  `fieldValidation` and does not validate fields (there are no schemas).
+  it kubectl trusts server-side field validation and does not download schemas, so `kubectl apply`
+  works with its default `--validate`. kubectl 1.27/1.28 read the same from the protobuf `/openapi/v2`.
+  The server accepts `fieldValidation` and does not validate fields (there are no schemas).
 """
 
 from __future__ import annotations
@@ -191,3 +191,53 @@ def openapi_group_version(registry: Registry, group: str, version: str, server_v
         "paths": paths,
         "components": {"schemas": {}},
     }
+
+
+# ---------------------------------------------------------------------------------------------- /openapi/v2
+# kubectl 1.27 and 1.28 check `fieldValidation` support in the protobuf OpenAPI v2 document (gnostic's
+# openapi_v2.Document), not v3: the same minimal content, encoded by hand (field numbers from
+# gnostic's OpenAPIv2.proto).
+OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"  # kube-openapi's answer
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _msg(number: int, payload: bytes | str) -> bytes:
+    """One length-delimited field (a string or an embedded message)."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _named_any(name: str, yaml_text: str) -> bytes:
+    return _msg(1, name) + _msg(2, _msg(2, yaml_text))  # NamedAny{name, value: Any{yaml}}
+
+
+def openapi_v2(registry: Registry, server_version: str) -> bytes:
+    # QueryParameterSubSchema{in, name, type} in NonBodyParameter(3) in Parameter(2) in ParametersItem(1)
+    query = _msg(2, "query") + _msg(4, "fieldValidation") + _msg(6, "string")
+    parameter = _msg(1, _msg(2, _msg(3, query)))
+    responses = _msg(1, _msg(1, "200") + _msg(2, _msg(1, _msg(1, "OK"))))  # Responses{NamedResponseValue}
+    paths = b""
+    for k in registry.kinds():
+        scope = "/namespaces/{namespace}" if k.namespaced else ""
+        gvk = f'group: "{k.group}"\nkind: {k.kind}\nversion: {k.version}\n'
+        operation = (
+            _msg(5, f"patch{k.kind}")
+            + _msg(8, parameter)
+            + _msg(9, responses)
+            + _msg(13, _named_any("x-kubernetes-action", "patch\n"))
+            + _msg(13, _named_any("x-kubernetes-group-version-kind", gvk))
+        )
+        path = f"/{_gv_path(k.group, k.version)}{scope}/{k.plural}/{{name}}"
+        paths += _msg(
+            2, _msg(1, path) + _msg(2, _msg(8, operation))
+        )  # Paths.path: NamedPathItem{PathItem.patch}
+    info = _msg(1, "Kubernetes") + _msg(2, server_version)
+    return _msg(1, "2.0") + _msg(2, info) + _msg(8, paths)

@@ -420,6 +420,9 @@ class KubeApiServer(Objects):
             doc = disc.api_group_list(self.kinds)
         elif len(parts) == 2 and parts[0] == "apis":
             doc = disc.api_group(self.kinds, parts[1])
+        elif parts == ["openapi", "v2"]:
+            body = disc.openapi_v2(self.kinds, self.git_version)
+            return web.Response(body=body, headers={"Content-Type": disc.OPENAPI_V2_PROTOBUF})
         elif parts == ["openapi", "v3"]:
             doc = disc.openapi_root(self.kinds, self.git_version)
         elif parts[:2] == ["openapi", "v3"] and len(parts) in (4, 5):

@@ -531,3 +531,21 @@ async def test_strict_server_validates_pods_and_enforces_pod_security(tmp_path: 
         await server.create(shared, "default")  # the default namespace enforces nothing
     finally:
         await server.stop()
+
+
+async def test_kubectl_of_an_older_server_version_validates_through_openapi_v2(tmp_path: Path) -> None:
+    """This machine's kubectl runs the minor version matching the server: 1.28 reads `fieldValidation`
+    support from the protobuf /openapi/v2, newer ones from /openapi/v3."""
+    server = await KubeApiServer(git_version="v1.28.0").start()
+    try:
+        config = write_kubeconfig(tmp_path / "kubeconfig", server)
+        manifests = REPO / "manifests"
+        rc, out, err = await kubectl(
+            config, "apply", "-f", str(manifests / "namespace.yaml"), "-f", str(manifests / "crds")
+        )
+        assert rc == 0, out + err
+        assert server.get_object("customresourcedefinitions", None, "datasets.data.fluid.io") is not None
+        assert ("get", "discovery") in server.calls
+        assert any(path.startswith("/openapi/v") for _, path in server.requests)
+    finally:
+        await server.stop()

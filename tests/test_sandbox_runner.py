@@ -666,3 +666,17 @@ async def test_node_is_registered_and_node_selectors_are_honoured(bed: Bed) -> N
         c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
         for c in (p.get("status") or {}).get("conditions", [])))
     assert not p["spec"].get("nodeName") and phase(p) == "Pending"
+
+
+async def test_native_sidecar_is_restarted_even_in_a_never_pod(bed: Bed) -> None:
+    flaky = sh("flaky", "if [ ! -f /work/once ]; then touch /work/once; exit 1; fi; exec sleep 3600",
+               restartPolicy="Always", volumeMounts=[{"name": "work", "mountPath": "/work"}])
+    main = sh("main", "until [ -f /work/once ]; do sleep 0.1; done; sleep 2.5",
+              volumeMounts=[{"name": "work", "mountPath": "/work"}])
+    await bed.kube.create(PODS, pod("flaky", [main], initContainers=[flaky], restartPolicy="Never",
+                                    volumes=[{"name": "work", "emptyDir": {}}]), NS)
+    p = await eventually(bed, "flaky", lambda p: cstatus(p, "flaky").get("restartCount", 0) == 1
+                         and running(p, "flaky", "main"))
+    assert cstatus(p, "flaky")["lastState"]["terminated"]["exitCode"] == 1
+    done = await eventually(bed, "flaky", lambda p: phase(p) in ("Succeeded", "Failed"))
+    assert phase(done) == "Succeeded", done["status"]

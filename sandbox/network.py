@@ -14,13 +14,17 @@ Layout (all made with iproute2 through asyncio subprocesses):
 - Services: a userspace proxy (kube-proxy's old userspace mode, `network_proxy.py`) listening on each
   VIP (a /32 on the bridge) and relaying every TCP connection to a ready endpoint.
 
-Tests running side by side must give every instance its own bridge name and its own pod and service
-CIDRs: `start()` refuses CIDRs that overlap a route or address of another interface.
+Networks running side by side (tests, demos) need their own bridge names and their own pod and
+service CIDRs: `start()` refuses CIDRs that clash with another interface's routes or addresses. One
+pod network may nest inside a larger one (a test's /24 inside a demo's /16): the host routes by the
+longest prefix, and the larger network's pods skip the smaller one's addresses.
+`PodNetwork.start_in_free_range()` picks a free /24 pair.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -180,21 +184,55 @@ class PodNetwork:
         return any(r.get("iif") == self.bridge and r.get("priority") == self.rule_priority for r in rules)
 
     async def _check_free(self) -> None:
-        """Fail when another interface already routes or holds addresses in our CIDRs."""
+        """Fail when our CIDRs clash with another interface's routes or addresses. Another pod network
+        (a bridge) may hold a larger range around ours or a smaller one inside it (longest prefix wins
+        on the host; see `_foreign_subnets`), as long as no address of it falls into our range."""
         routes = json.loads(await run_ip("-j", "route", "show", "table", "all") or "[]")
+        bridges = {link.get("ifname") for link in json.loads(
+            await run_ip("-j", "link", "show", "type", "bridge") or "[]")}
         for route in routes:
-            dst = route.get("dst", "")
-            if not dst or dst == "default" or ":" in dst or route.get("dev") == self.bridge:
+            dst, dev = route.get("dst", ""), route.get("dev")
+            if not dst or dst == "default" or ":" in dst or dev == self.bridge:
+                continue
+            if route.get("type") == "broadcast":
                 continue
             try:
                 net = ipaddress.IPv4Network(dst, strict=False)
             except ValueError:
                 continue
             for mine in (self.pod_net, self.service_net):
-                if net.overlaps(mine) and not (route.get("type") == "broadcast"):
-                    raise NetworkError(
-                        f"{mine} overlaps the route {dst} on {route.get('dev', '?')}: another pod network "
-                        "(or a host interface) uses it; give this PodNetwork other pod/service CIDRs")
+                if not net.overlaps(mine):
+                    continue
+                nested = dev in bridges and route.get("type") != "local" and net != mine
+                if nested and net.subnet_of(mine) and mine[1] not in net:
+                    continue  # a smaller pod network inside ours: our pods skip its addresses
+                if nested and net.supernet_of(mine) and not await self._neighbours_in(str(dev), mine):
+                    continue  # we sit inside a larger pod network that has no pod in our range
+                raise NetworkError(
+                    f"{mine} overlaps the route {dst} on {dev or '?'}: another pod network (or a host "
+                    "interface) uses it; give this PodNetwork other pod/service CIDRs")
+
+    async def _neighbours_in(self, dev: str, net: ipaddress.IPv4Network) -> bool:
+        entries = json.loads(await run_ip("-j", "neigh", "show", "dev", dev, check=False) or "[]")
+        found = False
+        for entry in entries:
+            with contextlib.suppress(ValueError):
+                found = found or ipaddress.IPv4Address(str(entry.get("dst"))) in net
+        return found
+
+    async def _foreign_subnets(self) -> list[ipaddress.IPv4Network]:
+        """Smaller ranges inside our pod CIDR routed to another interface (another, nested pod network):
+        the host would send their addresses there, so our pods must not get them."""
+        found = []
+        for route in json.loads(await run_ip("-j", "route", "show") or "[]"):
+            dst, dev = route.get("dst", ""), route.get("dev")
+            if not dst or dst == "default" or dev == self.bridge:
+                continue
+            with contextlib.suppress(ValueError):
+                net = ipaddress.IPv4Network(dst, strict=False)
+                if net.prefixlen > self.pod_net.prefixlen and net.subnet_of(self.pod_net):
+                    found.append(net)
+        return found
 
     # ------------------------------------------------------------------ pods
     async def attach(self, pod_uid: str) -> PodAddress:
@@ -220,7 +258,7 @@ class PodNetwork:
             del self._pending[pod_uid]
 
     async def _attach(self, pod_uid: str) -> PodAddress:
-        ip = self._allocate()
+        ip = self._allocate(await self._foreign_subnets())
         ns, veth = self.netns_name(pod_uid), self.veth_name(pod_uid)
         address = PodAddress(str(ip), str(NETNS_DIR / ns))
         try:
@@ -241,9 +279,11 @@ class PodNetwork:
         self._pods[pod_uid] = (address, veth)
         return address
 
-    def _allocate(self) -> ipaddress.IPv4Address:
+    def _allocate(self, foreign: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Address:
         for ip in self.pod_net.hosts():
-            if ip != ipaddress.IPv4Address(self.gateway) and ip not in self._used:
+            if ip != ipaddress.IPv4Address(self.gateway) and ip not in self._used and not any(
+                ip in net for net in foreign
+            ):
                 self._used.add(ip)
                 return ip
         raise NetworkError(f"pod CIDR {self.pod_net} is full ({len(self._used)} pods)")

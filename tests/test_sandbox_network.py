@@ -355,3 +355,24 @@ async def test_hosts_files_follow_services_and_pods(kube: Kube, tmp_path: Path) 
         assert made["metadata"]["uid"]
     finally:
         await dns.stop()
+
+
+async def test_a_smaller_network_nests_inside_a_larger_one() -> None:
+    outer = await _new_network()
+    pods, services = outer.pod_net, outer.service_net
+    inner = PodNetwork(bridge=f"etn{secrets.token_hex(4)}", pod_cidr=f"{pods[16]}/29",
+                       service_cidr=f"{services[16]}/29")
+    try:
+        await inner.start()
+        assert (await inner.attach("in-a")).ip == str(pods[18])
+        addresses = [await outer.attach(f"out-{n}") for n in range(15)]
+        # .2 to .15, then past the inner network's .16/29: the host routes those to the inner bridge.
+        assert [a.ip for a in addresses] == [str(pods[n]) for n in [*range(2, 16), 24]]
+        with pytest.raises(NetworkError, match="overlaps"):  # the same range twice is refused
+            await PodNetwork(bridge=f"etn{secrets.token_hex(4)}", pod_cidr=str(inner.pod_net),
+                             service_cidr=f"{services[32]}/29").start()
+    finally:
+        await inner.stop()
+        await outer.stop()
+    assert not await _leftovers(inner.bridge, ["in-a"], inner)
+    assert not await _leftovers(outer.bridge, [f"out-{n}" for n in range(15)], outer)

@@ -155,20 +155,28 @@ class Box:
         return (self.tmp / f"{name}.log").read_text()
 
     async def teardown(self) -> None:
+        """Stop and clean everything (each step even when an earlier one failed), then check."""
+        errors: list[BaseException] = []
         for c in self.containers:
-            await c.stop(0)
-            await c.cleanup()
+            try:
+                await c.stop(0)
+                await c.cleanup()
+            except Exception as exc:
+                errors.append(exc)
         for root in self.shared_roots:
-            await asyncio.to_thread(release_shared_root, root)
+            try:
+                await asyncio.to_thread(release_shared_root, root)
+            except Exception as exc:
+                errors.append(exc)
         for name in self.netns:
             with contextlib.suppress(subprocess.CalledProcessError):
                 await asyncio.to_thread(run, "ip", "netns", "del", name)
+        if errors:
+            raise errors[0]
         for c in self.containers:
             assert not any(p.exists() for p in c.cgroups.paths), "a cgroup was left behind"
             assert not c.state_dir.exists(), "state was left behind"
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(c.pid, 0)
-                raise AssertionError(f"process {c.pid} is still alive")
+            assert not exists(f"/proc/{c.pid}"), f"process {c.pid} is still alive"
         assert host_mounts_mentioning(str(self.tmp), STAGE) == [], "mounts were left behind"
 
 

@@ -190,26 +190,29 @@ class PodNetwork:
         routes = json.loads(await run_ip("-j", "route", "show", "table", "all") or "[]")
         bridges = {link.get("ifname") for link in json.loads(
             await run_ip("-j", "link", "show", "type", "bridge") or "[]")}
+        parsed = []
         for route in routes:
             dst, dev = route.get("dst", ""), route.get("dev")
             if not dst or dst == "default" or ":" in dst or dev == self.bridge:
                 continue
             if route.get("type") == "broadcast":
                 continue
-            try:
-                net = ipaddress.IPv4Network(dst, strict=False)
-            except ValueError:
-                continue
+            local = route.get("type") == "local"
+            with contextlib.suppress(ValueError):
+                parsed.append((ipaddress.IPv4Network(dst, strict=False), str(dev), local))
+        # Smaller pod networks inside ours (their routes, and their own addresses within them) are fine.
+        inside = [(net, dev) for net, dev, local in parsed for mine in (self.pod_net, self.service_net)
+                  if not local and dev in bridges and net != mine and net.subnet_of(mine)
+                  and mine[1] not in net]
+        for net, dev, local in parsed:
             for mine in (self.pod_net, self.service_net):
-                if not net.overlaps(mine):
+                if not net.overlaps(mine) or any(net.subnet_of(n) and dev == d for n, d in inside):
                     continue
-                nested = dev in bridges and route.get("type") != "local" and net != mine
-                if nested and net.subnet_of(mine) and mine[1] not in net:
-                    continue  # a smaller pod network inside ours: our pods skip its addresses
+                nested = dev in bridges and not local and net != mine
                 if nested and net.supernet_of(mine) and not await self._neighbours_in(str(dev), mine):
                     continue  # we sit inside a larger pod network that has no pod in our range
                 raise NetworkError(
-                    f"{mine} overlaps the route {dst} on {dev or '?'}: another pod network (or a host "
+                    f"{mine} overlaps the route {net} on {dev or '?'}: another pod network (or a host "
                     "interface) uses it; give this PodNetwork other pod/service CIDRs")
 
     async def _neighbours_in(self, dev: str, net: ipaddress.IPv4Network) -> bool:

@@ -371,6 +371,11 @@ async def test_a_smaller_network_nests_inside_a_larger_one() -> None:
         with pytest.raises(NetworkError, match="overlaps"):  # the same range twice is refused
             await PodNetwork(bridge=f"etn{secrets.token_hex(4)}", pod_cidr=str(inner.pod_net),
                              service_cidr=f"{services[32]}/29").start()
+        # The other order: the larger network starts while the smaller one is there.
+        await outer.stop()
+        outer = PodNetwork(bridge=outer.bridge, pod_cidr=str(pods), service_cidr=str(services))
+        await outer.start()
+        assert (await outer.attach("out-0")).ip == str(pods[2])
     finally:
         await inner.stop()
         await outer.stop()

@@ -30,6 +30,8 @@ CRD_PATH = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 class Objects:
     """The store with kube-apiserver's rules. See KubeApiServer for `strict`, `bare`, `service_cidr`."""
 
+    git_version = "v1.30.0"  # the Kubernetes version modelled (feature gates follow it)
+
     def __init__(
         self, kinds: Iterable[Kind], history_limit: int, *, strict: bool, bare: bool, service_cidr: str
     ) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from sandbox import api_discovery as disc
-from sandbox import api_pods, tables
+from sandbox import api_pods, builtin, tables
 from sandbox.api_kinds import ApiError, Kind, Obj
 from sandbox.api_objects import Objects
 from sandbox.api_patch import apply_patch, field_match, label_match, merge_patch, parse_body, strategic_merge
@@ -562,8 +562,9 @@ class KubeApiServer(Objects):
     ) -> Obj:
         """The admission chain over one write, returning what to store: the server's own steps first
         (pod defaults, NamespaceLifecycle when strict, the ServiceAccount plugin, Service defaults), then
-        `self.admission` (mutating, then validating), then, for a new pod, the object validation (when
-        strict) and the PodSecurity plugin."""
+        `self.admission` (mutating, then validating), then what the registry does before storing (the
+        fields of disabled feature gates dropped) and, for a new pod, the object validation (when strict)
+        and the PodSecurity plugin."""
         obj = self._admit_builtin(operation, kind, ns, obj, old)
         if self.admission:
             name = str((obj.get("metadata") or {}).get("name") or "")
@@ -574,6 +575,7 @@ class KubeApiServer(Objects):
             for step in self.admission:
                 attrs.obj = await step(attrs)
             obj = attrs.obj
+        builtin.drop_disabled_fields(kind, obj, builtin.minor_version(self.git_version))  # PrepareForCreate
         if operation == "CREATE" and (kind.group, kind.plural) == ("", "pods"):
             if self.strict:
                 validate_pod(obj)

@@ -79,6 +79,39 @@ def default_pod(pod: Obj) -> Obj:
     return pod
 
 
+def minor_version(git_version: str) -> int:
+    try:
+        return int(git_version.lstrip("v").split(".")[1])
+    except (IndexError, ValueError):
+        return 99
+
+
+TEMPLATED = {
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("apps", "replicasets"),
+    ("batch", "jobs"),
+}
+
+
+def drop_disabled_fields(kind: Kind, obj: Obj, minor: int) -> None:
+    """Fields of disabled feature gates are dropped on write, as kube-apiserver does: before 1.29 the
+    SidecarContainers gate is off, so an init container's `restartPolicy` (native sidecars) is removed
+    from pods and pod templates, and such a sidecar runs as an ordinary init container."""
+    if minor >= 29:
+        return
+    spec: object = None
+    if (kind.group, kind.plural) == ("", "pods"):
+        spec = obj.get("spec")
+    elif (kind.group, kind.plural) in TEMPLATED:
+        spec = ((obj.get("spec") or {}).get("template") or {}).get("spec")
+    if isinstance(spec, dict):
+        for container in spec.get("initContainers") or []:
+            if isinstance(container, dict):
+                container.pop("restartPolicy", None)
+
+
 def _suffix() -> str:
     return "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
 

@@ -547,5 +547,12 @@ async def test_kubectl_of_an_older_server_version_validates_through_openapi_v2(t
         assert server.get_object("customresourcedefinitions", None, "datasets.data.fluid.io") is not None
         assert ("get", "discovery") in server.calls
         assert any(path.startswith("/openapi/v") for _, path in server.requests)
+        # SidecarContainers is off before 1.29: a native sidecar's restartPolicy is dropped, after admission
+        sidecar = pod("native", initContainers=[{"name": "side", "image": "x", "restartPolicy": "Always"}])
+        made = await server.create(sidecar, "default")
+        assert "restartPolicy" not in made["spec"]["initContainers"][0]
+        server.git_version = "v1.29.0"
+        made = await server.create({**sidecar, "metadata": {"name": "native2"}}, "default")
+        assert made["spec"]["initContainers"][0]["restartPolicy"] == "Always"
     finally:
         await server.stop()

@@ -204,7 +204,8 @@ class JobController(OwnerController):
         limit = int(spec.get("backoffLimit", 6))
         on_failure = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy") == "OnFailure"
         restarts = sum(_restarts(p) for p in active) if on_failure else 0
-        if state.failed > limit or (on_failure and limit > 0 and restarts + state.failed >= limit):
+        past_restarts = on_failure and (restarts > 0 if limit == 0 else restarts >= limit)
+        if state.failed > limit or past_restarts:
             return "BackoffLimitExceeded", "Job has reached the specified backoff limit"
         deadline = spec.get("activeDeadlineSeconds")
         started = parse_time(status.get("startTime"))

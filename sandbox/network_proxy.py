@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -158,7 +159,7 @@ class ServiceProxy:
                 asked != self.kubernetes_ip
             ):
                 return asked
-        for ip in list(self.service_net.hosts())[1:]:
+        for ip in itertools.islice(self.service_net.hosts(), 1, None):  # the first is `kubernetes`'s
             if str(ip) not in taken:
                 return str(ip)
         return None

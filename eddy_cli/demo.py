@@ -17,11 +17,13 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eddy.quantity import parse_quantity
-from eddy_cli.demo_cluster import ClusterDemo
-from eddy_cli.demo_steps import DemoRun
+
+if TYPE_CHECKING:
+    from eddy_cli.demo_cluster import ClusterDemo
+    from eddy_cli.demo_steps import DemoRun
 
 SEED_DIR_CANDIDATES = ("../shared/seed", "shared/seed")
 
@@ -105,6 +107,11 @@ async def _main(args: argparse.Namespace) -> int:
     if not args.local and (missing := cluster_prerequisites()):
         print(f"eddy demo: the one-machine cluster needs {missing} (or run `eddy demo --local`)")
         return 2
+    # Imported here: the demo's stand-ins (sandbox/) are not part of the runtime image, and every other
+    # subcommand (a probe among them) should not pay for importing them.
+    from eddy_cli.demo_cluster import ClusterDemo
+    from eddy_cli.demo_steps import DemoRun
+
     work = Path(tempfile.mkdtemp(prefix="eddy-demo-"))
     run: DemoRun | ClusterDemo
     if not args.local:

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "controller.cli",
     "eddy_cli.validate",
     "eddy_cli.demo",
+    "sandbox.cli",  # registers without importing the sandbox; absent from the runtime image
 )
 
 
@@ -36,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name.split(".")[0]:
+                raise
+            continue  # a part this installation does not carry (the image has no sandbox/)
+        module.register(subparsers)
     return parser
 
 

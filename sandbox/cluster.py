@@ -27,6 +27,7 @@ from sandbox.apiserver import KubeApiServer
 from sandbox.dns import ClusterDns
 from sandbox.kubelet.runner import PodRunner
 from sandbox.network import PodNetwork
+from sandbox.network_cmd import NetworkError
 from sandbox.policy import ValidatingPolicies
 from sandbox.workloads import WorkloadControllers
 
@@ -40,21 +41,39 @@ def short_id() -> str:
 
 class Sandbox:
     def __init__(self, root: Path, *, git_version: str = "v1.30.0", name: str = "",
-                 pod_cidr: str = "10.244.0.0/16", service_cidr: str = "10.96.0.0/16") -> None:
+                 pod_cidr: str = "", service_cidr: str = "") -> None:
+        """`pod_cidr`/`service_cidr` default to Kubernetes' usual 10.244.0.0/16 and 10.96.0.0/16, or the
+        next free pair (10.245/10.97, ...) when another sandbox on this machine holds them."""
         self.root = root
         self.name = name or f"eddy{short_id()}"
         self.api = KubeApiServer(git_version=git_version)
         # Pods reach the API server's TLS listener on the gateway, directly (in-cluster config from the
         # environment) or through the `kubernetes` Service's VIP; its port is chosen before either exists.
-        gateway = str(ipaddress.IPv4Network(pod_cidr)[1])
         self.tls_port = free_port()
-        self.network = PodNetwork(bridge=self.name[:15], pod_cidr=pod_cidr, service_cidr=service_cidr,
-                                  api_server=(gateway, self.tls_port))
+        self.cidrs = [(pod_cidr, service_cidr)] if pod_cidr and service_cidr else [
+            (f"10.{244 + i}.0.0/16", f"10.{96 + i}.0.0/16") for i in range(8)]
+        self.network = self._network(*self.cidrs[0])
         self.kube: Kube | None = None
         self.dns: ClusterDns | None = None
         self.workloads: WorkloadControllers | None = None
         self.runner: PodRunner | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []
+
+    def _network(self, pod_cidr: str, service_cidr: str) -> PodNetwork:
+        gateway = str(ipaddress.IPv4Network(pod_cidr)[1])
+        return PodNetwork(bridge=self.name[:15], pod_cidr=pod_cidr, service_cidr=service_cidr,
+                          api_server=(gateway, self.tls_port))
+
+    async def _start_network(self) -> None:
+        for pod_cidr, service_cidr in self.cidrs:
+            self.network = self._network(pod_cidr, service_cidr)
+            try:
+                await self.network.start()
+                return
+            except NetworkError as exc:
+                if "overlaps" not in str(exc) or (pod_cidr, service_cidr) == self.cidrs[-1]:
+                    raise
+                log.info("sandbox: %s and %s are taken, trying the next pair", pod_cidr, service_cidr)
 
     @property
     def url(self) -> str:
@@ -83,7 +102,7 @@ class Sandbox:
         self._stops.append(self.api.stop)
         self.kube = await Kube.connect(url=self.api.url)
         self._stops.append(self.kube.close)
-        await self.network.start()
+        await self._start_network()
         self._stops.append(self.network.stop)
         await self.api.serve_tls(self.network.gateway, self.tls_port)
         await self.network.watch_services(self.kube)

@@ -407,17 +407,24 @@ async def test_env_from_fields_secrets_configmaps_and_expansion(bed: Bed) -> Non
         {"name": "GREETING", "value": "$(POD)-$(LEVEL)-$$(POD)-$(UNKNOWN)"},
     ]
     c = {"name": "c", "image": BUSYBOX, "command": ["/bin/sh", "-c"],
-         "args": ['printenv GREETING; echo "$(LEVEL)|$APP|$IP|$NODE|$TOKEN|${NOPE-unset}|$MEM|$CFG_a|'
+         "args": ['printenv GREETING MY_DB_SERVICE_HOST MY_DB_SERVICE_PORT_SQL; '
+                  'echo "$(LEVEL)|$APP|$IP|$NODE|$TOKEN|${NOPE-unset}|$MEM|$CFG_a|'
                   '$KUBERNETES_SERVICE_HOST"'],
          "env": env, "envFrom": [{"prefix": "CFG_", "configMapRef": {"name": "cfg"}}],
          "resources": {"limits": {"memory": "64Mi"}}}
+    await bed.kube.create(SERVICES, {"metadata": {"name": "my-db"}, "spec": {
+        "clusterIP": "10.96.0.50", "ports": [{"name": "sql", "port": 5432}]}}, NS)
+    for _ in range(250):  # until kubelet's informer knows it, as on a node
+        if bed.runner.caches.services.get(NS, "my-db") is not None:
+            break
+        await asyncio.sleep(0.02)
     spec = pod("env", [c], restartPolicy="Never")
     spec["metadata"]["labels"] = {"app": "demo"}
     await bed.kube.create(PODS, spec, NS)
     done = await eventually(bed, "env", lambda p: phase(p) in ("Succeeded", "Failed"))
     assert phase(done) == "Succeeded", done["status"]
     assert bed.runner.logs(NS, "env", "c") == \
-        "env-debug-$(POD)-$(UNKNOWN)\ndebug|demo|127.0.0.1|sandbox|s3cr3t|unset|64|1|127.0.0.1\n"
+        "env-debug-$(POD)-$(UNKNOWN)\n10.96.0.50\n5432\ndebug|demo|127.0.0.1|sandbox|s3cr3t|unset|64|1|127.0.0.1\n"
     assert done["spec"]["nodeName"] == "sandbox"
     # A missing ConfigMap key is CreateContainerConfigError, and the container starts once it exists.
     await bed.kube.create(PODS, pod("late", [sh("c", "echo $X; sleep 30", env=[

@@ -232,3 +232,33 @@ def service_env(host: str, port: int) -> dict[str, str]:
         "KUBERNETES_PORT_443_TCP_PORT": str(port),
         "KUBERNETES_PORT_443_TCP_ADDR": host,
     }
+
+
+def service_links(services: list[Obj], namespace: str) -> dict[str, str]:
+    """Docker-links-style variables for the Services of the pod's namespace with a cluster IP
+    (`enableServiceLinks`, on by default): `<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT[_<NAME>]`,
+    `<SVC>_PORT`, `<SVC>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`."""
+    env: dict[str, str] = {}
+    for svc in sorted(services, key=lambda s: str((s.get("metadata") or {}).get("name", ""))):
+        meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+        ip = str(spec.get("clusterIP") or "")
+        ports = spec.get("ports") or []
+        if meta.get("namespace") != namespace or not ip or ip == "None" or not ports:
+            continue
+        prefix = str(meta.get("name", "")).upper().replace("-", "_")
+        env[f"{prefix}_SERVICE_HOST"] = ip
+        env[f"{prefix}_SERVICE_PORT"] = str(ports[0].get("port"))
+        for port in ports:
+            if port.get("name"):
+                port_name = str(port["name"]).upper().replace("-", "_")
+                env[f"{prefix}_SERVICE_PORT_{port_name}"] = str(port["port"])
+        first = ports[0]
+        env[f"{prefix}_PORT"] = f"{str(first.get('protocol') or 'TCP').lower()}://{ip}:{first.get('port')}"
+        for port in ports:
+            proto = str(port.get("protocol") or "TCP")
+            base = f"{prefix}_PORT_{port.get('port')}_{proto}"
+            env[base] = f"{proto.lower()}://{ip}:{port.get('port')}"
+            env[f"{base}_PROTO"] = proto.lower()
+            env[f"{base}_PORT"] = str(port.get("port"))
+            env[f"{base}_ADDR"] = ip
+    return env

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from eddy.kube import PODS, Kube, KubeError, NotFound
 from sandbox.kubelet.container import Container, now
-from sandbox.kubelet.envs import ConfigError, PodFacts, container_env
+from sandbox.kubelet.envs import ConfigError, PodFacts, container_env, service_links
 from sandbox.kubelet.images import ImageCatalog, ImageError
 from sandbox.kubelet.process import ProcessSpec
 from sandbox.kubelet.specs import process_spec
@@ -62,6 +62,8 @@ class Node(Protocol):
     node_name: str
     host_ip: str
     service_env: dict[str, str]
+
+    def services(self) -> list[Obj]: ...
 
     @property
     def lookup(self) -> VolumeLookup: ...
@@ -121,7 +123,11 @@ class PodWorker:
             image = self.node.images.resolve(str(container.get("image", "")))
         except ImageError as exc:
             raise ConfigError(str(exc)) from None
-        env = container_env(self.pod, container, image_env=image.env, service_env=self.node.service_env,
+        links: dict[str, str] = {}
+        if (self.pod.get("spec") or {}).get("enableServiceLinks", True):
+            links = service_links(self.node.services(), self.namespace)
+        env = container_env(self.pod, container, image_env=image.env,
+                            service_env={**links, **self.node.service_env},
                             lookup=self.node.lookup, facts=self.facts())
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)

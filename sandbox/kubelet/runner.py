@@ -22,6 +22,7 @@ from eddy.kube import (
     PVCS,
     PVS,
     SECRETS,
+    SERVICES,
     AlreadyExists,
     Informer,
     Kube,
@@ -43,14 +44,15 @@ class PodNotFound(LookupError):
 
 
 class Caches:
-    """ConfigMaps, Secrets, PVCs and PVs as last seen (the VolumeLookup / ObjectLookup of the pods)."""
+    """ConfigMaps, Secrets, PVCs, PVs and Services as last seen (the VolumeLookup of the pods)."""
 
     def __init__(self, kube: Kube) -> None:
         self.configmaps = Informer(kube, CONFIGMAPS)
         self.secrets = Informer(kube, SECRETS)
         self.pvcs = Informer(kube, PVCS)
         self.pvs = Informer(kube, PVS)
-        self.all = (self.configmaps, self.secrets, self.pvcs, self.pvs)
+        self.services = Informer(kube, SERVICES)
+        self.all = (self.configmaps, self.secrets, self.pvcs, self.pvs, self.services)
 
     def configmap(self, namespace: str, name: str) -> Obj | None:
         return self.configmaps.get(namespace, name)
@@ -82,6 +84,10 @@ class PodRunner:
         self._pods = Informer(kube, PODS, on_event=self._on_pod)
         self._reapers: set[asyncio.Task[None]] = set()
         self._started = False
+
+    def services(self) -> list[Obj]:
+        """The Services as last seen (for the service link variables of new containers)."""
+        return self.caches.services.items()
 
     @property
     def lookup(self) -> Caches:

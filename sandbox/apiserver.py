@@ -242,13 +242,18 @@ class KubeApiServer(Objects):
     async def serve_tls(self, host: str, port: int = 0) -> int:
         """Also listen with TLS on host:port (a free port for 0), with a serving certificate from this
         server's CA naming `host`, 127.0.0.1 and `kubernetes.default.svc[.cluster.local]`. Any bearer
-        token is accepted: there is no authentication or authorization. Returns the port."""
+        token is accepted: there is no authentication or authorization. Unless `bare`, the `kubernetes`
+        Service in `default` (the service CIDR's first address, port 443) and its Endpoints and
+        EndpointSlice are set to this listener, as kube-apiserver advertises itself. Returns the port."""
         if self._runner is None:
             raise RuntimeError("start() the server first")
         site = web.TCPSite(self._runner, host, port, ssl_context=serving_context(self.authority, host))
         await site.start()
         bound = int(self._runner.addresses[-1][1])  # the sites' sockets, in the order they started
         self.tls_urls.append(f"https://{host}:{bound}")
+        if not self.bare:  # the address pods reach: the `kubernetes` Service and its endpoints point here
+            for obj in builtin.kubernetes_service(self.service_cidr, host, bound):
+                self.put(obj)
         return bound
 
     def kubeconfig(self, url: str = "", namespace: str = "default", token: str = "sandbox") -> str:

@@ -433,6 +433,10 @@ async def test_pod_log(sandbox_api: KubeApiServer, tmp_path: Path) -> None:
 
 async def test_in_cluster_config_over_tls(sandbox_api: KubeApiServer, tmp_path: Path) -> None:
     port = await sandbox_api.serve_tls("127.0.0.1")
+    service = must(sandbox_api.get_object("services", "default", "kubernetes"))
+    assert service["spec"]["clusterIP"] == "10.96.0.1" and service["spec"]["ports"][0]["targetPort"] == port
+    endpoints = must(sandbox_api.get_object("endpoints", "default", "kubernetes"))
+    assert endpoints["subsets"][0]["addresses"] == [{"ip": "127.0.0.1"}]
     token, ca = tmp_path / "token", tmp_path / "ca.crt"
     token.write_text("any-token")
     ca.write_text(sandbox_api.ca_pem)

@@ -8,6 +8,7 @@ What a container gets here, and what it does not:
   namespace: containers share the host's PID namespace (a container's processes are visible from the
   host and from other containers' /proc). To keep a container's lifetime like a PID namespace's, every
   process it started (daemons and exec'd processes too) is killed when its main process exits.
+  IPC namespace and /dev/shm are per container here (in Kubernetes a pod's containers share them).
 - A root that is an overlayfs over the host's `/` (its ext4 only, not the host's other mounts) with
   the upper layer in a tmpfs: writes are private to the container and vanish with it. Because the
   lower layer is the host itself, "images" are this machine's files. `/root` is made 0755 in the

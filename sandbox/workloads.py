@@ -1,4 +1,5 @@
-"""Minimal workload controllers (kube-controller-manager's part): Deployment, StatefulSet, Job.
+"""Minimal workload controllers (kube-controller-manager's part): Deployment, StatefulSet, Job, and
+the endpoints of Services (Endpoints and EndpointSlices, `workloads_endpoints.py`).
 
 They are API clients over HTTP (`eddy.kube.Kube`), like the real controllers: the pods they make go
 through admission (mutating webhooks, policies), and they learn everything from watches. Pods are
@@ -248,7 +249,9 @@ class OwnerController:
             self._busy = True
             try:
                 owner = self.owners.get(*key)
-                if owner is not None and not terminating(owner):
+                if owner is None:
+                    await self.gone(key)
+                elif not terminating(owner):
                     again = await self.reconcile(owner)
                     self._failures.pop(key, None)
                     if again is not None:
@@ -265,6 +268,9 @@ class OwnerController:
 
     async def reconcile(self, owner: Obj) -> float | None:
         raise NotImplementedError
+
+    async def gone(self, key: Key) -> None:
+        """The owner `key` no longer exists (what it owns goes with the API server's garbage collector)."""
 
     # ------------------------------------------------------------------ writes
     async def create_pod(self, owner: Obj, body: Obj) -> Obj:
@@ -302,14 +308,16 @@ class OwnerController:
 
 
 class WorkloadControllers:
-    """The three controllers over one pods informer. `start()` / `stop()`; `wait_idle()` for tests."""
+    """The controllers over one pods informer. `start()` / `stop()`; `wait_idle()` for tests."""
 
-    def __init__(self, kube: Kube, *, kinds: Iterable[str] = ("Deployment", "StatefulSet", "Job"),
+    def __init__(self, kube: Kube, *,
+                 kinds: Iterable[str] = ("Deployment", "StatefulSet", "Job", "Endpoints"),
                  job_backoff: float = 10.0, job_interim_conditions: bool = True) -> None:
         """`job_backoff`: the delay before a Job replaces a failed pod, doubling per failure (10s like
         the Job controller; tests pass less). `job_interim_conditions`: Jobs also get
         `SuccessCriteriaMet` / `FailureTarget` before `Complete` / `Failed`, as since Kubernetes 1.31."""
         from sandbox.workloads_deployment import DeploymentController
+        from sandbox.workloads_endpoints import EndpointsController
         from sandbox.workloads_job import JobController
         from sandbox.workloads_statefulset import StatefulSetController
 
@@ -321,6 +329,8 @@ class WorkloadControllers:
             self.controllers.append(DeploymentController(kube, self.pods))
         if "StatefulSet" in wanted:
             self.controllers.append(StatefulSetController(kube, self.pods))
+        if "Endpoints" in wanted:  # Endpoints and EndpointSlices of Services with a selector
+            self.controllers.append(EndpointsController(kube, self.pods))
         if "Job" in wanted:
             self.controllers.append(JobController(kube, self.pods, backoff=job_backoff,
                                                   interim_conditions=job_interim_conditions))

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest_asyncio
 
-from eddy.kube import DEPLOYMENTS, EVENTS, PODS, PVCS, STATEFULSETS, Kube
+from eddy.kube import DEPLOYMENTS, EVENTS, PODS, PVCS, SERVICES, STATEFULSETS, Kube
 from sandbox.apiserver import AdmissionAttributes, ApiError, KubeApiServer
 from sandbox.workloads import WorkloadControllers
+from sandbox.workloads_endpoints import ENDPOINT_SLICES, ENDPOINTS
 from sandbox.workloads_job import JOBS
 
 Obj = dict[str, Any]
@@ -347,3 +348,50 @@ async def test_denied_pod_is_a_failed_create_event(kube_api: KubeApiServer, clus
     assert event["message"] == 'Error creating: admission webhook "guard.example" denied the request: no'
     denying = False
     await eventually(lambda: _count(kube, "app=guarded", 1))
+
+
+async def test_endpoints_and_slices_follow_pods(cluster: Any) -> None:
+    kube, _ = cluster
+    await kube.create(SERVICES, {"metadata": {"name": "web", "labels": {"tier": "front"}}, "spec": {
+        "selector": {"app": "ep"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}, NS)
+    for name, ip, ready in (("ep-a", "10.244.0.11", True), ("ep-b", "10.244.0.12", False)):
+        tpl = template("ep")
+        tpl["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
+        await kube.create(PODS, {"metadata": {"name": name, **tpl["metadata"]}, "spec": tpl["spec"]}, NS)
+        await kube.patch_status(PODS, name, {"status": {"phase": "Running", "podIP": ip, "conditions": [
+            {"type": "Ready", "status": "True" if ready else "False"}]}}, NS)
+
+    async def endpoints_ready() -> Obj | None:
+        ep = await kube.get_or_none(ENDPOINTS, "web", NS)
+        subsets = (ep or {}).get("subsets") or []
+        ok = subsets and [a["ip"] for a in subsets[0].get("addresses", [])] == ["10.244.0.11"] and [
+            a["ip"] for a in subsets[0].get("notReadyAddresses", [])] == ["10.244.0.12"]
+        return ep if ok else None
+
+    ep = await eventually(endpoints_ready)
+    assert ep["subsets"][0]["ports"] == [{"port": 8080, "protocol": "TCP", "name": "http"}]
+    assert ep["subsets"][0]["addresses"][0]["targetRef"]["name"] == "ep-a"
+    assert ep["metadata"]["labels"] == {"tier": "front"}
+    slices, _ = await kube.list(ENDPOINT_SLICES, NS, label_selector="kubernetes.io/service-name=web")
+    [one] = slices
+    assert one["addressType"] == "IPv4" and one["ports"] == ep["subsets"][0]["ports"]
+    assert {e["addresses"][0]: e["conditions"]["ready"] for e in one["endpoints"]} == {
+        "10.244.0.11": True, "10.244.0.12": False}
+    assert one["metadata"]["ownerReferences"][0]["kind"] == "Service"
+
+    # Both ready; then the Service goes, and its Endpoints and slices with it.
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    await kube.patch_status(PODS, "ep-b", ready, NS)
+
+    async def both() -> bool:
+        ep = await kube.get(ENDPOINTS, "web", NS)
+        return len(ep["subsets"][0].get("addresses", [])) == 2 and "notReadyAddresses" not in ep["subsets"][0]
+
+    await eventually(both)
+    await kube.delete(SERVICES, "web", NS)
+
+    async def cleaned() -> bool:
+        slices, _ = await kube.list(ENDPOINT_SLICES, NS, label_selector="kubernetes.io/service-name=web")
+        return not slices and await kube.get_or_none(ENDPOINTS, "web", NS) is None
+
+    await eventually(cleaned)

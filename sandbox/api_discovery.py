@@ -27,7 +27,11 @@ def subresources(kind: Kind) -> list[tuple[str, list[str], str]]:
     if kind.has_status:
         out.append(("status", ["get", "patch", "update"], kind.kind))
     if (kind.group, kind.plural) == ("", "pods"):
-        out += [("binding", ["create"], "Binding"), ("log", ["get"], "Pod")]
+        out += [
+            ("binding", ["create"], "Binding"),
+            ("exec", ["create", "get"], "PodExecOptions"),
+            ("log", ["get"], "Pod"),
+        ]
     return out
 
 

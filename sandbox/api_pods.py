@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from sandbox.api_kinds import ApiError, Obj, now
 
@@ -195,3 +197,87 @@ def validate_update(old: Obj, new: Obj) -> None:
             "previously negative)",
             {"name": name, "kind": "Pod"},
         )
+
+
+# ---------------------------------------------------------------------------------------------- exec
+class ExecOutcome(Protocol):
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+# (namespace, pod, container, argv, stdin=bytes | None) -> what the command did (PodRunner.exec fits)
+ExecHandler = Callable[..., Awaitable[ExecOutcome]]
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+
+
+def _exec_status(argv: list[str], outcome: ExecOutcome | None, error: str) -> Obj:
+    if outcome is not None and outcome.returncode == 0 and not error:
+        return {"metadata": {}, "status": "Success"}
+    if outcome is None:
+        return {"metadata": {}, "status": "Failure", "message": error, "reason": "InternalError", "code": 500}
+    code = outcome.returncode
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "reason": "NonZeroExitCode",
+        "message": "command terminated with non-zero exit code: error executing command "
+        f"{argv}, exit code {code}",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+async def serve_exec(request: web.Request, pod: Obj, handler: ExecHandler | None) -> web.StreamResponse:
+    """`pods/{name}/exec` over a WebSocket (the `v5.channel.k8s.io` protocol kubectl 1.30+ speaks): stdin
+    from channel 0 until the client closes it (channel 255) when `stdin=true`, then the command runs
+    through `handler` (buffered, no TTY) and its stdout (1), stderr (2) and final Status (3) are sent.
+    SPDY (kubectl before 1.30) is not spoken."""
+    q = request.query
+    argv = q.getall("command", [])
+    container = _container(pod, q.get("container", ""))
+    if not argv:
+        raise ApiError(400, "BadRequest", "you must specify at least 1 command")
+    if handler is None:
+        raise ApiError(
+            400, "BadRequest", "no container runtime is attached to this API server (exec_handler)"
+        )
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise ApiError(
+            400,
+            "BadRequest",
+            "pods/exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported by the sandbox",
+        )
+    ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS, autoping=True)
+    await ws.prepare(request)
+    stdin = bytearray()
+    if q.get("stdin", "").lower() in ("true", "1"):
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY or not msg.data:
+                if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                    break
+                continue
+            channel, data = msg.data[0], msg.data[1:]
+            if channel == 0:
+                stdin += data
+            elif channel == 255 and data[:1] == b"\x00":
+                break
+    outcome: ExecOutcome | None = None
+    error = ""
+    try:
+        outcome = await handler(
+            pod["metadata"].get("namespace", ""),
+            pod["metadata"]["name"],
+            container,
+            argv,
+            stdin=bytes(stdin) if stdin else None,
+        )
+    except Exception as exc:  # the runtime's failure is the command's: reported on the error channel
+        error = f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(ConnectionResetError):
+        if outcome is not None:
+            for channel, data in ((1, outcome.stdout), (2, outcome.stderr)):
+                for at in range(0, len(data), 1 << 20):
+                    await ws.send_bytes(bytes([channel]) + data[at : at + (1 << 20)])
+        await ws.send_bytes(b"\x03" + json.dumps(_exec_status(argv, outcome, error)).encode())
+        await ws.close()
+    return ws

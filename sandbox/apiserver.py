@@ -222,6 +222,7 @@ class KubeApiServer(Objects):
         self.requests: list[tuple[str, str]] = []  # (method, path?query), for debugging tests
         self.last_headers: dict[str, str] = {}
         self.log_source: api_pods.LogSource | None = None  # set by the pod runner: container log files
+        self.exec_handler: api_pods.ExecHandler | None = None  # set by the pod runner: pods/exec
         self._faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
         # Run in order on every CREATE/UPDATE of a main resource: mutating steps, then validating ones.
@@ -377,17 +378,19 @@ class KubeApiServer(Objects):
         sub = rest[2] if len(rest) == 3 else ""
         if sub and sub not in [s for s, _, _ in disc.subresources(kind)]:
             raise ApiError(404, "NotFound", f"{kind.plural} has no {sub} subresource")
-        if sub in ("binding", "log"):
+        if sub in ("binding", "log", "exec"):
             if ns is None or name is None:
                 raise ApiError(404, "NotFound", f"pods/{sub} needs a namespace and a name")
             if sub == "binding":
                 if request.method != "POST":
                     raise ApiError(405, "MethodNotAllowed", "pods/binding only takes POST")
                 return await self._post_binding(request, ns, name)
-            self._count(request, "get", "pods/log")
+            self._count(request, "get", f"pods/{sub}")
             pod = self._db.objects.get((kind, ns, name))
             if pod is None:
                 raise ApiError(404, "NotFound", f'pods "{name}" not found')
+            if sub == "exec":
+                return await api_pods.serve_exec(request, copy.deepcopy(pod), self.exec_handler)
             return await api_pods.serve_log(
                 request,
                 copy.deepcopy(pod),

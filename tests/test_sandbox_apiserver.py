@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 import ssl
@@ -560,3 +561,39 @@ async def test_kubectl_of_an_older_server_version_validates_through_openapi_v2(t
         assert made["spec"]["initContainers"][0]["restartPolicy"] == "Always"
     finally:
         await server.stop()
+
+
+@dataclasses.dataclass
+class Ran:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+async def run_here(
+    namespace: str, name: str, container: str, argv: list[str], *, stdin: bytes | None = None
+) -> Ran:
+    """A stand-in container runtime for exec: the command runs on this machine (the pod runner's exec
+    runs it in the container's namespaces)."""
+    assert (namespace, name, container) == ("default", "p", "app")
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate(stdin)
+    return Ran(proc.returncode or 0, out, err)
+
+
+async def test_kubectl_exec_over_websocket(sandbox_api: KubeApiServer, tmp_path: Path) -> None:
+    sandbox_api.exec_handler = run_here
+    await sandbox_api.create(pod("p"), "default")
+    config = write_kubeconfig(tmp_path / "kubeconfig", sandbox_api)
+    rc, out, err = await kubectl(config, "exec", "p", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (rc, out, err.splitlines()[0]) == (3, "out\n", "err")
+    assert "command terminated with exit code 3" in err
+    source = tmp_path / "source.txt"
+    source.write_text("through stdin\n")
+    copied = tmp_path / "copied.txt"
+    rc, out, err = await kubectl(config, "cp", str(source), f"p:{copied}")  # tar over exec's stdin
+    assert rc == 0, err
+    assert copied.read_text() == "through stdin\n"
+    assert sandbox_api.calls[("get", "pods/exec")] >= 2

@@ -2,11 +2,12 @@
 
 One process, one aiohttp app, no etcd: objects live in a dict (api_store.py), every change gets the
 next integer resourceVersion and is appended to a bounded history that watch streams replay from.
-What it speaks: discovery (legacy and aggregated) and a minimal OpenAPI v3 (api_discovery.py), list,
-watch, get, create, update, delete (finalizers, graceful pod deletion, owner GC, namespace
-termination), merge / JSON / strategic / apply patches (api_patch.py), the `status` subresource, pod
-`binding` and `log` (api_pods.py), server-side Tables for kubectl (tables.py), CRDs that register
-their kinds, the ServiceAccount admission plugin and the admission hook (builtin.py), plain HTTP on
+What it speaks: discovery (legacy and aggregated) and a minimal OpenAPI v2/v3 (api_discovery.py),
+list, watch, get, create, update, delete (finalizers, graceful pod deletion, owner GC, namespace
+termination: api_objects.py), merge / JSON / strategic / apply patches (api_patch.py), the `status`
+subresource, pod `binding`, `log` and `exec` (api_pods.py), server-side Tables for kubectl
+(tables.py, api_printers.py), CRDs that register their kinds, pod and Service defaults and the
+ServiceAccount plugin (builtin.py), the admission hook, PodSecurity (api_podsecurity.py), plain HTTP on
 127.0.0.1 and TLS with its own CA for in-cluster clients (api_tls.py). Errors are `Status` objects.
 
 Importable without pytest: `await KubeApiServer().start()` / `.stop()`; fixtures: tests/support/kube.py.

@@ -29,7 +29,8 @@ from sandbox.kubelet import atomic
 from sandbox.kubelet.atomic import FileProjection
 from sandbox.kubelet.envs import container_argv, expand
 from sandbox.kubelet.images import REPO, ImageCatalog, parse_dockerfile
-from sandbox.kubelet.mounts import mounts_under
+from sandbox.kubelet.mounts import mount_tmpfs, mounts_under, unmount_all
+from sandbox.kubelet.process import make_shared_root
 from sandbox.kubelet.runner import PodRunner
 from sandbox.network import NetworkError, PodNetwork
 from tests.support.fuse import fuse_support
@@ -687,3 +688,25 @@ async def test_native_sidecar_is_restarted_even_in_a_never_pod(bed: Bed) -> None
     assert cstatus(p, "flaky")["lastState"]["terminated"]["exitCode"] == 1
     done = await eventually(bed, "flaky", lambda p: phase(p) in ("Succeeded", "Failed"))
     assert phase(done) == "Succeeded", done["status"]
+
+
+async def test_a_new_runner_clears_what_a_crashed_one_left(tmp_path: Path) -> None:
+    require_root()
+    root = tmp_path / "kubelet"
+    stale = root / "pods" / "0000-stale" / "volumes" / "mem"
+    stale.mkdir(parents=True)
+    make_shared_root(root)  # what the crashed runner had done, then a pod's tmpfs
+    await mount_tmpfs(stale, 1 << 20)
+    (stale / "left").write_text("x")
+    api = await KubeApiServer().start()
+    kube = await Kube.connect(url=api.url)
+    runner = PodRunner(kube, HostNetwork(), HostsFileDns(), root=root)
+    try:
+        await runner.start()
+        assert mounts_under(root / "pods") == [] and os.listdir(root / "pods") == []
+    finally:
+        await runner.stop()
+        await unmount_all(root)
+        await kube.close()
+        await api.stop()
+    assert mounts_under(root) == []

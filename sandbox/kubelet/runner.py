@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from eddy.kube import (
 )
 from sandbox.kubelet.envs import service_env
 from sandbox.kubelet.images import ImageCatalog
+from sandbox.kubelet.mounts import unmount_all
 from sandbox.kubelet.node import node_labels, node_object, unfit_reason, unschedulable_status
 from sandbox.kubelet.pod import Dns, Network, PodWorker
 from sandbox.kubelet.process import ContainerError, ExecResult, make_shared_root, release_shared_root
@@ -97,7 +99,7 @@ class PodRunner:
     async def start(self) -> None:
         """Make the shared root, fill the caches, then take pods."""
         await asyncio.to_thread(make_shared_root, self.root)
-        (self.root / "pods").mkdir(exist_ok=True)
+        await self._remove_orphans()
         for informer in self.caches.all:
             informer.add_handler(self._on_source)
             informer.start()
@@ -107,6 +109,16 @@ class PodRunner:
         self._pods.start()
         await self._pods.wait_synced(30)
         self._started = True
+
+    async def _remove_orphans(self) -> None:
+        """A runner that crashed left pod directories (and perhaps mounts) behind; their processes died
+        with it. Nothing runs yet, so every pod directory is an orphan: unmount and remove it."""
+        pods = self.root / "pods"
+        left = await unmount_all(pods)
+        if left:
+            raise RuntimeError(f"cannot unmount what a previous runner left: {left}")
+        await asyncio.to_thread(shutil.rmtree, pods, True)
+        pods.mkdir()
 
     async def _register_node(self) -> None:
         """Create (or refresh) this node's Node object, Ready."""

@@ -57,6 +57,7 @@ class Sandbox:
         self.dns: ClusterDns | None = None
         self.workloads: WorkloadControllers | None = None
         self.runner: PodRunner | None = None
+        self.webhooks: MutatingWebhooks | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []
 
     def _network(self, pod_cidr: str, service_cidr: str) -> PodNetwork:
@@ -109,9 +110,9 @@ class Sandbox:
         self.dns = ClusterDns(self.kube, api_server_ip=self.network.gateway, network=self.network)
         await self.dns.start()
         self._stops.append(self.dns.stop)
-        mutating = MutatingWebhooks(self.api, resolve_service=self.dns.resolve_service)
-        self.api.admission.extend([mutating, ValidatingPolicies(self.api)])
-        self._stops.append(mutating.close)
+        self.webhooks = MutatingWebhooks(self.api, resolve_service=self.dns.resolve_service)
+        self.api.admission.extend([self.webhooks, ValidatingPolicies(self.api)])
+        self._stops.append(self.webhooks.close)
         self.workloads = WorkloadControllers(self.kube)
         await self.workloads.start()
         self._stops.append(self.workloads.stop)

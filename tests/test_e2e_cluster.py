@@ -1,0 +1,202 @@
+"""The seed's scenario through the cluster path, on the sandbox (issue: the seed through the cluster path).
+
+Eddy is installed from `manifests/` with kubectl; the seed's Secret, Dataset and DataLoad are applied;
+the controller, preloader and webhook run as pods from their Deployments, the workers from the
+controller's StatefulSet, and each app pod from the webhook's injection. Every test reads the whole
+data set from inside an app container and compares every file's sha256 with what was uploaded. The
+module runs twice: a v1.30 API server (native sidecars) and a v1.28 one (classic sidecars).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from eddy import kube
+from eddy_cli.demo_data import DataSet, upload
+from sandbox.cluster import Sandbox
+from sandbox.link import Link
+from sandbox.s3server import start_seaweedfs
+from sandbox.scenario import (
+    ObjectStoreAccess,
+    Scenario,
+    app_container,
+    filled_dataset,
+    filled_secret,
+    injected_sidecars,
+    renamed_app,
+)
+from tests.support.seed import SEED
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+JOBS = kube.Resource("batch", "v1", "jobs", "Job", has_status=True)
+SIZE = 12 << 20  # one 7 MiB file and small ones: every block path, in seconds
+
+
+def need_cluster_capabilities() -> None:
+    """Fail (never skip) with what is missing: CI runs as root with FUSE, netns and kubectl."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root")
+    if not os.path.exists("/dev/fuse"):
+        missing.append("/dev/fuse")
+    for tool in ("ip", "kubectl", "fusermount3"):
+        if shutil.which(tool) is None:
+            missing.append(tool)
+    assert not missing, f"the sandbox needs {', '.join(missing)} (make test installs the packages)"
+
+
+@dataclass
+class Seeded:
+    cluster: Sandbox
+    run: Scenario
+    data: DataSet
+    native: bool
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module", params=["v1.30.0", "v1.28.9"],
+                        ids=["native", "classic"])
+async def seeded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[Seeded]:
+    need_cluster_capabilities()
+    work = tmp_path_factory.mktemp("e2e")
+    s3 = await asyncio.to_thread(start_seaweedfs, work / "s3")
+    cluster = Sandbox(work / "cluster", git_version=request.param)
+    link: Link | None = None
+    try:
+        data = await upload(s3.endpoint, s3.access_key, s3.secret_key, "e2e", "serverless/", SIZE)
+        await cluster.start()
+        host, port = s3.endpoint.removeprefix("http://").rsplit(":", 1)
+        link = await Link(host, int(port), bandwidth=0, latency_s=0, host=cluster.gateway).start()
+        access = ObjectStoreAccess(link.endpoint, "e2e", "serverless/", s3.access_key, s3.secret_key)
+        run = Scenario(cluster)
+        await run.install_eddy()
+        await run.apply_docs([filled_secret(SEED, access)], verb="create")
+        await run.apply_docs(filled_dataset(SEED, access))
+        await run.wait_dataset("serverless-data")
+        await run.kubectl("apply", "-f", str(SEED / "dataload.yaml"))
+        load = await run.wait_dataload("serverless-data-warmup")
+        assert load["phases"][-1] == "Complete"
+        yield Seeded(cluster, run, data, native=request.param == "v1.30.0")
+    finally:
+        await cluster.stop()
+        if link is not None:
+            await link.stop()
+        await asyncio.to_thread(s3.stop)
+    assert not leftover_mounts(work), "the sandbox left mounts behind"
+
+
+def leftover_mounts(work: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if str(work) in line.split()[4]]
+
+
+async def read_all(seeded: Seeded, pod: dict[str, Any], container: str, dest: str) -> None:
+    """`cp -r /data/. dest` as the container's user, then every file's checksum against the upload."""
+    await seeded.run.exec(pod, container, ["mkdir", "-p", dest])
+    await seeded.run.exec(pod, container, ["cp", "-r", "/data/.", f"{dest}/"])
+    seen = await seeded.run.checksums(pod, container, dest)
+    assert seen == seeded.data.sha256, "the app container read other bytes than were uploaded"
+
+
+def check_mode(seeded: Seeded, pod: dict[str, Any]) -> None:
+    (sidecar,) = injected_sidecars(pod)
+    assert sidecar["securityContext"]["runAsUser"] == 0
+    if seeded.native:
+        assert sidecar["restartPolicy"] == "Always" and sidecar in pod["spec"]["initContainers"]
+    else:
+        assert pod["spec"]["containers"][0]["name"] == sidecar["name"]
+
+
+def seed_app(name: str) -> dict[str, Any]:
+    return yaml.safe_load((SEED / name).read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("manifest", ["deployment-eci.yaml", "deployment-acs.yaml"])
+async def test_seed_deployment_reads_every_byte(seeded: Seeded, manifest: str) -> None:
+    name = f"serving-{manifest.split('-')[1].split('.')[0]}"
+    await seeded.run.apply_docs([renamed_app(seed_app(manifest), name)])
+    pod = await seeded.run.wait_pod(f"app={name}")
+    assert pod["metadata"]["labels"]["done.sidecar.fluid.io/inject"] == "true"
+    check_mode(seeded, pod)
+    await read_all(seeded, pod, app_container(pod), "/tmp/copy")
+    await seeded.run.kubectl("delete", "deployment", name, "--wait=false")
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+async def test_app_container_user_reads_the_mount(seeded: Seeded, uid: int) -> None:
+    name = f"reader-uid{uid}"
+    app = renamed_app(seed_app("deployment-eci.yaml"), name)
+    container = app["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"] = {"runAsUser": uid, "runAsGroup": uid}
+    await seeded.run.apply_docs([app])
+    pod = await seeded.run.wait_pod(f"app={name}")
+    container = app_container(pod)
+    assert (await seeded.run.exec(pod, container, ["id", "-u"])).strip() == str(uid)
+    await read_all(seeded, pod, container, "/tmp/copy")
+    await seeded.run.kubectl("delete", "deployment", name, "--wait=false")
+
+
+async def test_init_container_reads_the_dataset(seeded: Seeded) -> None:
+    """Native mode: the sidecar goes before the init container that needs the mount, which reads every
+    byte. Classic mode cannot serve an init container (the sidecar starts with the app containers): the
+    admission says so in a warning, and the init container finds an empty directory."""
+    name = f"init-reader-{'native' if seeded.native else 'classic'}"
+    app = renamed_app(seed_app("deployment-eci.yaml"), name)
+    template = app["spec"]["template"]["spec"]
+    template["volumes"].append({"name": "scratch", "emptyDir": {}})
+    template["initContainers"] = [{
+        "name": "warm-copy", "image": "busybox",
+        "command": ["sh", "-c", "mkdir -p /scratch/copy && cp -r /data/. /scratch/copy/"],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                         {"name": "scratch", "mountPath": "/scratch"}],
+    }]
+    template["containers"][0]["volumeMounts"].append({"name": "scratch", "mountPath": "/scratch"})
+    await seeded.run.apply_docs([app])
+    pod = await seeded.run.wait_pod(f"app={name}")
+    seen = await seeded.run.checksums(pod, app_container(pod), "/scratch/copy")
+    if seeded.native:
+        names = [c["name"] for c in pod["spec"]["initContainers"]]
+        assert names.index("warm-copy") > names.index(injected_sidecars(pod)[0]["name"])
+        assert seen == seeded.data.sha256
+    else:
+        assert seeded.cluster.webhooks is not None
+        assert any("warm-copy" in w and "empty directory" in w for w in seeded.cluster.webhooks.warnings)
+        assert seen == {}
+    await seeded.run.kubectl("delete", "deployment", name, "--wait=false")
+
+
+async def test_job_pod_completes_after_reading(seeded: Seeded) -> None:
+    script = ("mkdir -p /tmp/copy && cp -r /data/. /tmp/copy/ && cd /tmp/copy && "
+              "find . -type f -exec sha256sum {} +")
+    app = seed_app("deployment-eci.yaml")
+    template = copy.deepcopy(app["spec"]["template"])
+    template["metadata"]["labels"]["app"] = "reader-job"
+    template["spec"]["restartPolicy"] = "Never"
+    template["spec"]["containers"][0].update({"image": "busybox", "command": ["sh", "-c", script]})
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "reader-job"},
+           "spec": {"backoffLimit": 0, "template": template}}
+    await seeded.run.apply_docs([job])
+
+    async def complete() -> dict[str, Any] | None:
+        found = await seeded.run.kube.get_or_none(JOBS, "reader-job", "default") or {}
+        conditions = {c["type"]: c["status"] for c in (found.get("status") or {}).get("conditions") or []}
+        assert conditions.get("Failed") != "True", found.get("status")
+        return found if conditions.get("Complete") == "True" else None
+
+    await seeded.run.wait_until("the Job to complete", complete, timeout=180)
+    pod = await seeded.run.wait_pod("app=reader-job", phase="Succeeded")
+    assert seeded.cluster.runner is not None
+    log = seeded.cluster.runner.logs("default", pod["metadata"]["name"], "serving")
+    seen = {line[66:].removeprefix("./"): line[:64] for line in log.splitlines() if len(line) > 66}
+    assert seen == seeded.data.sha256

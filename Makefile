@@ -3,7 +3,8 @@
 #   make test    Debian packages, .venv, lock check, ruff + mypy, then the test suite
 #   make demo    Debian packages, .venv, then the seed scenario end to end (`eddy demo`)
 #   make lint    ruff + mypy          make bench [BENCH=worker|sidecar|preload|webhook|e2e]
-#   make lock    re-resolve requirements.lock / requirements-dev.lock from pyproject.toml (uv)
+#   make lock    re-resolve requirements{,-dev,-tools}.lock from pyproject.toml with uv
+#   make lock-check   re-resolve into a scratch folder and diff (part of `make test`)
 #   make clean   unmount what a crashed run left under /tmp/eddy-*, remove .venv and caches
 #
 # Installing: `pip install --require-hashes -r requirements-dev.lock`, then `pip install --no-deps -e .`.
@@ -39,7 +40,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # The lock is resolved by uv for CPython >= 3.11 on every platform (`--universal`), only from releases
 # uploaded before LOCK_DATE, so re-resolving later gives the same files and `make lock-check` can
-# compare. `make lock` takes today's date; `make lock LOCK_DATE=...` another.
+# compare. `make lock` takes the current time; `make lock LOCK_DATE=2026-11-30T00:00:00Z` another.
 UV_VERSION := 0.13.9
 UV_DIR     := $(VENV)/lock-tools
 # the system's CA store (Debian's ca-certificates, plus any local CA such as a proxy's), as pip uses

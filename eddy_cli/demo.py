@@ -31,7 +31,7 @@ SEED_DIR_CANDIDATES = ("../shared/seed", "shared/seed")
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "demo",
-        help="run the seed scenario on a one-machine cluster (install, Dataset, DataLoad, injected pod, copy)",
+        help="the seed scenario on a one-machine cluster (install, Dataset, DataLoad, injected pod, copy)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

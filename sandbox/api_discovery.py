@@ -21,6 +21,11 @@ AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryLi
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
+SCALABLE = {("apps", "deployments"), ("apps", "statefulsets"), ("apps", "replicasets")}
+# the group/version of a subresource's response kind, where it is not the resource's own
+RESPONSE_GV = {"binding": ("", "v1"), "exec": ("", "v1"), "log": ("", "v1"), "scale": ("autoscaling", "v1")}
+
+
 def subresources(kind: Kind) -> list[tuple[str, list[str], str]]:
     """(name, verbs, response kind) of each subresource the server answers for `kind`."""
     out: list[tuple[str, list[str], str]] = []
@@ -32,6 +37,8 @@ def subresources(kind: Kind) -> list[tuple[str, list[str], str]]:
             ("exec", ["create", "get"], "PodExecOptions"),
             ("log", ["get"], "Pod"),
         ]
+    if (kind.group, kind.plural) in SCALABLE:
+        out.append(("scale", ["get", "patch", "update"], "Scale"))
     return out
 
 
@@ -132,8 +139,8 @@ def aggregated(registry: Registry, core: bool) -> Obj:
                             "subresource": s,
                             "verbs": verbs,
                             "responseKind": {
-                                "group": "" if s == "binding" else group,
-                                "version": "v1" if s == "binding" else version,
+                                "group": RESPONSE_GV.get(s, (group, version))[0],
+                                "version": RESPONSE_GV.get(s, (group, version))[1],
                                 "kind": kind,
                             },
                         }

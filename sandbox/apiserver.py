@@ -398,6 +398,8 @@ class KubeApiServer(Objects):
                 self.log_source,
                 lambda: self._db.objects.get((kind, ns or "", name or "")),
             )
+        if sub == "scale":
+            return await self._scale(request, kind, ns, str(name))
         return await self._resource(request, kind, ns, name, sub == "status")
 
     def _version(self) -> Obj:
@@ -544,6 +546,30 @@ class KubeApiServer(Objects):
             if (kind.group, kind.plural) == ("", "pods"):
                 api_pods.validate_update(old, new)
         return web.json_response(self._write(kind, store_ns, name, new, old, status_only, dry_run=dry_run))
+
+    async def _scale(self, request: web.Request, kind: Kind, ns: str | None, name: str) -> web.StreamResponse:
+        """`{deployments,statefulsets,replicasets}/{name}/scale`: GET, PUT or PATCH an autoscaling/v1
+        Scale, which reads and writes `spec.replicas` (what `kubectl scale` does)."""
+        verb = {"GET": "get", "PUT": "update", "PATCH": "patch"}.get(request.method)
+        if verb is None:
+            raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported on scale")
+        self._count(request, verb, f"{kind.key}/scale")
+        old = self._db.objects.get((kind, ns or "", name))
+        if old is None:
+            raise ApiError(404, "NotFound", f'{kind.key} "{name}" not found')
+        if request.method == "GET":
+            return web.json_response(api_pods.scale_of(old))
+        body = await _body(request)
+        current = api_pods.scale_of(old)
+        scale = body if request.method == "PUT" else apply_patch(request.content_type, current, body)
+        if not isinstance(scale, dict):
+            raise ApiError(400, "BadRequest", "the body must be a Scale")
+        _check_rv(scale, old, kind, name)
+        new = api_pods.scaled(old, scale)
+        stored = self._write(
+            kind, ns or "", name, new, old, False, dry_run=request.query.get("dryRun") == "All"
+        )
+        return web.json_response(api_pods.scale_of(stored))
 
     async def _delete_options(self, request: web.Request, old: Obj, dry_run: bool) -> tuple[int | None, bool]:
         """gracePeriodSeconds and dryRun from the query or a DeleteOptions body; preconditions checked."""

@@ -96,6 +96,11 @@ async def test_kubectl_applies_eddys_manifests_and_prints_crd_columns(
     )
     rc, out, err = await kubectl(config, "apply", "-k", str(REPO / "manifests"))
     assert rc == 0 and "deployment.apps/eddy-webhook unchanged" in out, out + err
+    rc, out, err = await kubectl(
+        config, "-n", "eddy-system", "scale", "deployment", "eddy-webhook", "--replicas=3"
+    )
+    assert rc == 0, err  # through the scale subresource
+    assert must(sandbox_api.get_object("deployments", "eddy-system", "eddy-webhook"))["spec"]["replicas"] == 3
 
     sandbox_api.put(
         {

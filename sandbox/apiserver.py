@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from sandbox import api_discovery as disc
-from sandbox import api_pods, builtin, tables
+from sandbox import api_pods, api_scale, builtin, tables
 from sandbox.api_kinds import ApiError, Kind, Obj
 from sandbox.api_objects import Objects
 from sandbox.api_patch import apply_patch, field_match, label_match, merge_patch, parse_body, strategic_merge
@@ -558,18 +558,18 @@ class KubeApiServer(Objects):
         if old is None:
             raise ApiError(404, "NotFound", f'{kind.key} "{name}" not found')
         if request.method == "GET":
-            return web.json_response(api_pods.scale_of(old))
+            return web.json_response(api_scale.scale_of(old))
         body = await _body(request)
-        current = api_pods.scale_of(old)
+        current = api_scale.scale_of(old)
         scale = body if request.method == "PUT" else apply_patch(request.content_type, current, body)
         if not isinstance(scale, dict):
             raise ApiError(400, "BadRequest", "the body must be a Scale")
         _check_rv(scale, old, kind, name)
-        new = api_pods.scaled(old, scale)
+        new = api_scale.scaled(old, scale)
         stored = self._write(
             kind, ns or "", name, new, old, False, dry_run=request.query.get("dryRun") == "All"
         )
-        return web.json_response(api_pods.scale_of(stored))
+        return web.json_response(api_scale.scale_of(stored))
 
     async def _delete_options(self, request: web.Request, old: Obj, dry_run: bool) -> tuple[int | None, bool]:
         """gracePeriodSeconds and dryRun from the query or a DeleteOptions body; preconditions checked."""

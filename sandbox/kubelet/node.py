@@ -1,10 +1,6 @@
-"""The Node object a kubelet registers, and the one-node scheduler's fit check.
-
-The runner registers its node (`kubectl get nodes` shows it Ready, with this machine's CPU and memory
-as capacity and the pod network's host address), and binds a pod only when the pod's `nodeSelector`
-matches the node's labels; a pod that does not fit stays Pending with the scheduler's
-`PodScheduled=False, reason Unschedulable` condition. Affinity, taints and resources are not
-considered (one node: there is nowhere else to go).
+"""The Node object a kubelet registers: `kubectl get nodes` shows it Ready, with this machine's CPU and
+memory as capacity and the pod network's host address. (The one-node scheduler in runner.py binds every
+pod to it: selectors, affinity and taints are not considered.)
 """
 
 from __future__ import annotations
@@ -45,23 +41,3 @@ def node_object(name: str, host_ip: str) -> Obj:
                          "kernelVersion": platform.release(), "osImage": "eddy sandbox"},
         },
     }
-
-
-def unfit_reason(pod: Obj, labels: dict[str, str]) -> str:
-    """Why the scheduler would not place `pod` on a node with `labels` ("" when it fits)."""
-    selector = (pod.get("spec") or {}).get("nodeSelector") or {}
-    if all(labels.get(k) == v for k, v in selector.items()):
-        return ""
-    return "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
-
-
-def unschedulable_status(pod: Obj, message: str) -> Obj | None:
-    """The status patch that marks a pod unschedulable, None when it already says so."""
-    conditions = [c for c in (pod.get("status") or {}).get("conditions") or []]
-    current = next((c for c in conditions if c.get("type") == "PodScheduled"), None)
-    if current is not None and current.get("status") == "False" and current.get("message") == message:
-        return None
-    conditions = [c for c in conditions if c.get("type") != "PodScheduled"]
-    conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                       "message": message, "lastProbeTime": None, "lastTransitionTime": now()})
-    return {"status": {"phase": "Pending", "conditions": conditions}}

@@ -33,7 +33,7 @@ from eddy.kube import (
 from sandbox.kubelet.envs import service_env
 from sandbox.kubelet.images import ImageCatalog
 from sandbox.kubelet.mounts import unmount_all
-from sandbox.kubelet.node import node_labels, node_object, unfit_reason, unschedulable_status
+from sandbox.kubelet.node import node_object
 from sandbox.kubelet.pod import Dns, Network, PodWorker
 from sandbox.kubelet.process import ContainerError, ExecResult, make_shared_root, release_shared_root
 
@@ -191,16 +191,10 @@ class PodRunner:
             del self.workers[worker.uid]
 
     async def _bind(self, pod: Obj) -> None:
-        """The one-node scheduler: bind an unscheduled pod to this node."""
+        """The one-node scheduler: bind an unscheduled pod to this node. nodeSelector, affinity and
+        tolerations are ignored (docs/sandbox.md): on one node a mismatch says nothing about a cluster."""
         meta = pod["metadata"]
         ns, name = str(meta.get("namespace") or "default"), str(meta["name"])
-        reason = unfit_reason(pod, node_labels(self.node_name))
-        if reason:
-            patch = unschedulable_status(pod, reason)
-            if patch is not None:
-                with contextlib.suppress(KubeError):
-                    await self.kube.patch_status(PODS, name, patch, ns)
-            return
         binding = {"apiVersion": "v1", "kind": "Binding",
                    "metadata": {"name": name, "namespace": ns, "uid": meta.get("uid")},
                    "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}}

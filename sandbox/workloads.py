@@ -1,5 +1,5 @@
-"""Minimal workload controllers (kube-controller-manager's part): Deployment, StatefulSet, Job, and
-the endpoints of Services (Endpoints and EndpointSlices, `workloads_endpoints.py`).
+"""Minimal workload controllers (kube-controller-manager's part): Deployment, ReplicaSet,
+StatefulSet, Job, and the endpoints of Services (Endpoints and EndpointSlices).
 
 They are API clients over HTTP (`eddy.kube.Kube`), like the real controllers: the pods they make go
 through admission (mutating webhooks, policies), and they learn everything from watches. Pods are
@@ -10,8 +10,9 @@ Shared machinery lives here: informers for the owners and for pods, a de-duplica
 controller, "expectations" (pods created or deleted but not yet seen by the watch, so a quick second
 reconcile does not create twice), owner references (`controller: true`, `blockOwnerDeletion: true`:
 the API server's garbage collector deletes pods with their owner), conditions and status patches.
-The controllers themselves are in `workloads_deployment.py`, `workloads_statefulset.py` and
-`workloads_job.py`; what each models and leaves out is in its docstring.
+The controllers themselves are in `workloads_deployment.py`, `workloads_replicaset.py`,
+`workloads_statefulset.py`, `workloads_job.py` and `workloads_endpoints.py`; what each models and
+leaves out is in its docstring.
 """
 
 from __future__ import annotations
@@ -138,44 +139,61 @@ def condition_true(obj: Obj, ctype: str) -> bool:
                for c in (obj.get("status") or {}).get("conditions") or [])
 
 
-class PodIndex:
-    """The pods informer plus what this process created or deleted that the watch has not shown yet."""
+def _rv(obj: Obj) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:  # opaque elsewhere; integers in the sandbox's API server
+        return 0
 
-    def __init__(self, kube: Kube) -> None:
-        self.informer = Informer(kube, PODS, on_event=self._seen)
-        self._created: dict[str, tuple[Obj, float]] = {}
+
+class OwnedIndex:
+    """An informer on `resource` plus what this process wrote that the watch has not shown yet
+    (created, updated: the newer resourceVersion wins; deleted: shown as terminating), so a quick
+    second reconcile neither creates twice nor scales from a stale count."""
+
+    def __init__(self, kube: Kube, resource: Resource = PODS) -> None:
+        self.informer = Informer(kube, resource, on_event=self._seen)
+        self._written: dict[str, tuple[Obj, float]] = {}
         self._deleted: dict[str, float] = {}
 
-    async def _seen(self, etype: str, pod: Obj) -> None:
-        uid = str(pod["metadata"].get("uid") or "")
-        self._created.pop(uid, None)
+    async def _seen(self, etype: str, obj: Obj) -> None:
+        uid = str(obj["metadata"].get("uid") or "")
+        mine = self._written.get(uid)
+        if mine is not None and (etype == "DELETED" or _rv(obj) >= _rv(mine[0])):
+            del self._written[uid]
         if etype == "DELETED":
             self._deleted.pop(uid, None)
 
-    def expect_created(self, pod: Obj) -> None:
-        self._created[str(pod["metadata"]["uid"])] = (pod, time.monotonic() + EXPECTATION_TTL)
+    def expect_created(self, obj: Obj) -> None:
+        """`obj` as the API answered a create or an update."""
+        self._written[str(obj["metadata"]["uid"])] = (obj, time.monotonic() + EXPECTATION_TTL)
 
-    def expect_deleted(self, pod: Obj) -> None:
-        self._deleted[str(pod["metadata"]["uid"])] = time.monotonic() + EXPECTATION_TTL
+    expect_updated = expect_created
+
+    def expect_deleted(self, obj: Obj) -> None:
+        self._deleted[str(obj["metadata"]["uid"])] = time.monotonic() + EXPECTATION_TTL
 
     def owned(self, namespace: str, owner_uid: str) -> list[Obj]:
-        """Pods of `namespace` whose controller is `owner_uid`, as this process last knows them."""
+        """Objects of `namespace` whose controller is `owner_uid`, as this process last knows them."""
         now = time.monotonic()
-        self._created = {u: v for u, v in self._created.items() if v[1] > now}
+        self._written = {u: v for u, v in self._written.items() if v[1] > now}
         self._deleted = {u: t for u, t in self._deleted.items() if t > now}
         found: dict[str, Obj] = {}
-        candidates = [*self.informer.items(), *(p for p, _ in self._created.values())]
-        for pod in candidates:
-            meta = pod.get("metadata") or {}
-            ref = controller_of(pod)
+        for obj in [*self.informer.items(), *(o for o, _ in self._written.values())]:
+            meta = obj.get("metadata") or {}
+            ref = controller_of(obj)
             uid = str(meta.get("uid"))
             if meta.get("namespace") != namespace or not ref or ref.get("uid") != owner_uid:
                 continue
             if uid in self._deleted and not meta.get("deletionTimestamp"):
                 # Deleted by us, not yet seen: terminating (it may stay a while if it has finalizers).
-                pod = {**pod, "metadata": {**meta, "deletionTimestamp": now_iso()}}
-            found.setdefault(uid, pod)
-        return sorted(found.values(), key=lambda p: str(p["metadata"].get("name")))
+                obj = {**obj, "metadata": {**meta, "deletionTimestamp": now_iso()}}
+            if uid not in found or _rv(obj) > _rv(found[uid]):
+                found[uid] = obj
+        return sorted(found.values(), key=lambda o: str(o["metadata"].get("name")))
+
+
+PodIndex = OwnedIndex
 
 
 class OwnerController:
@@ -237,6 +255,9 @@ class OwnerController:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         await self.owners.stop()
+
+    async def wait_synced(self, timeout: float) -> None:
+        await self.owners.wait_synced(timeout)
 
     @property
     def idle(self) -> bool:
@@ -311,7 +332,7 @@ class WorkloadControllers:
     """The controllers over one pods informer. `start()` / `stop()`; `wait_idle()` for tests."""
 
     def __init__(self, kube: Kube, *,
-                 kinds: Iterable[str] = ("Deployment", "StatefulSet", "Job", "Endpoints"),
+                 kinds: Iterable[str] = ("Deployment", "ReplicaSet", "StatefulSet", "Job", "Endpoints"),
                  job_backoff: float = 10.0, job_interim_conditions: bool = True) -> None:
         """`job_backoff`: the delay before a Job replaces a failed pod, doubling per failure (10s like
         the Job controller; tests pass less). `job_interim_conditions`: Jobs also get
@@ -319,6 +340,7 @@ class WorkloadControllers:
         from sandbox.workloads_deployment import DeploymentController
         from sandbox.workloads_endpoints import EndpointsController
         from sandbox.workloads_job import JobController
+        from sandbox.workloads_replicaset import ReplicaSetController
         from sandbox.workloads_statefulset import StatefulSetController
 
         self.kube = kube
@@ -327,6 +349,8 @@ class WorkloadControllers:
         wanted = set(kinds)
         if "Deployment" in wanted:
             self.controllers.append(DeploymentController(kube, self.pods))
+        if "ReplicaSet" in wanted:
+            self.controllers.append(ReplicaSetController(kube, self.pods))
         if "StatefulSet" in wanted:
             self.controllers.append(StatefulSetController(kube, self.pods))
         if "Endpoints" in wanted:  # Endpoints and EndpointSlices of Services with a selector
@@ -346,7 +370,7 @@ class WorkloadControllers:
         for controller in self.controllers:
             controller.start()
         for controller in self.controllers:
-            await controller.owners.wait_synced(30)
+            await controller.wait_synced(30)
 
     async def stop(self) -> None:
         for controller in self.controllers:

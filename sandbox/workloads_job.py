@@ -41,7 +41,7 @@ from sandbox.workloads import (
     set_condition,
     terminating,
 )
-from sandbox.workloads_deployment import deletion_order
+from sandbox.workloads_replicaset import deletion_order
 
 Obj = dict[str, Any]
 JOBS = Resource("batch", "v1", "jobs", "Job", has_status=True)
@@ -58,6 +58,7 @@ class _JobState:
     deleted_by_us: set[str] = field(default_factory=set)
     last_failure: float = 0.0
     start_time: str = ""
+    started_at: float = 0.0  # when this process set startTime (the field has whole seconds only)
     completion_time: str = ""
     announced: bool = False  # the Completed / failure Event is out
 
@@ -123,6 +124,8 @@ class JobController(OwnerController):
             active = []
             conditions = set_condition(conditions, "Suspended", "True", "JobSuspended", "Job suspended")
         else:
+            if not state.start_time and "startTime" not in status:
+                state.started_at = now
             state.start_time = status.setdefault("startTime", state.start_time or now_iso())
             if any(c.get("type") == "Suspended" for c in conditions):
                 conditions = set_condition(conditions, "Suspended", "False", "JobResumed", "Job resumed")
@@ -162,7 +165,7 @@ class JobController(OwnerController):
             else:
                 active, again = await self._scale(owner, spec, state, active, completions, now)
                 deadline = spec.get("activeDeadlineSeconds")
-                started = parse_time(status.get("startTime"))
+                started = state.started_at or parse_time(status.get("startTime"))
                 if deadline is not None and started is not None:
                     left = started + int(deadline) - now + 0.05
                     again = left if again is None else min(again, left)
@@ -208,7 +211,7 @@ class JobController(OwnerController):
         if state.failed > limit or past_restarts:
             return "BackoffLimitExceeded", "Job has reached the specified backoff limit"
         deadline = spec.get("activeDeadlineSeconds")
-        started = parse_time(status.get("startTime"))
+        started = state.started_at or parse_time(status.get("startTime"))
         if deadline is not None and started is not None and now >= started + int(deadline):
             return "DeadlineExceeded", "Job was active longer than specified deadline"
         return None

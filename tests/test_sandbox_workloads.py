@@ -19,6 +19,7 @@ from sandbox.apiserver import AdmissionAttributes, ApiError, KubeApiServer
 from sandbox.workloads import WorkloadControllers
 from sandbox.workloads_endpoints import ENDPOINT_SLICES, ENDPOINTS
 from sandbox.workloads_job import JOBS
+from sandbox.workloads_replicaset import REPLICASETS
 
 Obj = dict[str, Any]
 NS = "default"
@@ -90,11 +91,17 @@ async def test_deployment_names_scales_rolls_and_reports(cluster: Any) -> None:
 
     first = await eventually(lambda: _count(kube, "app=web", 2))
     hash_ = first[0]["metadata"]["labels"]["pod-template-hash"]
+    rs = await kube.get(REPLICASETS, f"web-{hash_}", NS)
+    assert rs["metadata"]["ownerReferences"] == [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": deploy["metadata"]["uid"],
+         "controller": True, "blockOwnerDeletion": True}]
+    assert rs["spec"]["selector"]["matchLabels"] == {"app": "web", "pod-template-hash": hash_}
+    assert rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
     for pod in first:
         assert re.fullmatch(rf"web-{hash_}-[a-z0-9]{{5}}", pod["metadata"]["name"]), pod["metadata"]["name"]
         ref = pod["metadata"]["ownerReferences"][0]
-        assert ref == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
-                       "uid": deploy["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+        assert ref == {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"web-{hash_}",
+                       "uid": rs["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
     # Created through the namespaced endpoint, without a namespace in the body (what admission sees).
     assert admitted and all(a.namespace == NS and "namespace" not in a.obj["metadata"] for a in admitted)
     assert all(a.operation == "CREATE" and a.obj["metadata"]["generateName"] == f"web-{hash_}-"
@@ -137,10 +144,16 @@ async def test_deployment_names_scales_rolls_and_reports(cluster: Any) -> None:
     status = (await eventually(lambda: _status_is(kube, DEPLOYMENTS, "web", observedGeneration=3,
                                                   updatedReplicas=1, availableReplicas=1, replicas=1)))
     assert status["unavailableReplicas"] == 0
+    sets, _ = await kube.list(REPLICASETS, NS)
+    assert {s["metadata"]["name"]: s["spec"]["replicas"] for s in sets} == {
+        f"web-{hash_}": 0, pod["metadata"]["name"].rsplit("-", 1)[0]: 1}
+    events, _ = await kube.list(EVENTS, NS)
+    assert any(e["reason"] == "ScalingReplicaSet" and e["involvedObject"]["name"] == "web" for e in events)
 
-    # The API server's garbage collector takes the pods with their Deployment.
+    # The API server's garbage collector takes the ReplicaSets with their Deployment, and their pods.
     await kube.delete(DEPLOYMENTS, "web", NS)
     await eventually(lambda: _count(kube, "app=web", 0))
+    assert not (await kube.list(REPLICASETS, NS))[0]
 
 
 async def test_statefulset_ordered_ready_names_claims_and_scale_down(cluster: Any) -> None:
@@ -292,10 +305,10 @@ async def test_job_parallelism_deleted_pod_and_deadline(cluster: Any) -> None:
 
     # activeDeadlineSeconds: a Job still running at its deadline fails, and its pods go.
     await kube.create(JOBS, {"metadata": {"name": "slow"}, "spec": {
-        "activeDeadlineSeconds": 1, "template": template("slow", restart="Never")}}, NS)
+        "activeDeadlineSeconds": 2, "template": template("slow", restart="Never")}}, NS)
     [pod] = await eventually(lambda: _count(kube, "app=slow", 1))
     await kubelet(kube, pod, "Running", ready=True)
-    status = await eventually(lambda: _status_is(kube, JOBS, "slow", active=0), timeout=5)
+    status = await eventually(lambda: _status_is(kube, JOBS, "slow", active=0), timeout=6)
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Failed"]["reason"] == "DeadlineExceeded"
     await eventually(lambda: _count(kube, "app=slow", 0))
@@ -340,14 +353,28 @@ async def test_denied_pod_is_a_failed_create_event(kube_api: KubeApiServer, clus
 
     async def failed_create() -> Obj | None:
         events, _ = await kube.list(EVENTS, NS)
-        return next((e for e in events if e["involvedObject"]["name"] == "guarded"
+        return next((e for e in events if e["involvedObject"]["name"].startswith("guarded-")
                      and e["reason"] == "FailedCreate"), None)
 
     event = await eventually(failed_create)
-    assert event["type"] == "Warning" and event["source"]["component"] == "deployment-controller"
+    assert event["type"] == "Warning" and event["source"]["component"] == "replicaset-controller"
+    assert event["involvedObject"]["kind"] == "ReplicaSet"
     assert event["message"] == 'Error creating: admission webhook "guard.example" denied the request: no'
+
+    async def deployment_says_so() -> Obj | None:
+        status = (await kube.get(DEPLOYMENTS, "guarded", NS)).get("status") or {}
+        return next((c for c in status.get("conditions") or [] if c["type"] == "ReplicaFailure"), None)
+
+    condition = await eventually(deployment_says_so)
+    assert condition["reason"] == "FailedCreate" and "denied the request" in condition["message"]
     denying = False
     await eventually(lambda: _count(kube, "app=guarded", 1))
+    assert await eventually(lambda: _no_replica_failure(kube, "guarded"))
+
+
+async def _no_replica_failure(kube: Kube, name: str) -> bool | None:
+    status = (await kube.get(DEPLOYMENTS, name, NS)).get("status") or {}
+    return True if all(c["type"] != "ReplicaFailure" for c in status.get("conditions") or []) else None
 
 
 async def test_endpoints_and_slices_follow_pods(cluster: Any) -> None:

@@ -131,7 +131,9 @@ class ServiceProxy:
                 if vip is None:
                     log.warning("service CIDR %s is full: Service %s/%s gets no VIP", self.service_net, *key)
                     continue
-                await run_ip("addr", "add", f"{vip}/32", "dev", self.bridge)
+                # check=False: an address left from an interrupted sync is fine; a real failure shows
+                # as the listener's bind error below, for this Service only.
+                await run_ip("addr", "add", f"{vip}/32", "dev", self.bridge, check=False)
                 entry = self._services[key] = _Service(vip)
             for number in [n for n in entry.ports if n not in ports]:
                 await _close_port(entry.ports.pop(number))

@@ -38,6 +38,7 @@ from sandbox.kubelet.pod import Dns, Network, PodWorker
 from sandbox.kubelet.process import ContainerError, ExecResult, make_shared_root, release_shared_root
 
 log = logging.getLogger("sandbox.kubelet")
+DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
 Obj = dict[str, Any]
 
 
@@ -232,7 +233,10 @@ class PodRunner:
                    stdin: bytes | None = None, timeout: float | None = None) -> ExecResult:
         """Run `argv` inside a running container's namespaces, as its user (`kubectl exec`)."""
         worker = self.worker(namespace, pod)
-        target = worker.container(container) if container else (worker.main[0] if worker.main else None)
+        if not container:  # kubectl's choice: the annotated default container, else the first one
+            annotations = worker.pod["metadata"].get("annotations") or {}
+            container = annotations.get(DEFAULT_CONTAINER) or (worker.main[0].name if worker.main else "")
+        target = worker.container(container)
         if target is None:
             raise PodNotFound(f'container "{container}" not found in pod {namespace}/{pod}')
         proc = target.proc

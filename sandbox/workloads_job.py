@@ -15,13 +15,17 @@ each preceded by the 1.31 interim condition `SuccessCriteriaMet` / `FailureTarge
 reason when `interim_conditions` is on. A finished pod is counted once, also when it is deleted before
 the controller looked at it (the DELETED event carries its last phase); an active pod deleted by
 someone else counts as failed, as with Kubernetes' pod tracking finalizers, which this controller does
-not add. Not modelled: `completionMode: Indexed`, `podFailurePolicy`, `successPolicy`,
+not add. `completionMode: Indexed`: one pod per pending index, `<job>-<index>-<5 chars>` with the
+`batch.kubernetes.io/job-completion-index` annotation and label, hostname `<job>-<index>` and
+`JOB_COMPLETION_INDEX`; `succeeded` counts indexes, `completedIndexes` lists them ("0-2,5").
+Not modelled: `podFailurePolicy`, `successPolicy`,
 `backoffLimitPerIndex`, `podReplacementPolicy`, `ttlSecondsAfterFinished`, the defaulting the API
 server does on a Job (selector, template labels).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +49,7 @@ from sandbox.workloads_replicaset import deletion_order
 
 Obj = dict[str, Any]
 JOBS = Resource("batch", "v1", "jobs", "Job", has_status=True)
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 MAX_BACKOFF = 360.0
 
 
@@ -61,6 +66,7 @@ class _JobState:
     started_at: float = 0.0  # when this process set startTime (the field has whole seconds only)
     completion_time: str = ""
     announced: bool = False  # the Completed / failure Event is out
+    indexes: set[int] = field(default_factory=set)  # Indexed: the completion indexes that succeeded
 
 
 def _phase(pod: Obj) -> str:
@@ -83,7 +89,7 @@ class JobController(OwnerController):
         self.backoff = backoff
         self.interim_conditions = interim_conditions
         self._state: dict[str, _JobState] = {}
-        self._vanished: dict[str, dict[str, str]] = {}  # job uid -> pod uid -> last phase
+        self._vanished: dict[str, dict[str, Obj]] = {}  # job uid -> pod uid -> the pod as it went
 
     def forget(self, owner: Obj) -> None:
         uid = str(owner["metadata"].get("uid"))
@@ -94,7 +100,7 @@ class JobController(OwnerController):
         """A pod of ours that is gone: remember its last phase until the next reconcile counts it."""
         ref = controller_of(pod)
         if etype == "DELETED" and ref and ref.get("kind") == "Job":
-            self._vanished.setdefault(str(ref.get("uid")), {})[str(pod["metadata"].get("uid"))] = _phase(pod)
+            self._vanished.setdefault(str(ref.get("uid")), {})[str(pod["metadata"].get("uid"))] = pod
         super().pod_event(etype, pod)
 
     async def delete_pod(self, pod: Obj) -> None:
@@ -108,7 +114,8 @@ class JobController(OwnerController):
         uid = str(meta["uid"])
         pods = self.pods.owned(meta["namespace"], uid)
         old_status = owner.get("status") or {}
-        state = self._account(uid, pods, old_status)
+        indexed = spec.get("completionMode") == "Indexed"
+        state = self._account(uid, pods, old_status, indexed)
         active = [p for p in pods if not finished(p) and not terminating(p)]
         now = time.time()
         status: Obj = {k: v for k, v in old_status.items() if k in ("startTime", "completionTime")}
@@ -172,29 +179,35 @@ class JobController(OwnerController):
         status.update({"active": len(active), "ready": sum(1 for p in active if is_ready(p)),
                        "succeeded": state.succeeded, "failed": state.failed,
                        "uncountedTerminatedPods": {}})
+        if indexed:
+            status["completedIndexes"] = format_indexes(state.indexes)
         if conditions:
             status["conditions"] = conditions
         await self.write_status(owner, status)
         return again
 
-    def _account(self, uid: str, pods: list[Obj], old_status: Obj) -> _JobState:
+    def _account(self, uid: str, pods: list[Obj], old_status: Obj, indexed: bool) -> _JobState:
         state = self._state.get(uid)
         done = [p for p in pods if finished(p)]
         if state is None:  # first look since this process started: trust what the status counts
             state = self._state[uid] = _JobState(int(old_status.get("succeeded") or 0),
                                                  int(old_status.get("failed") or 0))
+            state.indexes = parse_indexes(str(old_status.get("completedIndexes") or ""))
             if state.succeeded + state.failed >= len(done):
                 state.counted = {str(p["metadata"]["uid"]) for p in done}
-        last = {str(p["metadata"]["uid"]): _phase(p) for p in done
-                if str(p["metadata"]["uid"]) not in state.deleted_by_us}  # ours ended as we asked
-        for pod_uid, phase in self._vanished.pop(uid, {}).items():
-            if pod_uid not in state.deleted_by_us:
-                last.setdefault(pod_uid, phase if phase in ("Succeeded", "Failed") else "Failed")
-        for pod_uid, phase in last.items():
-            if pod_uid in state.counted:
+        last = {str(p["metadata"]["uid"]): p for p in done}
+        for pod_uid, pod in self._vanished.pop(uid, {}).items():
+            last.setdefault(pod_uid, pod)  # gone before we looked: its last state decides
+        for pod_uid, pod in last.items():
+            if pod_uid in state.counted or pod_uid in state.deleted_by_us:  # ours ended as we asked
                 continue
             state.counted.add(pod_uid)
-            if phase == "Succeeded":
+            phase, index = _phase(pod), completion_index(pod)
+            if phase == "Succeeded" and indexed:
+                if index is not None:
+                    state.indexes.add(index)
+                state.succeeded = len(state.indexes)  # one success per index counts
+            elif phase == "Succeeded":
                 state.succeeded += 1
             else:
                 state.failed += 1
@@ -219,10 +232,16 @@ class JobController(OwnerController):
     async def _scale(self, owner: Obj, spec: Obj, state: _JobState, active: list[Obj],
                      completions: Any, now: float) -> tuple[list[Obj], float | None]:
         parallelism = int(spec.get("parallelism", 1))
+        indexed = spec.get("completionMode") == "Indexed" and completions is not None
         if completions is None:
             wanted = 0 if state.succeeded > 0 else parallelism
         else:
             wanted = max(0, min(parallelism, int(completions) - state.succeeded))
+        if indexed:  # a pod for an index that already succeeded is surplus
+            done_again = [p for p in active if completion_index(p) in state.indexes]
+            for pod in done_again:
+                await self.delete_pod(pod)
+            active = [p for p in active if p not in done_again]
         if len(active) > wanted:
             extra = deletion_order(active)[: len(active) - wanted]
             for pod in extra:
@@ -240,7 +259,57 @@ class JobController(OwnerController):
                   "controller-uid": meta["uid"], "job-name": meta["name"]}
         template = spec.get("template") or {}
         created = []
+        if indexed:
+            running = {completion_index(p) for p in active}
+            pending = [i for i in range(int(completions)) if i not in state.indexes and i not in running]
+            for index in pending[: wanted - len(active)]:
+                created.append(await self.create_pod(owner, indexed_pod(template, owner, labels, index)))
+            return [*active, *created], None
         for _ in range(wanted - len(active)):
             body = pod_body(template, owner, generate_name=f"{meta['name']}-", labels=labels)
             created.append(await self.create_pod(owner, body))
         return [*active, *created], None
+
+
+def completion_index(pod: Obj) -> int | None:
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(INDEX_KEY)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def indexed_pod(template: Obj, owner: Obj, labels: dict[str, str], index: int) -> Obj:
+    """An Indexed Job's pod: `<job>-<index>-<5 chars>`, the index as annotation and label, hostname
+    `<job>-<index>`, and `JOB_COMPLETION_INDEX` from the annotation in every container."""
+    name = owner["metadata"]["name"]
+    body = pod_body(template, owner, generate_name=f"{name}-{index}-",
+                    labels={**labels, INDEX_KEY: str(index)}, annotations={INDEX_KEY: str(index)},
+                    spec_overrides={"hostname": f"{name}-{index}"})
+    env = {"name": "JOB_COMPLETION_INDEX",
+           "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_KEY}']"}}}
+    for key in ("initContainers", "containers"):
+        for container in body["spec"].get(key) or []:
+            container["env"] = [*(e for e in container.get("env") or [] if e.get("name") != env["name"]), env]
+    return body
+
+
+def parse_indexes(text: str) -> set[int]:
+    """`"0-2,5"` -> {0, 1, 2, 5} (status.completedIndexes)."""
+    found: set[int] = set()
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        with contextlib.suppress(ValueError):
+            found.update(range(int(low), int(high or low) + 1))
+    return found
+
+
+def format_indexes(indexes: set[int]) -> str:
+    """{0, 1, 2, 5} -> `"0-2,5"`."""
+    parts: list[str] = []
+    for index in sorted(indexes):
+        if parts and index == int(parts[-1].rsplit("-", 1)[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{index}"
+        else:
+            parts.append(str(index))
+    return ",".join(parts)

@@ -18,7 +18,7 @@ from eddy.kube import DEPLOYMENTS, EVENTS, PODS, PVCS, SERVICES, STATEFULSETS, K
 from sandbox.apiserver import AdmissionAttributes, ApiError, KubeApiServer
 from sandbox.workloads import WorkloadControllers
 from sandbox.workloads_endpoints import ENDPOINT_SLICES, ENDPOINTS
-from sandbox.workloads_job import JOBS
+from sandbox.workloads_job import JOBS, format_indexes, parse_indexes
 from sandbox.workloads_replicaset import REPLICASETS
 
 Obj = dict[str, Any]
@@ -422,3 +422,32 @@ async def test_endpoints_and_slices_follow_pods(cluster: Any) -> None:
         return not slices and await kube.get_or_none(ENDPOINTS, "web", NS) is None
 
     await eventually(cleaned)
+
+
+async def test_indexed_job(cluster: Any) -> None:
+    kube, _ = cluster
+    await kube.create(JOBS, {"metadata": {"name": "idx"}, "spec": {
+        "completions": 3, "parallelism": 2, "completionMode": "Indexed",
+        "template": template("idx", restart="Never")}}, NS)
+    pods = await eventually(lambda: _count(kube, "app=idx", 2))
+    by_index = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p for p in pods}
+    assert sorted(by_index) == ["0", "1"]
+    one = by_index["1"]
+    assert re.fullmatch(r"idx-1-[a-z0-9]{5}", one["metadata"]["name"]) and one["spec"]["hostname"] == "idx-1"
+    assert one["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == "1"
+    assert {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}} in one["spec"][
+        "containers"][0]["env"]
+    await kubelet(kube, one, "Succeeded")
+    await eventually(lambda: _status_is(kube, JOBS, "idx", completedIndexes="1", succeeded=1))
+    for _ in range(2):
+        pending = await eventually(lambda: _pending(kube, "app=idx"))
+        await kubelet(kube, pending, "Succeeded")
+    status = await eventually(lambda: _status_is(kube, JOBS, "idx", completedIndexes="0-2", succeeded=3))
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in status["conditions"])
+
+
+def test_completed_indexes_text() -> None:
+    assert format_indexes({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert parse_indexes("0-2,5,7-8") == {0, 1, 2, 5, 7, 8}
+    assert format_indexes(set()) == "" and parse_indexes("") == set()

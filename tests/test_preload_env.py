@@ -134,6 +134,7 @@ class Bed:
             secrets=self.s3.secrets(),
             meta_dir=self.tmp / f"w{index}" / "meta",
             store_timeout=5.0,
+            block_size=BS,
         )
         server = WorkerServer(settings)
         runner = web.AppRunner(server.app(), access_log=None)

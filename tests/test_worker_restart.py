@@ -97,7 +97,8 @@ async def test_restart_keeps_disk_blocks(
     secret_dir = s3_server.write_secret_dir(tmp_path / "secrets")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ["worker", "-f", str(manifest), "--port", str(port), "--secret-dir", str(secret_dir)]
+    args = ["worker", "-f", str(manifest), "--port", str(port), "--secret-dir", str(secret_dir),
+            "--block-size", str(BS)]
     refs = [BlockRef("demo", "big.bin", etag, i, len(data), BS) for i in range(6)]
     client = WorkerClient(timeout=10)
     try:

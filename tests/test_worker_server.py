@@ -67,6 +67,7 @@ async def _start(
         secrets=s3.secrets(),
         meta_dir=tmp / "ssd" / "meta",
         store_timeout=5.0,
+        block_size=BS,
     )
     server = WorkerServer(settings)
     runner = web.AppRunner(server.app(), access_log=None)

@@ -51,10 +51,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--warm-concurrency", type=int, default=8, help="blocks warmed at once per request")
     parser.add_argument("--store-timeout", type=float, default=30.0, help="object-store request timeout (s)")
     parser.add_argument("--no-promote", action="store_true", help="never move blocks up to the first level")
+    parser.add_argument("--block-size", type=int, metavar="BYTES",
+                        help="the block size (default: the config file's blockSize, else 8 MiB); requests "
+                             "naming another get 400")
+    parser.add_argument("--token-dir", metavar="DIR",
+                        help="directory with the token files 'read' and 'admin' (the mounted Secret; default "
+                             "/etc/eddy/worker-token if present). Without tokens every caller is served")
+    parser.add_argument("--idle-timeout", type=float, default=15.0, metavar="SECONDS",
+                        help="close a connection sending no complete request head in this (default 15)")
+    parser.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="a request body must arrive within this, else 408 (default 30)")
+    parser.add_argument("--max-connections", type=int, default=1024,
+                        help="connections open at once; more are answered 503 and closed (default 1024)")
     parser.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace) -> int:
+    from worker.listen import CappedSite
     from worker.server import WorkerServer
     from worker.settings import SettingsError, build_settings
 
@@ -64,14 +77,20 @@ async def run(args: argparse.Namespace) -> int:
         log.error("eddy worker: %s", exc)
         return 2
     server = WorkerServer(settings)
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    if settings.tokens.enabled:
+        roles = [r for r, t in (("read", settings.tokens.read), ("admin", settings.tokens.admin)) if t]
+        log.info("authentication on: /v1/ requests need a bearer token (roles: %s)", ", ".join(roles))
+    else:
+        log.warning("authentication OFF: no token configured (--token-dir), every caller is served")
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False,
+                           keepalive_timeout=settings.idle_timeout)
     try:
         await runner.setup()
     except (TierStoreError, SecretError) as exc:
         log.error("eddy worker: %s", exc)
         await runner.cleanup()
         return 2
-    site = web.TCPSite(runner, host, port, backlog=256)
+    site = CappedSite(runner, host, port, max_connections=settings.max_connections, backlog=256)
     try:
         await site.start()
     except OSError as exc:

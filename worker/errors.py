@@ -18,6 +18,7 @@ from eddy.objectstore import (
 )
 from eddy.wire import (
     ERR_BAD_REQUEST,
+    ERR_BLOCK_SIZE,
     ERR_OBJECT_CHANGED,
     ERR_OBJECT_GONE,
     ERR_STORE_DENIED,
@@ -26,6 +27,7 @@ from eddy.wire import (
     ERR_STORE_UNAVAILABLE,
     ERR_UNKNOWN_MOUNT,
     BadBlockRef,
+    BlockSizeMismatch,
 )
 
 
@@ -39,6 +41,8 @@ class BadRequest(ValueError):
 
 def describe(exc: BaseException) -> tuple[int, str, str]:
     """`(status, code, message)` for a failure."""
+    if isinstance(exc, BlockSizeMismatch):
+        return 400, ERR_BLOCK_SIZE, str(exc)
     if isinstance(exc, BadBlockRef | BadRequest):
         return 400, ERR_BAD_REQUEST, str(exc)
     if isinstance(exc, UnknownMount):

@@ -46,6 +46,13 @@ class MetaStore:
         if not NAME.match(name):
             raise BadMetaName(f"meta name {name!r} must be 1-128 letters, digits, '.', '_' or '-'")
 
+    def peek(self, name: str) -> bytes:
+        """The blob of that name, or b"" (no name check: for size accounting)."""
+        return self._blobs.get(name, b"")
+
+    def total_bytes(self) -> int:
+        return sum(len(b) for b in self._blobs.values())
+
     def get(self, name: str) -> bytes | None:
         self.check(name)
         return self._blobs.get(name)

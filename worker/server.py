@@ -7,6 +7,7 @@ block files found on the levels) and the object-store clients, and its cleanup c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,21 +19,24 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eddy.api import Dataset
-from eddy.blocks import BlockRef
+from eddy.blocks import DEFAULT_BLOCK_SIZE, BlockRef
 from eddy.objectstore import ObjectStore
 from eddy.secrets import SecretSource
 from eddy.wire import (
     BLOCK_PATH,
     DATASET_PARAM,
     ERR_BAD_REQUEST,
+    ERR_META_FULL,
     ERR_NOT_FOUND,
     ERR_RANGE,
+    ERR_TIMEOUT,
     ERR_TOO_LARGE,
     ERR_UNKNOWN_DATASET,
     HEADER_CACHE,
     HEADER_CRC,
     HEADER_TIER,
     META_MAX_BYTES,
+    META_MAX_TOTAL,
     META_PATH,
     PURGE_PATH,
     STATS_PATH,
@@ -41,6 +45,7 @@ from eddy.wire import (
     ref_from_mapping,
 )
 from worker.errors import BadRequest, describe
+from worker.guard import Tokens, auth_middleware
 from worker.metastore import BadMetaName, MetaStore
 from worker.metrics import WorkerMetrics
 from worker.service import BlockService
@@ -65,6 +70,13 @@ class WorkerSettings:
     promote: bool = True
     store_timeout: float = 30.0
     meta_dir: Path | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE  # the worker's, never the caller's (eddy/wire.py)
+    tokens: Tokens = field(default_factory=Tokens)  # none: every caller is served (local mode)
+    meta_max_bytes: int = META_MAX_BYTES  # one blob
+    meta_max_total: int = META_MAX_TOTAL  # all blobs together
+    body_timeout: float = 30.0  # a request body (warm, meta) must arrive within this
+    idle_timeout: float = 15.0  # a connection sends a complete request within this, or is closed
+    max_connections: int = 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,6 +112,14 @@ async def error_middleware(
         if status == 500:
             log.exception("%s %s failed", request.method, request.path)
         return json_error(status, code, message)
+
+
+def _parse_json(raw: bytes, what: str) -> Any:
+    """JSON or 400: malformed, not UTF-8, or nested too deep for the parser (RecursionError)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"{what} is not JSON (malformed, or nested too deeply)") from None
 
 
 def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
@@ -172,7 +192,10 @@ class WorkerServer:
         await self.store.close()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=META_MAX_BYTES + (1 << 20))
+        app = web.Application(
+            middlewares=[error_middleware, auth_middleware(self.settings.tokens, json_error)],
+            client_max_size=self.settings.meta_max_bytes + (1 << 20),
+        )
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.stop)
         r = app.router
@@ -188,6 +211,22 @@ class WorkerServer:
         return app
 
     # -------------------------------------------------------------------------------------- helpers
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, within `body_timeout` (408 after) and aiohttp's size cap (413)."""
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):
+                return await request.read()
+        except TimeoutError:
+            limit = self.settings.body_timeout
+            raise _HTTPError(408, ERR_TIMEOUT, f"the request body did not arrive within {limit:g}s") from None
+
+    def _check_meta_total(self, name: str, size: int) -> None:
+        total = self.meta.total_bytes() - len(self.meta.peek(name)) + size
+        if total > self.settings.meta_max_total:
+            raise _HTTPError(507, ERR_META_FULL,
+                             f"meta blobs may hold {self.settings.meta_max_total} bytes in all; this one "
+                             f"({size} bytes) would make {total}")
+
     def _service(self) -> BlockService:
         if self.service is None or not self.ready:
             raise _HTTPError(503, "not_ready", "the worker is starting or stopping")
@@ -208,7 +247,7 @@ class WorkerServer:
         try:
             service = self._service()
             self._check_dataset(request.query.get(DATASET_PARAM))
-            ref = ref_from_mapping(request.query)
+            ref = ref_from_mapping(request.query, block_size=self.settings.block_size)
             service.check_ref(ref)
             rng = parse_range(request.headers.get("Range"), ref.length)
             verified = await service.read_hit(ref)
@@ -282,10 +321,7 @@ class WorkerServer:
         t0 = time.perf_counter()
         service = self._service()
         self._check_dataset(request.query.get(DATASET_PARAM))
-        try:
-            body = await request.json()
-        except ValueError:
-            raise BadRequest("warm body is not JSON") from None
+        body = _parse_json(await self._body(request), "warm body")
         if not isinstance(body, dict) or not isinstance(body.get("blocks"), list):
             raise BadRequest('warm body must be {"blocks": [block reference, ...]}')
         self._check_dataset(body.get(DATASET_PARAM))
@@ -299,7 +335,7 @@ class WorkerServer:
             try:
                 if not isinstance(raw, dict):
                     raise BadBlockRef(f"block reference {raw!r} is not an object")
-                ref = ref_from_mapping(raw)
+                ref = ref_from_mapping(raw, block_size=self.settings.block_size)
                 service.check_ref(ref)
                 refs.append(ref)
             except Exception as exc:  # reported in this block's result
@@ -312,15 +348,19 @@ class WorkerServer:
     async def put_meta(self, request: web.Request) -> web.StreamResponse:
         self._check_dataset(request.query.get(DATASET_PARAM))
         name = request.match_info["name"]
-        if request.content_length is not None and request.content_length > META_MAX_BYTES:
-            raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {META_MAX_BYTES} bytes")
-        data = await request.read()
-        if len(data) > META_MAX_BYTES:
-            raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {META_MAX_BYTES} bytes")
         try:
-            await self.meta.put(name, data)
+            self.meta.check(name)
         except BadMetaName as exc:
             raise BadRequest(str(exc)) from None
+        cap = self.settings.meta_max_bytes
+        if request.content_length is not None and request.content_length > cap:
+            raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {cap} bytes")
+        self._check_meta_total(name, request.content_length or 0)
+        data = await self._body(request)
+        if len(data) > cap:
+            raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {cap} bytes")
+        self._check_meta_total(name, len(data))
+        await self.meta.put(name, data)
         return web.json_response({"name": name, "bytes": len(data)})
 
     async def get_meta(self, request: web.Request) -> web.StreamResponse:

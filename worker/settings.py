@@ -16,11 +16,14 @@ import os
 from pathlib import Path
 
 from eddy.api import Dataset, JindoRuntime, TierLevel
+from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.config import RuntimeConfig, load_config
 from eddy.manifests import load_all
 from eddy.names import CONFIG_FILE_KEY, CONFIG_MOUNT_DIR, SECRETS_MOUNT_DIR, WORKER_PORT
 from eddy.quantity import parse_quantity
 from eddy.secrets import SecretSource
+from eddy.wire import TOKEN_DIR
+from worker.guard import TokenError, load_tokens
 from worker.server import WorkerSettings
 from worker.tierstore import LevelConfig
 
@@ -111,6 +114,16 @@ def build_settings(args: argparse.Namespace) -> tuple[WorkerSettings, tuple[str,
         secret_dir = SECRETS_MOUNT_DIR
     secrets = SecretSource.from_dir(secret_dir) if secret_dir else None
     disk = next((lvl for lvl in levels if lvl.mediumtype != "MEM"), None)
+    block_size = getattr(args, "block_size", None) or (config.block_size if config else DEFAULT_BLOCK_SIZE)
+    if block_size <= 0:
+        raise SettingsError(f"--block-size {block_size}: must be positive")
+    token_dir = getattr(args, "token_dir", None)
+    if token_dir is None and Path(TOKEN_DIR).is_dir():
+        token_dir = TOKEN_DIR
+    try:
+        tokens = load_tokens(Path(token_dir) if token_dir else None)
+    except TokenError as exc:
+        raise SettingsError(str(exc)) from None
     settings = WorkerSettings(
         dataset=dataset,
         levels=levels,
@@ -123,5 +136,10 @@ def build_settings(args: argparse.Namespace) -> tuple[WorkerSettings, tuple[str,
         promote=not args.no_promote,
         store_timeout=args.store_timeout,
         meta_dir=disk.path / "meta" if disk is not None else None,
+        block_size=block_size,
+        tokens=tokens,
+        idle_timeout=getattr(args, "idle_timeout", 15.0),
+        body_timeout=getattr(args, "body_timeout", 30.0),
+        max_connections=getattr(args, "max_connections", 1024),
     )
     return settings, listen_address(args, config)

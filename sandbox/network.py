@@ -5,7 +5,8 @@ Layout (all made with iproute2 through asyncio subprocesses):
 - a bridge (`bridge`, unique per instance) holding the gateway, the first address of `pod_cidr`, and
   a link route for `service_cidr` (so the host never sends a VIP address out of its default route);
 - per pod a named netns `<bridge>-<12 hex of the pod uid>` with `lo` up and `eth0`, one end of a veth
-  pair whose host end sits on the bridge; the pod's IP (lowest free address, freed ones reused) on
+  pair whose host end sits on the bridge; the pod's IP (the next free address, round robin, so a freed
+  one is reused last) on
   `eth0`, the pod CIDR on-link and the service CIDR via the gateway, and NO default route: a pod
   reaches other pods and the host's bridge address, nothing else (`connect()` elsewhere fails with
   ENETUNREACH before a packet is sent). Pod to pod goes through the bridge, which needs no IP
@@ -85,6 +86,7 @@ class PodNetwork:
                                   kubernetes_port=kubernetes_port)
         self._pods: dict[str, tuple[PodAddress, str]] = {}  # pod uid -> (address, host veth)
         self._used: set[ipaddress.IPv4Address] = set()
+        self._cursor = int(self.pod_net.network_address) + 2
         self._pending: dict[str, asyncio.Future[PodAddress]] = {}
         self._started = False
 
@@ -274,6 +276,7 @@ class PodNetwork:
             await run_ip("-n", ns, "addr", "add", f"{ip}/{self.pod_net.prefixlen}", "dev", "eth0")
             await run_ip("-n", ns, "link", "set", "eth0", "up")
             await run_ip("-n", ns, "route", "add", str(self.service_net), "via", self.gateway, "dev", "eth0")
+            await run_ip("neigh", "flush", "to", str(ip), "dev", self.bridge, check=False)  # an old pod's MAC
         except BaseException:
             await run_ip("link", "del", veth, check=False)
             await run_ip("netns", "delete", ns, check=False)
@@ -283,11 +286,16 @@ class PodNetwork:
         return address
 
     def _allocate(self, foreign: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Address:
-        for ip in self.pod_net.hosts():
-            if ip != ipaddress.IPv4Address(self.gateway) and ip not in self._used and not any(
-                ip in net for net in foreign
-            ):
+        """The next free address after the last one given, wrapping around (as the host-local IPAM
+        plugin does): a freed address is reused only after the others, when no neighbour cache (of
+        the host or another pod) still maps it to the old pod's MAC."""
+        first = int(self.pod_net.network_address) + 2  # .0 is the network, .1 the gateway
+        size = int(self.pod_net.broadcast_address) - first
+        for step in range(size):
+            ip = ipaddress.IPv4Address(first + (self._cursor - first + step) % size)
+            if ip not in self._used and not any(ip in net for net in foreign):
                 self._used.add(ip)
+                self._cursor = int(ip) + 1
                 return ip
         raise NetworkError(f"pod CIDR {self.pod_net} is full ({len(self._used)} pods)")
 

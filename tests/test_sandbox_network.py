@@ -262,17 +262,26 @@ async def test_pods_talk_by_ip_name_and_vip_and_reach_nothing_else(kube_api: Kub
 
 
 async def test_detach_frees_and_reuses_addresses() -> None:
-    network = await _new_network()
+    outer = await _new_network()  # a /29 (5 pod addresses) inside a /24 of our own
+    network = PodNetwork(bridge=f"etn{secrets.token_hex(4)}", pod_cidr=f"{outer.pod_net[32]}/29",
+                         service_cidr=f"{outer.service_net[32]}/29")
+    uids = [f"pod-{n}" for n in range(6)]
     try:
-        first = [await network.attach(f"pod-{n}") for n in range(3)]
+        await network.start()
+        first = [await network.attach(uid) for uid in uids[:3]]
+        assert [a.ip for a in first] == [str(network.pod_net[n]) for n in (2, 3, 4)]
         await network.detach("pod-1")
         assert Path(first[1].netns).name not in _netns_names()
-        again = await network.attach("pod-9")
-        assert again.ip == first[1].ip  # the lowest free address is used again
+        # Round robin: the next addresses first, the freed one only after the range wrapped.
+        later = [await network.attach(uid) for uid in uids[3:]]
+        assert [a.ip for a in later] == [str(network.pod_net[n]) for n in (5, 6, 3)]
+        with pytest.raises(NetworkError, match="full"):
+            await network.attach("pod-9")
         await network.detach("unknown")  # nothing to do
     finally:
         await network.stop()
-    assert not await _leftovers(network.bridge, ["pod-0", "pod-1", "pod-2", "pod-9"], network)
+        await outer.stop()
+    assert not await _leftovers(network.bridge, uids, network)
 
 
 async def test_start_removes_what_a_crashed_run_left() -> None:

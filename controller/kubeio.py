@@ -36,6 +36,8 @@ BY_KIND: dict[str, Resource] = {
     "ConfigMap": CONFIGMAPS,
     "Service": SERVICES,
     "StatefulSet": STATEFULSETS,
+    "Secret": SECRETS,
+    "NetworkPolicy": Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
 }
 __all__ = ["BY_KIND", "CONFIG_MAPS", "DATASETS", "PODS", "PVCS", "PVS", "RUNTIMES", "SECRETS",
            "SERVICES", "STATEFULSETS", "ApiError", "Kube", "Resource"]

@@ -6,7 +6,11 @@
   claim on the dataset. Serverless nodes have no CSI plugin; the PV's CSI source (driver
   `eddy.fluid.io`) is never mounted because the webhook rewires the pod's volume to the FUSE sidecar.
 - the ConfigMap `<name>-eddy-config` (key `eddy.yaml`, Secret references only, never values),
-- a headless Service and the worker StatefulSet `<name>-eddy-worker` from `replicas` and `tieredstore`.
+- a headless Service and the worker StatefulSet `<name>-eddy-worker` from `replicas` and `tieredstore`,
+- the Secret `<name>-eddy-token` with the workers' two random bearer tokens (keys `read`, `admin`;
+  created once, never rewritten: the reconciler only creates it) mounted into the workers as files,
+- the NetworkPolicy `<name>-eddy-worker`: only Eddy's pods and the pods the webhook injected (label
+  `done.sidecar.fluid.io/inject: "true"`, in the Dataset's namespace) reach the workers.
 
 Namespaced objects carry an owner reference to the Dataset; the cluster-scoped PV cannot (Kubernetes
 forbids namespaced owners of cluster-scoped objects), so the Dataset's finalizer deletes it.
@@ -14,13 +18,16 @@ forbids namespaced owners of cluster-scoped objects), so the Dataset's finalizer
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from eddy import names
 from eddy.api import Dataset, JindoRuntime, TierLevel, parse_dataset, parse_runtime
 from eddy.config import build_config
+from eddy.wire import TOKEN_ADMIN_KEY, TOKEN_DIR, TOKEN_READ_KEY, token_secret_name
 
 CSI_DRIVER = "eddy.fluid.io"
 STORAGE_CLASS = "fluid"
@@ -28,6 +35,7 @@ PV_CAPACITY = "100Pi"  # what Fluid declares: the dataset's size is not a volume
 MANAGED_BY = "eddy-controller"
 CONFIG_HASH_ANNOTATION = "eddy.fluid.io/config-hash"
 WORKER_COMPONENT = "eddy-worker"
+EDDY_POD_LABELS = {"app.kubernetes.io/part-of": "eddy"}  # the controller's and preloader's pods
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,39 @@ def _level_volume(index: int, level: TierLevel) -> dict[str, Any]:
     return {"name": name, "hostPath": {"path": level.path, "type": "DirectoryOrCreate"}}
 
 
+def token_secret(ds: Dataset, owner: dict[str, Any]) -> dict[str, Any]:
+    """Fresh random tokens each call: the reconciler creates this Secret once and never patches it."""
+    data = {key: base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
+            for key in (TOKEN_READ_KEY, TOKEN_ADMIN_KEY)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(token_secret_name(ds.meta.name), ds, owner, dataset_labels(ds)),
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+def worker_network_policy(ds: Dataset, owner: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Ingress to the workers' port from Eddy's own pods (any namespace) and injected app pods."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(names.worker_name(ds.meta.name), ds, owner, dataset_labels(ds)),
+        "spec": {
+            "podSelector": {"matchLabels": worker_selector(ds)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [
+                    {"namespaceSelector": {}, "podSelector": {"matchLabels": EDDY_POD_LABELS}},
+                    {"podSelector": {"matchLabels": {names.LABEL_INJECT_DONE: "true"}}},
+                ],
+                "ports": [{"protocol": "TCP", "port": settings.worker_port}],
+            }],
+        },
+    }
+
+
 def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: dict[str, Any],
                        settings: Settings) -> dict[str, Any]:
     name = names.worker_name(ds.meta.name)
@@ -161,6 +202,8 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
         volumes.append({"name": f"secret-{i}", "secret": {"secretName": secret}})
         mounts.append({"name": f"secret-{i}", "mountPath": f"{names.SECRETS_MOUNT_DIR}/{secret}",
                        "readOnly": True})
+    volumes.append({"name": "worker-token", "secret": {"secretName": token_secret_name(ds.meta.name)}})
+    mounts.append({"name": "worker-token", "mountPath": TOKEN_DIR, "readOnly": True})
     for i, level in enumerate(rt.levels):
         volume = _level_volume(i, level)
         volumes.append(volume)
@@ -174,6 +217,7 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
             f"--config={names.CONFIG_MOUNT_DIR}/{names.CONFIG_FILE_KEY}",
             f"--secret-dir={names.SECRETS_MOUNT_DIR}",
             f"--port={settings.worker_port}",
+            f"--token-dir={TOKEN_DIR}",
         ],
         "ports": [{"name": "http", "containerPort": settings.worker_port}],
         "readinessProbe": {
@@ -215,6 +259,8 @@ def desired_objects(
         persistent_volume(ds),
         persistent_volume_claim(ds, owner),
         cm,
+        token_secret(ds, owner),
         worker_service(ds, owner, settings),
+        worker_network_policy(ds, owner, settings),
         worker_statefulset(ds, rt, config_hash, owner, settings),
     ]

@@ -157,6 +157,8 @@ class Reconciler:
         if live is None:
             log.info("creating %s %s", desired["kind"], meta["name"])
             return await self.kube.create(res, desired, ns)
+        if desired["kind"] == "Secret":
+            return live  # the worker tokens: random once, never rewritten (workers would lose callers)
         if desired["kind"] in ("PersistentVolume", "PersistentVolumeClaim"):
             wanted: dict[str, Any] = {"metadata": {"labels": meta["labels"]}}  # the spec is immutable
         else:

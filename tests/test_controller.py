@@ -169,7 +169,10 @@ async def test_reconcile_twice_writes_nothing(bed: Bed) -> None:
     assert bed.kube.writes == writes
     assert bed.api.resource_version == version
     assert not [c for c in bed.api.calls if isinstance(c, tuple) and c[0] in ("create", "patch", "update")
-                and bed.api.calls[c] > 1 and "status" not in c[1] and c[1] != "datasets.data.fluid.io"]
+                and bed.api.calls[c] > 1 and "status" not in c[1] and c[1] != "datasets.data.fluid.io"
+                and c != ("create", "secrets")]  # the seed's credentials, then the worker-token Secret once
+    tokens = bed.get("secrets", "serverless-data-eddy-token")
+    assert tokens is not None and sorted(tokens["data"]) == ["admin", "read"]
 
 
 async def test_replicas_change_updates_the_statefulset_and_capacity(bed: Bed) -> None:

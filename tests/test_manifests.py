@@ -122,7 +122,8 @@ def test_rbac_is_least_privilege(rendered: list[Doc]) -> None:
         for rule in roles[name]["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"]
             if "secrets" in rule["resources"]:
-                assert rule["verbs"] == ["get"]  # never list/watch every Secret of the cluster
+                # never list/watch every Secret of the cluster; the controller creates worker-token ones
+                assert rule["verbs"] == (["get", "create"] if name == "eddy-controller" else ["get"])
     preloader = {r for rule in roles["eddy-preloader"]["rules"] for r in rule["resources"]}
     assert "statefulsets" not in preloader and "persistentvolumes" not in preloader
 
@@ -156,12 +157,22 @@ def test_controller_objects_validate() -> None:
     for rt in (runtime, hostpath):
         objects = desired_objects(dataset, rt, Settings())
         assert [o["kind"] for o in objects] == [
-            "PersistentVolume", "PersistentVolumeClaim", "ConfigMap", "Service", "StatefulSet"]
+            "PersistentVolume", "PersistentVolumeClaim", "ConfigMap", "Secret", "Service", "NetworkPolicy",
+            "StatefulSet"]
         for obj in objects:
             kubernetes_validate.validate(obj, "1.30", strict=True)
     volumes = objects[-1]["spec"]["template"]["spec"]["volumes"]
     ssd = {"name": "tier-1-ssd", "hostPath": {"path": "/mnt/eddy-ssd", "type": "DirectoryOrCreate"}}
     assert ssd in volumes
+    tokens = objects[3]
+    assert tokens["metadata"]["name"] == "serverless-data-eddy-token"
+    assert sorted(tokens["data"]) == ["admin", "read"]
+    assert tokens["metadata"]["ownerReferences"][0]["kind"] == "Dataset"
+    assert {"name": "worker-token", "secret": {"secretName": "serverless-data-eddy-token"}} in volumes
+    policy = objects[5]["spec"]
+    assert policy["podSelector"] == objects[-1]["spec"]["selector"] and policy["policyTypes"] == ["Ingress"]
+    injected = {"podSelector": {"matchLabels": {"done.sidecar.fluid.io/inject": "true"}}}
+    assert injected in policy["ingress"][0]["from"]
 
 
 def kubectl() -> str:

@@ -6,6 +6,8 @@ idempotency) lives here and is tested without a server. Per Dataset the pod gets
 
 - one sidecar (`eddy sidecar mount ...`), privileged (or SYS_ADMIN + /dev/fuse), with the dataset's
   ConfigMap at /etc/eddy/config and its Secrets at /etc/eddy/secrets/<secret> (references only);
+- the workers' *read* token only (the `read` key of `<dataset>-eddy-token`, a Secret volume with
+  `items`) at /etc/eddy/worker-token/read: it reads blocks, it cannot purge, warm or write metadata;
 - the dataset's volume replaced, under the same name, by an `emptyDir` the sidecar mounts FUSE onto
   (`Bidirectional`) and every container that mounted the claim sees (`HostToContainer`);
 - native mode: the sidecar is an init container with `restartPolicy: Always` and a startup probe,
@@ -36,6 +38,7 @@ from eddy.names import (
     SIDECAR_HEALTH_PORT,
     config_map_name,
 )
+from eddy.wire import TOKEN_DIR, TOKEN_READ_KEY, token_secret_name
 from webhook.profiles import InjectorSettings, PlatformProfile, select_profile, sidecar_resources
 
 SIDECAR_PREFIX = "eddy-"
@@ -118,6 +121,7 @@ def _sidecar(
     settings: InjectorSettings,
     health_port: int,
     podinfo_volume: str,
+    token_volume: str = "",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The sidecar container and any extra volume it needs (the /dev/fuse hostPath)."""
     command = ["eddy", "sidecar", "mount", "--config", f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE_KEY}"]
@@ -133,6 +137,8 @@ def _sidecar(
         {"name": vol, "mountPath": f"{SECRETS_MOUNT_DIR}/{secret}", "readOnly": True}
         for vol, secret in secret_volumes
     ]
+    if token_volume:  # only the read token (eddy/wire.py): a sidecar can read blocks, never purge
+        mounts.append({"name": token_volume, "mountPath": TOKEN_DIR, "readOnly": True})
     extra_volumes: list[dict[str, Any]] = []
     res = {kind: dict(values) for kind, values in resources.items()}
     # Root in the sidecar, whatever the image's USER or the pod's securityContext say: mounting FUSE
@@ -245,6 +251,7 @@ def inject(
             (_unique(dns_label(name, "secret", secret), taken_volumes), secret)
             for secret in dataset.secret_names
         ]
+        token_volume = _unique(dns_label(name, "token"), taken_volumes)
         sidecar, extra_volumes = _sidecar(
             name,
             dataset,
@@ -255,12 +262,17 @@ def inject(
             settings,
             SIDECAR_HEALTH_PORT + len(by_dataset_done),
             podinfo_volume,
+            token_volume,
         )
         by_dataset_done.append(key)
         for vol in extra_volumes:
             vol["name"] = _unique(vol["name"], taken_volumes)
         volumes.append({"name": config_volume, "configMap": {"name": config_map_name(dataset.meta.name)}})
         volumes.extend({"name": vol, "secret": {"secretName": secret}} for vol, secret in secret_volumes)
+        volumes.append({"name": token_volume, "secret": {
+            "secretName": token_secret_name(dataset.meta.name),
+            "items": [{"key": TOKEN_READ_KEY, "path": TOKEN_READ_KEY}],
+        }})
         volumes.extend(extra_volumes)
         users = [str(c.get("name")) for c in init_containers if _uses(c, dataset_volumes)]
         if settings.native_sidecar:

@@ -201,9 +201,12 @@ def validate_update(old: Obj, new: Obj) -> None:
 
 # ---------------------------------------------------------------------------------------------- exec
 class ExecOutcome(Protocol):
-    returncode: int
-    stdout: bytes
-    stderr: bytes
+    @property
+    def returncode(self) -> int: ...
+    @property
+    def stdout(self) -> bytes: ...
+    @property
+    def stderr(self) -> bytes: ...
 
 
 # (namespace, pod, container, argv, stdin=bytes | None) -> what the command did (PodRunner.exec fits)

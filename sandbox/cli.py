@@ -86,8 +86,8 @@ async def run_up(args: argparse.Namespace) -> int:
         await cluster.start()
         site_runner = await serve_control(cluster, root / SOCKET)
         (root / STATE).write_text(json.dumps({
-            "pid": os.getpid(), "url": cluster.url, "kubeconfig": str(cluster.kubeconfig),
-            "gateway": cluster.gateway, "started": time.time(),
+            "pid": os.getpid(), "name": cluster.name, "url": cluster.url,
+            "kubeconfig": str(cluster.kubeconfig), "gateway": cluster.gateway, "started": time.time(),
         }))
         print(f"sandbox up: API {cluster.url}, pods on {cluster.gateway}", flush=True)
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)

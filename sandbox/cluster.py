@@ -46,7 +46,8 @@ class Sandbox:
         next free pair (10.245/10.97, ...) when another sandbox on this machine holds them."""
         self.root = root
         self.name = name or f"eddy{short_id()}"
-        self.api = KubeApiServer(git_version=git_version)
+        self.git_version = git_version
+        self.api = KubeApiServer(git_version=git_version)  # replaced in start() once the CIDRs are chosen
         # Pods reach the API server's TLS listener on the gateway, directly (in-cluster config from the
         # environment) or through the `kubernetes` Service's VIP; its port is chosen before either exists.
         self.tls_port = free_port()
@@ -99,14 +100,19 @@ class Sandbox:
 
     async def _start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        await self._start_network()
+        self._stops.append(self.network.stop)
+        # Strict: namespaces and ServiceAccounts must exist, pods are validated, as in a cluster; the
+        # Service CIDR is the network's, so spec.clusterIP, the proxy's VIPs and the hosts files agree.
+        self.api = KubeApiServer(git_version=self.git_version, strict=True,
+                                 service_cidr=str(self.network.service_net))
         await self.api.start()
         self._stops.append(self.api.stop)
         self.kube = await Kube.connect(url=self.api.url)
         self._stops.append(self.kube.close)
-        await self._start_network()
-        self._stops.append(self.network.stop)
         await self.api.serve_tls(self.network.gateway, self.tls_port)
         await self.network.watch_services(self.kube)
+        self._stops.append(self.network.proxy.close)  # before the client closes; idempotent
         self.dns = ClusterDns(self.kube, api_server_ip=self.network.gateway, network=self.network)
         await self.dns.start()
         self._stops.append(self.dns.stop)
@@ -122,6 +128,8 @@ class Sandbox:
         )
         await self.runner.start()
         self._stops.append(self.runner.stop)
+        self.api.log_source = self.runner.log_file  # kubectl logs
+        self.api.exec_handler = self.runner.exec  # kubectl exec (kubectl >= 1.30: WebSocket streams)
         self.write_kubeconfig()
         log.info("sandbox %s up: API %s, pods on %s", self.name, self.api.url, self.network.gateway)
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from bench.cpu import CpuMeter, descendants, per_gib, pids_of, tree_of
+from bench.profiles import profile_during, py_spy
 from eddy_cli.procs import free_port
 
 MiB = 1024 * 1024
@@ -324,19 +326,40 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ceilings: dict[str, float] = {}
         values: list[float] = []
         settings = ((1, 8), (1, 16), (1, 32), (2, 8))
+        worker_pids = [p.pid for p in procs]
+        cpu: dict[str, dict[str, float]] = {}  # setting -> process -> CPU-seconds, all rounds
+        moved: dict[str, int] = {}  # setting -> bytes, all rounds
+        busy_seconds: dict[str, float] = {}  # setting -> wall seconds, all rounds
+
+        def meter() -> CpuMeter:
+            return CpuMeter({"bench": pids_of(os.getpid()), "s3": tree_of(local.process.pid),
+                             "workers": lambda: [p for w in worker_pids for p in descendants(w)]},
+                            with_children=frozenset({"bench"}))
+
+        def account(name: str, m: CpuMeter, seconds: float) -> None:
+            for proc, seconds in m.stop().items():
+                cpu.setdefault(name, {}).setdefault(proc, 0.0)
+                cpu[name][proc] += seconds
+            moved[name] = moved.get(name, 0) + total
+            busy_seconds[name] = busy_seconds.get(name, 0.0) + seconds
+
         for round_ in range(1 if quick else 2):
             for procs_n, conc in settings:
+                m = meter().start()
                 if procs_n == 1:
                     seconds = await _ranged_get_all(endpoint, access, secret, sizes, conc)
                 else:
                     seconds = await asyncio.to_thread(_ranged_get_processes, endpoint, access, secret, sizes,
                                                       conc, procs_n)
                 name = f"{procs_n}x{conc}"
+                account(name, m, seconds)
                 ceilings[name] = max(ceilings.get(name, 0.0), total / MiB / seconds)
                 print(f"round {round_}: ranged GET {procs_n} process(es) x{conc}: "
                       f"{total / MiB / seconds:.1f} MiB/s", flush=True)
             await _purge(urls)
+            m = meter().start()
             seconds, result = await _preload(doc, urls, secret_dir)
+            account("preload", m, seconds)
             values.append(total / MiB / seconds)
             p = result.progress
             print(f"round {round_}: preload {values[-1]:.1f} MiB/s ({result.outcome.phase}, "
@@ -345,6 +368,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         value = max(values)
         rerun_seconds, rerun = await _preload(doc, urls, secret_dir)
         print(f"preload again (all cached): {rerun_seconds:.2f}s", flush=True)
+        profile: dict[str, Any] = {}
+        if py_spy() is not None:  # one more (unmeasured) round under py-spy: preloader and workers
+            await _purge(urls)
+            targets = {"preloader": os.getpid(), **{f"worker{i}": p.pid for i, p in enumerate(procs)}}
+            step = _preload(doc, urls, secret_dir)
+            _, profile = await profile_during(targets, "preload", step, "a DataLoad")
     finally:
         _cleanup(procs, local, root)
     memory = _plan_rss_child(100_000, 10 * 1024 * MiB)
@@ -369,4 +398,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "plan_rss_goal_mib": 200,
         "plan_with_snapshot_rss_peak_mib": memory["with_snapshot_rss_peak_mib"],
         "plan_memory": memory,
+        # CPU-seconds per GiB moved, per process group: `bench` is this process (the preloader's
+        # run_load for the value; the aiobotocore readers, with their child processes, for the ceiling)
+        "cpu_s_per_gib": {k: per_gib(v, moved["preload"]) for k, v in cpu["preload"].items()},
+        "ceiling_cpu_s_per_gib": {k: per_gib(v, moved[best]) for k, v in cpu[best].items()},
+        "cpu_s_per_gib_by_setting": {name: {k: per_gib(v, moved[name]) for k, v in c.items()}
+                                     for name, c in cpu.items() if name != "preload"},
+        "profile": profile,
+        "busy_cores": {name: round(sum(c.values()) / secs, 2) for name, c in cpu.items()
+                       for secs in [busy_seconds.get(name, 0.0)] if secs},
     }

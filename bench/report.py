@@ -51,6 +51,27 @@ def _num(entry: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _flat(value: Any) -> dict[str, Any]:
+    """{"large": x, "small": y} or a bare figure (one shape: large) -> {shape: figure}."""
+    return value if isinstance(value, dict) else {"large": value}
+
+
+def cpu_table(data: dict[str, Any]) -> list[str]:
+    """CPU-seconds per GiB delivered, per process and shape, beside the ceiling's processes."""
+    rows = []
+    for name, entry in sorted(data.items()):
+        value, ceiling = entry.get("cpu_s_per_gib") or {}, entry.get("ceiling_cpu_s_per_gib") or {}
+        for kind, procs in (("value", value), ("ceiling", ceiling)):
+            for proc, figures in procs.items():
+                flat = _flat(figures)
+                large, small = flat.get("large", ""), flat.get("small", "")
+                rows.append(f"| {name} | {kind} | {proc} | {large} | {small} |")
+    if not rows:
+        return []
+    return ["", "## CPU-seconds per GiB delivered (user + system, /proc/<pid>/stat)", "",
+            "| benchmark | side | process | large file | small-file tree |", "|---|---|---|---|---|", *rows]
+
+
 def write_report(latest: Path, out_dir: Path) -> Path:
     data: dict[str, Any] = json.loads(latest.read_text()) if latest.exists() else {}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +90,7 @@ def write_report(latest: Path, out_dir: Path) -> Path:
             f"| {entry.get('ceiling')} | {entry.get('ratio')} | {entry.get('cores')} "
             f"| {entry.get('measured_at', '')} |"
         )
+    lines += cpu_table(data)
     charts: list[tuple[str, str]] = []
     sidecar = data.get("sidecar", {})
     if sidecar:
@@ -113,7 +135,8 @@ def write_report(latest: Path, out_dir: Path) -> Path:
         charts.append(("Webhook latency CDF", "webhook_latency.png"))
     for name, entry in sorted(data.items()):
         extras = {
-            k: v for k, v in entry.items() if k not in {"latency_cdf"} and not isinstance(v, list | dict)
+            k: v for k, v in entry.items()
+            if k not in {"latency_cdf", "profiles", "profile", "copies"} and not isinstance(v, list)
         }
         lines += ["", f"## {name}", "", "```json", json.dumps(extras, indent=2, sort_keys=True), "```"]
     for title, file in charts:

@@ -12,8 +12,13 @@ processes are warmed with it; then a reader streams the file through
   `sandbox/link.py` is there, and straight to the local S3 server.
 
 The reader does 1 MiB `readinto`s into one buffer (like `dd bs=1M`), and every stream is checked
-against the expected SHA-256, so a fast wrong answer cannot count. Each figure is the best of two
+against the expected SHA-256, so a fast wrong answer cannot count. Each figure is the best of ROUNDS
 passes (the machine is shared); the page cache is dropped before each pass.
+
+The small-file shape: a tree of TREE_FILES files of 4..260 KiB (bench/memfs.py `tree_files`, uploaded
+beside the large object and warmed too) read whole, in name order, through the sidecar and through
+memfs alternately (bench/tree_read.py). Every pass records CPU-seconds per GiB (bench/cpu.py) of the
+sidecar, the workers and memfs: `cpu_s_per_gib` / `ceiling_cpu_s_per_gib`, {"large": .., "small": ..}.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from typing import Any
 
 import yaml
 
-from bench.memfs import FILE_NAME, bench_content
+from bench.cpu import CpuMeter, cpu_seconds, per_gib, pids_of
+from bench.memfs import FILE_NAME, TREE_NAME, bench_content, tree_files
+from bench.tree_read import tree_rounds
 from eddy_cli.procs import free_port, rss_mib
 
 MiB = 1024 * 1024
@@ -47,6 +54,8 @@ ROUNDS = 3
 BUCKET = "bench"
 PREFIX = "sidecar"
 KEY = "stream/data.bin"
+TREE_FILES = 200  # the small-file shape: 200 files of 4..260 KiB (~23 MB), served by memfs and sidecar
+
 
 
 def _eddy() -> list[str]:
@@ -120,7 +129,7 @@ class Procs:
                 subprocess.run([*cmd, str(mount)], capture_output=True, check=False)
 
 
-def upload(s3: Any, data: bytes) -> None:
+def upload(s3: Any, data: bytes, tree: dict[str, bytes]) -> None:
     import botocore.session
 
     client = botocore.session.get_session().create_client(
@@ -141,6 +150,8 @@ def upload(s3: Any, data: bytes) -> None:
         parts = list(pool.map(put, range(-(-len(data) // part))))
     client.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload_id,
                                      MultipartUpload={"Parts": parts})
+    for name, body in tree.items():
+        client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{TREE_NAME}/{name}", Body=body)
     client.close()
 
 
@@ -166,7 +177,7 @@ def manifest_docs(endpoint: str, quota_mib: int, replicas: int) -> list[dict[str
     return [dataset, runtime]
 
 
-async def warm_workers(manifest: Path, secret_dir: Path, urls: list[str]) -> int:
+async def warm_workers(manifest: Path, secret_dir: Path, urls: list[str], keys: list[str]) -> int:
     from eddy.blocks import blocks_of, owners
     from eddy.objectstore import ObjectStore
     from eddy.secrets import SecretSource
@@ -176,10 +187,11 @@ async def warm_workers(manifest: Path, secret_dir: Path, urls: list[str]) -> int
     cfg = load_settings(None, [str(manifest)], workers=urls)
     mount = cfg.dataset.mounts[0]
     async with ObjectStore.for_mount(mount, SecretSource.from_dir(secret_dir)) as store:
-        info = await store.head(KEY)
+        infos = [await store.head(key) for key in keys]
     plan: dict[str, list[Any]] = {u: [] for u in urls}
-    for ref in blocks_of(mount.name, KEY, info.etag, info.size, cfg.block_size):
-        plan[owners(ref, urls, 1)[0]].append(ref)
+    for key, info in zip(keys, infos, strict=True):
+        for ref in blocks_of(mount.name, key, info.etag, info.size, cfg.block_size):
+            plan[owners(ref, urls, 1)[0]].append(ref)
     async with WorkerClient(timeout=300) as client:
         results = await asyncio.gather(*(client.warm(u, refs) for u, refs in plan.items()))
     return sum(1 for rs in results for r in rs if r.ok)
@@ -202,7 +214,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         data = bench_content(size)
         expect = hashlib.sha256(data).hexdigest()
         expect_cold = hashlib.sha256(data[:cold_size]).hexdigest()
-        await asyncio.to_thread(upload, s3, data)
+        tree = tree_files(TREE_FILES)
+        expect_tree = {n: hashlib.sha256(b).hexdigest() for n, b in tree.items()}
+        await asyncio.to_thread(upload, s3, data, tree)
         del data
         secret_dir = s3.write_secret_dir(work / "secrets")
         out: dict[str, Any] = {"bytes": size, "cores": os.cpu_count() or 1, "workers": n_workers}
@@ -220,8 +234,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                          "--serve-mode", "sendfile"],
                         work / f"worker-{i}.log")
         await asyncio.to_thread(_wait_ready, urls)
+        worker_pids = tuple(p.pid for p in procs.procs)
         t0 = time.monotonic()
-        warmed = await warm_workers(manifest, secret_dir, urls)
+        warmed = await warm_workers(manifest, secret_dir, urls, [KEY, *(f"{TREE_NAME}/{n}" for n in tree)])
         out["warm_blocks"] = warmed
         out["warm_seconds"] = round(time.monotonic() - t0, 2)
 
@@ -235,7 +250,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             procs.mounts.append(ref_mnt)
             log = work / f"memfs-{name}.log"
             ref = procs.start([sys.executable, "-m", "bench.memfs", "--mountpoint", str(ref_mnt),
-                               "--size-mib", str(size // MiB), "--direct-io" if direct else "--no-direct-io"],
+                               "--size-mib", str(size // MiB), "--tree", str(TREE_FILES),
+                               "--direct-io" if direct else "--no-direct-io"],
                               log)
             try:
                 await asyncio.to_thread(wait_mount, ref_mnt, ref, log)
@@ -243,7 +259,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 args_.append("--direct-io" if direct else "--no-direct-io")
                 run_ = await asyncio.to_thread(
                     _through_sidecar, procs, work, manifest, secret_dir, args_, f"warm-{name}", expect,
-                    None, ref_mnt / FILE_NAME,
+                    None, ref_mnt / FILE_NAME, ref.pid, worker_pids, expect_tree,
                 )
             finally:
                 await asyncio.to_thread(procs.stop, ref)
@@ -252,7 +268,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                            "paired_ratios": [round(r, 3) for r in run_.paired],
                            "rss_mib": round(run_.rss, 1),
                            "from_workers_bytes": run_.sources.get("worker", 0),
-                           "from_store_bytes": run_.sources.get("store", 0)}
+                           "from_store_bytes": run_.sources.get("store", 0),
+                           "cpu_s_per_gib": run_.cpu_per_gib(),
+                           "ceiling_cpu_s_per_gib": {"memfs": per_gib(run_.ref_cpu, run_.ref_bytes)},
+                           "small_files": run_.tree}
         out["warm_modes"] = modes
         out["ceiling_modes"] = ceilings
         out["ceiling"] = max(ceilings.values())
@@ -261,6 +280,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["value"] = modes[best]["MB_s"]
         out["rss_mib"] = max(m["rss_mib"] for m in modes.values())
         out["median_paired_ratio"] = round(statistics.median(modes[best]["paired_ratios"]), 3)
+        # CPU twins of value and ceiling: CPU-seconds per GiB delivered, in the value's mode (large file)
+        # and of the small-file tree (TREE_FILES files of 4..260 KiB, read whole, in name order)
+        small = modes[best]["small_files"]
+        out["cpu_s_per_gib"] = {k: {"large": v, "small": small.get(f"{k}_cpu_s_per_gib")}
+                                for k, v in modes[best]["cpu_s_per_gib"].items()}
+        out["ceiling_cpu_s_per_gib"] = {"memfs": {"large": modes[best]["ceiling_cpu_s_per_gib"]["memfs"],
+                                                  "small": small.get("memfs_cpu_s_per_gib")}}
+        out["small_files"] = {"MB_s": small.get("MB_s"), "ceiling_MB_s": small.get("ceiling_MB_s"),
+                              "files": TREE_FILES, "bytes": small.get("bytes"),
+                              "ratio": round(small["MB_s"] / small["ceiling_MB_s"], 3)
+                              if small.get("ceiling_MB_s") else None}
 
         # ---- cold: the object store only (through the OSS-like link when it is there)
         link = await Link(s3.host, s3.port, bandwidth=50e6, latency_s=0.015).start()
@@ -273,12 +303,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cold_size,
         )
         out["cold"] = round(cold.mbps, 1)
+        out["cold_cpu_s_per_gib"] = {"sidecar": cold.cpu_per_gib()["sidecar"]}
         out["cold_bytes"] = cold_size
         direct_cold = await asyncio.to_thread(
             _through_sidecar, procs, work, manifest, secret_dir, ["--no-workers"], "cold-direct",
             expect_cold, cold_size,
         )
         out["cold_unthrottled"] = round(direct_cold.mbps, 1)
+        out["cold_unthrottled_cpu_s_per_gib"] = {"sidecar": direct_cold.cpu_per_gib()["sidecar"]}
         out.update(metric="sequential read through the sidecar mount, warm (workers)", unit="MB/s",
                    ratio=round(out["value"] / out["ceiling"], 3))
         out["goals"] = {"warm_ratio": 0.4, "rss_mib": 300}
@@ -311,11 +343,20 @@ class SidecarRun:
     sources: dict[str, float]
     reference: float = 0.0
     paired: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU-seconds over all rounds
+    tree: dict[str, float] = field(default_factory=dict)  # small-file tree: MB/s, CPU, bytes
+    bytes: int = 0  # through the sidecar, over all rounds
+    ref_cpu: float = 0.0
+    ref_bytes: int = 0
+
+    def cpu_per_gib(self) -> dict[str, float]:
+        return {name: per_gib(seconds, self.bytes) for name, seconds in self.cpu.items()}
 
 
 def _through_sidecar(
     procs: Procs, work: Path, manifest: Path, secret_dir: Path, extra: list[str], name: str, expect: str,
-    limit: int | None = None, reference: Path | None = None,
+    limit: int | None = None, reference: Path | None = None, ref_pid: int | None = None,
+    worker_pids: tuple[int, ...] = (), tree: dict[str, str] | None = None,
 ) -> SidecarRun:
     """Mount, stream (best of ROUNDS; each round first streams `reference` when given), unmount."""
     mnt = work / f"mnt-{name}"
@@ -333,13 +374,23 @@ def _through_sidecar(
             ref_mbps = 0.0
             if reference is not None:
                 _drop_page_cache()
+                before = cpu_seconds(ref_pid) if ref_pid else 0.0
                 ref_mbps = stream(reference, expect)[0]
+                result.ref_cpu += (cpu_seconds(ref_pid) if ref_pid else 0.0) - before
+                result.ref_bytes += reference.stat().st_size
                 result.reference = max(result.reference, ref_mbps)
             _drop_page_cache()  # a pass must read through the sidecar, not the kernel's page cache
+            meter = CpuMeter({"sidecar": pids_of(proc.pid), "worker": pids_of(*worker_pids)}).start()
             got, peak = stream(mnt / KEY, expect, proc.pid, limit)
+            for name, seconds in meter.stop().items():
+                result.cpu[name] = result.cpu.get(name, 0.0) + seconds
+            result.bytes += limit if limit is not None else (mnt / KEY).stat().st_size
             result.mbps, result.rss = max(result.mbps, got), max(result.rss, peak)
             if ref_mbps:
                 result.paired.append(got / ref_mbps)
+        if tree and reference is not None and ref_pid is not None:
+            result.tree = tree_rounds(mnt / TREE_NAME, reference.parent / TREE_NAME, tree, proc.pid, ref_pid,
+                                      worker_pids, ROUNDS)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             for line in r.read().decode().splitlines():
                 if line.startswith("eddy_sidecar_fetched_bytes_total{"):

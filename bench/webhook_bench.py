@@ -30,6 +30,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench.profiles import profile_during, py_spy
+from bench.webhook_tail import GC_WRAPPER, fixed_rate_timed, own_gc_pauses, read_pauses, tail_figures
 from webhook.certs import new_bundle, write_private
 from webhook.review import pod_create_review, pod_of_template
 
@@ -172,9 +174,12 @@ async def fixed_rate(
 
 
 @contextlib.asynccontextmanager
-async def cluster_webhook(work: Path, docs: list[dict[str, Any]]) -> AsyncIterator[tuple[str, Path, Any]]:
+async def cluster_webhook(work: Path, docs: list[dict[str, Any]], gc_mode: str = ""
+                          ) -> AsyncIterator[tuple[str, Path, Any, asyncio.subprocess.Process]]:
     """The API test server (in this process) holding the seed's Dataset, its PVC and runtime, and one
-    `eddy webhook` process in cluster mode against it; yields (mutate URL, CA file, server)."""
+    `eddy webhook` process in cluster mode against it; yields (mutate URL, CA file, server, process).
+    With `gc_mode` ("on"/"off") the webhook runs under bench/webhook_tail.py's GC_WRAPPER, which records
+    its GC pauses to work/gc-<mode>.json ("off": with the collector disabled)."""
     # The Kubernetes API test server (importable without pytest); loaded by name so that mypy's strict
     # check of bench/ does not extend into tests/.
     server_module = importlib.import_module("sandbox.apiserver")
@@ -206,10 +211,12 @@ async def cluster_webhook(work: Path, docs: list[dict[str, Any]]) -> AsyncIterat
             "status": {"nodeInfo": {"kubeletVersion": "v1.30.2"}},
         },
     )
+    launcher = ["-m", "eddy_cli.main"]
+    if gc_mode:
+        launcher = ["-c", GC_WRAPPER, gc_mode, str(work / f"gc-{gc_mode}.json")]
     cmd = [
         sys.executable,
-        "-m",
-        "eddy_cli.main",
+        *launcher,
         "--log-level",
         "WARNING",
         "webhook",
@@ -233,7 +240,7 @@ async def cluster_webhook(work: Path, docs: list[dict[str, Any]]) -> AsyncIterat
         config = api.get_object("mutatingwebhookconfigurations", None, "eddy-webhook") or {}
         ca_path = work / "hook-ca.crt"
         ca_path.write_bytes(base64.b64decode(config["webhooks"][0]["clientConfig"]["caBundle"]))
-        yield url, ca_path, api
+        yield url, ca_path, api, proc
     finally:
         await _stop(proc)
         await api.stop()
@@ -262,9 +269,10 @@ async def run(args: Any) -> dict[str, Any]:
         ctx = ssl.create_default_context(cafile=str(work / "ca.crt"))
         try:
             ceiling, _ = await max_rate(ceiling_url, body, ctx, total)
+            ceiling_tail = tail_figures(await fixed_rate_timed(ceiling_url, body, ctx, seconds, RATE))
         finally:
             await _stop(ceiling_proc)
-        async with cluster_webhook(work, seed_dataset_docs()) as (url, ca_path, api):
+        async with cluster_webhook(work, seed_dataset_docs(), "on") as (url, ca_path, api, proc):
             hook_ctx = ssl.create_default_context(cafile=str(ca_path))
             # Let every informer's watch stream open first: they are set up once, not per admission.
             async with asyncio.timeout(30):
@@ -273,9 +281,26 @@ async def run(args: Any) -> dict[str, Any]:
                     await asyncio.sleep(0.05)
             before = sum(api.calls.values())
             best, sent = await max_rate(url, body, hook_ctx, total)
-            latencies = await fixed_rate(url, body, hook_ctx, seconds)
+            with own_gc_pauses() as client_gc:
+                timed = await fixed_rate_timed(url, body, hook_ctx, seconds, RATE)
+            latencies = [t[1] for t in timed]
             admissions = sent + len(latencies) + 20
             calls = sum(api.calls.values()) - before
+            await asyncio.sleep(0.5)  # the wrapper writes its pauses every 0.2 s
+            tail = tail_figures(timed, read_pauses(work / "gc-on.json"), client_gc)
+            profile: dict[str, Any] = {}
+            if py_spy() is not None:  # a second pass at 200/s under py-spy (not the measured one)
+                _, profile = await profile_during({"webhook": proc.pid}, "webhook-200",
+                                                  fixed_rate_timed(url, body, hook_ctx, seconds, RATE),
+                                                  f"admissions at {RATE}/s over HTTPS")
+        async with cluster_webhook(work, seed_dataset_docs(), "off") as (url, ca_path, api, proc):
+            hook_ctx = ssl.create_default_context(cafile=str(ca_path))
+            async with asyncio.timeout(30):
+                while not api.calls[("watch", "datasets")]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await max_rate(url, body, hook_ctx, 500)  # warm like the measured run
+            gc_off = tail_figures(await fixed_rate_timed(url, body, hook_ctx, seconds, RATE),
+                                  read_pauses(work / "gc-off.json"))
     return {
         "metric": "admissions_per_s",
         "unit": "admissions/s",
@@ -286,6 +311,11 @@ async def run(args: Any) -> dict[str, Any]:
         "max_per_s": round(best, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
+        "p999_ms": round(_percentile(latencies, 0.999) * 1000, 3),
+        # the tail, explained (bench/webhook_tail.py): the same 200/s against the bare TLS server, the
+        # webhook's and the client's GC pauses under the slow requests, and the webhook with gc disabled
+        "tail": {"webhook": tail, "ceiling_server": ceiling_tail, "webhook_gc_disabled": gc_off},
+        "profile": profile,
         "fixed_rate_per_s": RATE,
         "fixed_rate_seconds": seconds,
         "api_calls_per_admission": round(calls / max(1, admissions), 4),

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench.cpu import cpu_seconds, per_gib
 from eddy.blocks import BlockRef, blocks_of
 from eddy.wire import BLOCK_PATH, ref_to_params
 from eddy.workerclient import WorkerClient
@@ -35,6 +37,7 @@ from sandbox.s3server import start_seaweedfs
 MiB = 1 << 20
 BLOCK = 8 * MiB
 DEFAULT_MODE = "sendfile/verify=changed"
+SMALL_FILES = 200
 
 
 async def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
@@ -66,10 +69,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def _throughput(
-    session: aiohttp.ClientSession, urls: list[tuple[str, dict[str, str]]], streams: int, total: int
+    session: aiohttp.ClientSession, urls: list[tuple[str, dict[str, str]]], streams: int, total: int,
+    cpu: _Cpu | None = None, block: int = BLOCK,
 ) -> float:
-    """Bytes/s reading `total` bytes with `streams` concurrent request loops over `urls`."""
-    per_stream = max(1, total // BLOCK // streams)
+    """Bytes/s reading `total` bytes with `streams` concurrent request loops over `urls` (blocks of
+    `block` bytes); the server's and this client's CPU-seconds go into `cpu` when given."""
+    per_stream = max(1, total // block // streams)
 
     async def loop(offset: int) -> int:
         got = 0
@@ -82,9 +87,34 @@ async def _throughput(
                 got += len(body)
         return got
 
+    before = cpu.snapshot() if cpu else (0.0, 0.0)
     t0 = time.perf_counter()
     done = await asyncio.gather(*(loop(k * 7) for k in range(streams)))
-    return sum(done) / (time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if cpu:
+        cpu.add(before, sum(done))
+    return sum(done) / seconds
+
+
+class _Cpu:
+    """CPU-seconds of one server process and of this (client) process, summed over measurements."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.server = self.client = 0.0
+        self.bytes = 0
+
+    def snapshot(self) -> tuple[float, float]:
+        return cpu_seconds(self.pid), cpu_seconds(os.getpid())
+
+    def add(self, before: tuple[float, float], nbytes: int) -> None:
+        server, client = self.snapshot()
+        self.server += server - before[0]
+        self.client += client - before[1]
+        self.bytes += nbytes
+
+    def per_gib(self) -> dict[str, float]:
+        return {"server": per_gib(self.server, self.bytes), "client": per_gib(self.client, self.bytes)}
 
 
 async def _client_throughput(client: WorkerClient, url: str, refs: list[BlockRef], total: int) -> float:
@@ -165,6 +195,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         payload = os.urandom(blocks * BLOCK)
         etag = str(boto.put_object(Bucket=bucket, Key="data/blob.bin", Body=payload)["ETag"]).strip('"')
         del payload
+        # the small-file shape: objects of 4 KiB..256 KiB, one block each
+        rng = random.Random(5)
+        small_sizes = [rng.choice([4096, 65536, 262144]) + rng.randrange(4096) for _ in range(SMALL_FILES)]
+        small_etags = [str(boto.put_object(Bucket=bucket, Key=f"data/small/f{i:04}.bin",
+                                           Body=rng.randbytes(n))["ETag"]).strip('"')
+                       for i, n in enumerate(small_sizes)]
         secret_dir = s3.write_secret_dir(work / "secrets", "access-key", "oss")
         dataset = {
             "apiVersion": "data.fluid.io/v1alpha1", "kind": "Dataset",
@@ -181,6 +217,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         manifest = work / "dataset.yaml"
         manifest.write_text(yaml.safe_dump(dataset))
         refs = list(blocks_of("demo", "blob.bin", etag, blocks * BLOCK, BLOCK))
+        small_refs = [r for i, (n, e) in enumerate(zip(small_sizes, small_etags, strict=True))
+                      for r in blocks_of("demo", f"small/f{i:04}.bin", e, n, BLOCK)]
 
         # The ceiling: a plain aiohttp server streaming the same bytes from memory in 1 MiB writes.
         cport = free_port()
@@ -207,6 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # Interleaved rounds, so a noisy neighbour on this shared machine hits every target alike.
         samples: dict[tuple[str, int], list[float]] = {(t, n): [] for t in targets for n in (1, 4)}
+        cpus = {t: _Cpu(pids[t]) for t in targets}
         connector = aiohttp.TCPConnector(limit=16)
         session = aiohttp.ClientSession(connector=connector, read_bufsize=MiB, auto_decompress=False)
         with _RssSampler(pids) as rss:
@@ -219,9 +258,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     for streams in (1, 4):
                         for t in order:
                             samples[(t, streams)].append(
-                                await _throughput(s, targets[t], streams, total // rounds)
+                                await _throughput(s, targets[t], streams, total // rounds, cpus[t])
                             )
-            default_url = targets[DEFAULT_MODE][0][0].removesuffix(BLOCK_PATH)
+                # small files: one stream, each GET one small block (per-request cost dominates)
+                default_url = targets[DEFAULT_MODE][0][0].removesuffix(BLOCK_PATH)
+                async with WorkerClient(timeout=120) as warm_client:
+                    await warm_client.warm(default_url, small_refs)
+                small_targets = {
+                    "ceiling": [(f"http://127.0.0.1:{cport}/small", {"size": str(n)}) for n in small_sizes],
+                    DEFAULT_MODE: [(default_url + BLOCK_PATH, ref_to_params(r)) for r in small_refs],
+                }
+                small_cpu = {t: _Cpu(pids[t]) for t in small_targets}
+                small_samples: dict[str, list[float]] = {t: [] for t in small_targets}
+                small_total, mean = sum(small_sizes), sum(small_sizes) // len(small_sizes)
+                for _ in range(rounds):
+                    for t, urls in small_targets.items():
+                        got = await _throughput(s, urls, 1, small_total, small_cpu[t], mean)
+                        small_samples[t].append(got)
             async with WorkerClient(timeout=120) as client:
                 client_bps = await _client_throughput(client, default_url, refs, total // 2)
 
@@ -258,6 +311,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "bytes_per_measure": total,
             "rounds": rounds,
             "note": "medians of interleaved rounds; RSS excludes the MEM tier (tmpfs files, not mapped)",
+            # CPU-seconds per GiB served: worker (server) and the bench's aiohttp client, 8 MiB blocks
+            # (1 and 4 streams together) and small files (4-260 KiB objects, 1 stream)
+            "cpu_s_per_gib": {"worker": {"large": cpus[DEFAULT_MODE].per_gib()["server"],
+                                         "small": small_cpu[DEFAULT_MODE].per_gib()["server"]},
+                              "client": {"large": cpus[DEFAULT_MODE].per_gib()["client"],
+                                         "small": small_cpu[DEFAULT_MODE].per_gib()["client"]}},
+            "ceiling_cpu_s_per_gib": {"aiohttp": {"large": cpus["ceiling"].per_gib()["server"],
+                                                  "small": small_cpu["ceiling"].per_gib()["server"]},
+                                      "client": {"large": cpus["ceiling"].per_gib()["client"],
+                                                 "small": small_cpu["ceiling"].per_gib()["client"]}},
+            "cpu_s_per_gib_by_mode": {t: c.per_gib()["server"] for t, c in cpus.items() if t != "ceiling"},
+            "small_files": {"count": SMALL_FILES, "bytes": sum(small_sizes),
+                            "GB_s": round(_median(small_samples[DEFAULT_MODE]) / gbps, 3),
+                            "ceiling_GB_s": round(_median(small_samples["ceiling"]) / gbps, 3),
+                            "ratio": round(_median(small_samples[DEFAULT_MODE])
+                                           / _median(small_samples["ceiling"]), 3)},
         }
     finally:
         for proc in procs:
@@ -284,12 +353,16 @@ def _ceiling_server(port: int, size: int) -> None:
         await resp.write_eof()
         return resp
 
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(body=data[: int(request.query["size"])], content_type="application/octet-stream")
+
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     app = web.Application()
     app.router.add_get("/block", block)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/small", small)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 

@@ -128,9 +128,8 @@ def test_rbac_is_least_privilege(rendered: list[Doc]) -> None:
     assert "statefulsets" not in preloader and "persistentvolumes" not in preloader
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (renderer above used)")
 def test_kubectl_kustomize_agrees(rendered: list[Doc]) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS)], capture_output=True, text=True,
+    out = subprocess.run([kubectl(), "kustomize", str(MANIFESTS)], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     theirs_docs = [d for d in yaml.safe_load_all(out) if d]
     for doc in theirs_docs:

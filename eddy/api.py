@@ -22,7 +22,8 @@ MEDIUM_TYPES = ("MEM", "SSD", "HDD")
 VOLUME_TYPES = ("emptyDir", "hostPath")
 ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod")
 MOUNT_SCHEMES = ("oss", "s3")
-LOAD_POLICIES = ("Once", "Cron")
+LOAD_POLICIES = ("Once", "Cron", "OnEvent")
+READ_WRITE_MODES = ("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod")
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -87,7 +88,7 @@ class Mount:
     path: str
     options: Mapping[str, str] = field(default_factory=dict)
     encrypt_options: tuple[EncryptOption, ...] = ()
-    read_only: bool = True
+    read_only: bool = False  # Fluid's default; Eddy serves every mount read-only whatever it says
 
     @property
     def scheme(self) -> str:
@@ -142,8 +143,16 @@ class Dataset:
     status: DatasetStatus = field(default_factory=DatasetStatus)
     # Field paths of Fluid fields present in the manifest that Eddy accepts but does not act on.
     ignored: tuple[str, ...] = ()
+    # Worker placement (Fluid: where the cache may live): `spec.nodeAffinity.required` is a NodeSelector.
+    node_affinity: Mapping[str, Any] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
 
     kind = "Dataset"
+
+    @property
+    def read_write_requested(self) -> bool:
+        """A read-write access mode was asked for; Eddy's cache is read-only (a condition says so)."""
+        return any(mode in READ_WRITE_MODES for mode in self.access_modes)
 
     @property
     def secret_names(self) -> tuple[str, ...]:
@@ -165,6 +174,41 @@ class TierLevel:
     high: float = 0.95
     low: float = 0.7
     volume_type: str = "hostPath"
+    # Several disks in one level: `path: /a,/b` with `quotaList: 1Gi,2Gi` (or `quota` split evenly).
+    # `path`/`quota` above are the first directory and the level's total.
+    paths: tuple[str, ...] = ()
+    quotas: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class FuseSpec:
+    """`spec.fuse`: what the injected sidecar takes from it (per-pod annotations win over these)."""
+
+    image: str = ""
+    image_tag: str = ""
+    image_pull_policy: str = ""
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)  # Fluid's JindoRuntime env is a string map
+    args: tuple[str, ...] = ()
+
+    @property
+    def image_ref(self) -> str:
+        """`image:imageTag`, `image` alone, or "" when the runtime does not name one."""
+        if not self.image:
+            return ""
+        return f"{self.image}:{self.image_tag}" if self.image_tag else self.image
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """`spec.worker`: resources, placement and environment of the worker StatefulSet's pods."""
+
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -191,8 +235,15 @@ class JindoRuntime:
     levels: tuple[TierLevel, ...] = ()
     status: RuntimeStatus = field(default_factory=RuntimeStatus)
     ignored: tuple[str, ...] = ()
+    fuse: FuseSpec = field(default_factory=FuseSpec)
+    worker: WorkerSpec = field(default_factory=WorkerSpec)
 
     kind = "JindoRuntime"
+
+    @property
+    def mem_quota(self) -> int:
+        """Bytes of the MEM tier (0 without one): Fluid raises the worker's memory request to it."""
+        return sum(level.quota for level in self.levels if level.mediumtype == "MEM")
 
     @property
     def capacity_per_worker(self) -> int:
@@ -203,6 +254,15 @@ class JindoRuntime:
 class LoadTarget:
     path: str = "/"
     replicas: int = 1
+
+
+@dataclass(frozen=True)
+class RunAfter:
+    """`spec.runAfter`: the operation that must complete before this DataLoad starts."""
+
+    kind: str
+    name: str
+    namespace: str
 
 
 @dataclass(frozen=True)
@@ -227,6 +287,8 @@ class DataLoad:
     options: Mapping[str, str] = field(default_factory=dict)
     status: DataLoadStatus = field(default_factory=DataLoadStatus)
     ignored: tuple[str, ...] = ()
+    ttl_seconds_after_finished: int | None = None
+    run_after: RunAfter | None = None
 
     kind = "DataLoad"
 

@@ -7,6 +7,7 @@ One `_Checker` walks a document, tracking the field path, and collects every pro
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,16 +31,20 @@ from eddy.api import (
     DatasetStatus,
     EncryptOption,
     FieldError,
+    FuseSpec,
     JindoRuntime,
     LoadTarget,
     Model,
     Mount,
     ObjectMeta,
+    RunAfter,
     RuntimeStatus,
     SecretKeyRef,
     TierLevel,
     ValidationError,
+    WorkerSpec,
 )
+from eddy.api_fields import unacted
 from eddy.quantity import parse_quantity
 
 _PLACEHOLDER = re.compile(r"<[^<>]*>")
@@ -49,40 +54,36 @@ _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _BUCKET = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-# Field names per section: `handled` ones Eddy reads; `ignored` ones exist in Fluid's
-# v1alpha1 types (so Fluid manifests must keep passing) but Eddy does not act on them. Anything else
-# in these sections is a typo or a field from another kind, and is an error naming its path.
+# Field names per section: `handled` ones Eddy reads here; the other fields Fluid's schema declares in
+# the section (`_declared`) are accepted and, unless eddy/api_fields.py says another part acts on them,
+# noted as not acted on. Anything else is a typo or a field from another kind: an error naming its path.
 _TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-_DATASET_SPEC = frozenset({"mounts", "accessModes", "sharedOptions", "sharedEncryptOptions"})
-_DATASET_SPEC_IGNORED = frozenset(
-    {"owner", "nodeAffinity", "tolerations", "runtimes", "placement", "dataRestoreLocation"}
-)
+_DATASET_SPEC = frozenset({"mounts", "accessModes", "sharedOptions", "sharedEncryptOptions", "nodeAffinity",
+                           "tolerations"})
 _MOUNT = frozenset({"mountPoint", "name", "path", "options", "encryptOptions", "readOnly"})
-_MOUNT_IGNORED = frozenset({"shared"})
 _ENCRYPT_OPTION = frozenset({"name", "valueFrom"})
 _VALUE_FROM = frozenset({"secretKeyRef"})
 _SECRET_KEY_REF = frozenset({"name", "key"})
-_RUNTIME_SPEC = frozenset({"replicas", "tieredstore"})
-_RUNTIME_SPEC_IGNORED = frozenset(
-    {
-        "jindoVersion", "master", "worker", "fuse", "properties", "runAs", "user", "hadoopConfig",
-        "secret", "labels", "podMetadata", "logConfig", "networkmode", "cleanCachePolicy", "volumes",
-        "imagePullSecrets", "management", "jvmOptions", "tolerations", "nodeSelector", "placement",
-        "disablePrometheus", "runtimeManagement", "data", "initUsers", "apiGateway",
-    }
-)
+_RUNTIME_SPEC = frozenset({"replicas", "tieredstore", "fuse", "worker"})
 _TIEREDSTORE = frozenset({"levels"})
-_LEVEL = frozenset({"mediumtype", "volumeType", "path", "quota", "high", "low"})
-_LEVEL_IGNORED = frozenset({"volumeSource", "quotaList"})
-_DATALOAD_SPEC = frozenset({"dataset", "loadMetadata", "target", "policy", "schedule", "options"})
-_DATALOAD_SPEC_IGNORED = frozenset(
-    {
-        "podMetadata", "affinity", "tolerations", "nodeSelector", "schedulerName", "runAfter",
-        "ttlSecondsAfterFinished", "imagePullSecrets", "resources", "runtimeType",
-    }
-)
+_LEVEL = frozenset({"mediumtype", "volumeType", "path", "quota", "quotaList", "high", "low"})
+_DATALOAD_SPEC = frozenset({"dataset", "loadMetadata", "target", "policy", "schedule", "options",
+                            "ttlSecondsAfterFinished", "runAfter"})
 _TARGET_DATASET = frozenset({"name", "namespace"})
 _TARGET = frozenset({"path", "replicas"})
+
+
+@functools.cache
+def _declared(kind: str, path: str) -> frozenset[str]:
+    """Property names Eddy's CRD schema (Fluid's) declares at `spec.mounts[]`-style `path`."""
+    from eddy.crds import object_schema
+
+    node: Any = object_schema(kind)
+    for part in path.split("."):
+        node = node["properties"][part.removesuffix("[]")]
+        if part.endswith("[]"):
+            node = node["items"]
+    return frozenset(node.get("properties") or {})
 
 
 def _show(value: Any) -> str:
@@ -106,14 +107,13 @@ class _Checker:
     def fields(
         self, doc: Mapping[str, Any], handled: frozenset[str], ignored: frozenset[str] = frozenset()
     ) -> None:
-        """Refuse fields no Fluid version has here; note the Fluid fields Eddy ignores."""
+        """Refuse fields Fluid's schema does not declare here (`ignored`: declared, read elsewhere)."""
         for key in doc:
             name = str(key)
             if name in handled:
                 continue
             if name in ignored:
-                self.ignored.append(self.path(name))
-                continue
+                continue  # declared by Fluid's schema, which checks it (see schema_errors)
             close = difflib.get_close_matches(name, sorted(handled | ignored), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             self.fail(name, f"unknown field{hint}")
@@ -222,6 +222,15 @@ def _mapping_of(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _objects(value: Any) -> tuple[Mapping[str, Any], ...]:
+    """The objects of a list of Kubernetes objects (tolerations, env); the schema checked their shape."""
+    return tuple(dict(v) for v in value if isinstance(v, Mapping)) if isinstance(value, list) else ()
+
+
+def _strings(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
 def _int_of(value: Any) -> int:
     try:
         return int(value or 0)
@@ -314,7 +323,7 @@ def _mount(
     shared_options: Mapping[str, str],
     shared_encrypt: list[EncryptOption],
 ) -> Mount | None:
-    c.fields(raw, _MOUNT, _MOUNT_IGNORED)
+    c.fields(raw, _MOUNT, _declared("Dataset", "spec.mounts[]"))
     name = c.string(raw, "name")
     mount_point = c.string(raw, "mountPoint", required=True)
     ok = _check_mount_point(c, mount_point)
@@ -331,7 +340,7 @@ def _mount(
     encrypt.update({o.name: o for o in _encrypt_options(c, raw, "encryptOptions")})
     for key in sorted(set(options) & set(encrypt)):
         c.fail("options", f"{_show(key)} is given both as a plain and an encrypted option")
-    read_only = c.boolean(raw, "readOnly", True)
+    read_only = c.boolean(raw, "readOnly", False)
     if not ok:
         return None
     return Mount(name, mount_point, path.rstrip("/") or "/", options, tuple(encrypt.values()), read_only)
@@ -340,7 +349,7 @@ def _mount(
 def _dataset(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> Dataset:
     spec = c.mapping(doc, "spec", required=True)
     with c.at("spec"):
-        c.fields(spec, _DATASET_SPEC, _DATASET_SPEC_IGNORED)
+        c.fields(spec, _DATASET_SPEC, _declared("Dataset", "spec"))
         shared_options = c.string_map(spec, "sharedOptions")
         shared_encrypt = _encrypt_options(c, spec, "sharedEncryptOptions")
         raw_mounts = c.sequence(spec, "mounts", required=True)
@@ -379,6 +388,8 @@ def _dataset(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> Dataset:
         meta=meta,
         mounts=tuple(m for _, m in mounts),
         access_modes=tuple(access_modes) or ("ReadOnlyMany",),
+        node_affinity=dict(_mapping_of(spec.get("nodeAffinity"))),
+        tolerations=_objects(spec.get("tolerations")),
         status=DatasetStatus(
             phase=str(status.get("phase") or ""),
             ufs_total=str(status.get("ufsTotal") or ""),
@@ -433,18 +444,47 @@ def _quota(c: _Checker, raw: Mapping[str, Any]) -> int:
     return quota
 
 
+def _quota_list(c: _Checker, raw: Mapping[str, Any], count: int) -> list[int]:
+    text = c.string(raw, "quotaList")
+    quotas: list[int] = []
+    for part in text.split(","):
+        try:
+            quotas.append(parse_quantity(part.strip()))
+        except (TypeError, ValueError):
+            c.fail("quotaList", f"{_show(text)}: {_show(part)} is not a quantity (e.g. 5Gi)")
+            return []
+    if any(q <= 0 for q in quotas):
+        c.fail("quotaList", f"{_show(text)}: every quota must be greater than zero")
+        return []
+    if len(quotas) != count:
+        c.fail("quotaList", f"{_show(text)} has {len(quotas)} quotas for {count} path(s) in path")
+        return []
+    return quotas
+
+
 def _level(c: _Checker, raw: Mapping[str, Any]) -> TierLevel:
-    c.fields(raw, _LEVEL, _LEVEL_IGNORED)
+    c.fields(raw, _LEVEL, _declared("JindoRuntime", "spec.tieredstore.levels[]"))
     medium = c.choice(raw, "mediumtype", MEDIUM_TYPES, "")
     if raw.get("mediumtype") in (None, ""):
         c.fail("mediumtype", f"is required (one of {', '.join(MEDIUM_TYPES)})")
     volume_type = c.choice(raw, "volumeType", VOLUME_TYPES, "hostPath")
     path = c.string(raw, "path", required=True)
-    if path and not path.startswith("/"):
-        c.fail("path", f"{_show(path)} must be an absolute path")
-    elif "," in path:
-        c.fail("path", f"{_show(path)}: several comma-separated paths are not supported by Eddy")
-    quota = _quota(c, raw)
+    paths = [p.strip() for p in path.split(",")] if path else []
+    if any(not p.startswith("/") for p in paths):
+        c.fail("path", f"{_show(path)} must be an absolute path (or several, comma-separated)")
+    quotas: list[int] = []
+    if raw.get("quotaList") not in (None, ""):
+        quotas = _quota_list(c, raw, len(paths))
+        quota = sum(quotas)
+        if raw.get("quota") not in (None, ""):
+            _quota(c, raw)
+    elif raw.get("quota") in (None, ""):
+        c.fail("quota", "is required (a quantity such as 5Gi), or quotaList")
+        quota = 0
+    else:
+        quota = _quota(c, raw)
+        # Fluid splits a level's quota evenly over its directories.
+        quotas = [quota // len(paths)] * len(paths) if paths else []
     high = _watermark(c, raw, "high")
     low = _watermark(c, raw, "low")
     bad = any(raw.get(k) not in (None, "") and v is None for k, v in (("high", high), ("low", low)))
@@ -452,14 +492,42 @@ def _level(c: _Checker, raw: Mapping[str, Any]) -> TierLevel:
     low = 0.7 if low is None else low
     if not bad and low >= high:
         c.fail("low", f"{_show(raw.get('low', low))} must be below high ({_show(raw.get('high', high))})")
-    return TierLevel(medium, path, quota, str(raw.get("quota")), high, low, volume_type)
+    quota_text = str(raw.get("quota")) if raw.get("quota") not in (None, "") else str(raw.get("quotaList"))
+    return TierLevel(medium, paths[0] if paths else path, quota, quota_text, high, low, volume_type,
+                     tuple(paths), tuple(quotas))
+
+
+def _fuse(spec: Mapping[str, Any]) -> FuseSpec:
+    raw = _mapping_of(spec.get("fuse"))
+    args = raw.get("args")
+    return FuseSpec(
+        image=str(raw.get("image") or ""),
+        image_tag=str(raw.get("imageTag") or ""),
+        image_pull_policy=str(raw.get("imagePullPolicy") or ""),
+        resources=dict(_mapping_of(raw.get("resources"))),
+        env=_strings(raw.get("env")),
+        args=tuple(str(a) for a in args) if isinstance(args, list) else (),
+    )
+
+
+def _worker(spec: Mapping[str, Any]) -> WorkerSpec:
+    raw = _mapping_of(spec.get("worker"))
+    pod_meta = _mapping_of(raw.get("podMetadata"))
+    return WorkerSpec(
+        resources=dict(_mapping_of(raw.get("resources"))),
+        node_selector=_strings(raw.get("nodeSelector")),
+        tolerations=_objects(raw.get("tolerations")),
+        env=_strings(raw.get("env")),
+        labels={**_strings(pod_meta.get("labels")), **_strings(raw.get("labels"))},
+        annotations=_strings(pod_meta.get("annotations")),
+    )
 
 
 def _runtime(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> JindoRuntime:
     spec = c.mapping(doc, "spec", required=True)
     levels: list[TierLevel] = []
     with c.at("spec"):
-        c.fields(spec, _RUNTIME_SPEC, _RUNTIME_SPEC_IGNORED)
+        c.fields(spec, _RUNTIME_SPEC, _declared("JindoRuntime", "spec"))
         replicas = c.integer(spec, "replicas", 1, minimum=0)
         store = c.mapping(spec, "tieredstore")
         with c.at("tieredstore"):
@@ -481,6 +549,8 @@ def _runtime(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> JindoRunt
         meta=meta,
         replicas=replicas,
         levels=tuple(levels),
+        fuse=_fuse(spec),
+        worker=_worker(spec),
         status=RuntimeStatus(
             master_phase=str(status.get("masterPhase") or ""),
             worker_phase=str(status.get("workerPhase") or ""),
@@ -503,10 +573,24 @@ def _schedule(c: _Checker, spec: Mapping[str, Any], policy: str) -> str:
     return schedule
 
 
+def _run_after(c: _Checker, spec: Mapping[str, Any], namespace: str) -> RunAfter | None:
+    raw = c.mapping(spec, "runAfter")
+    if not raw:
+        return None
+    with c.at("runAfter"):
+        kind = c.string(raw, "kind", required=True)
+        name = c.string(raw, "name", required=True)
+        if kind and kind != "DataLoad":
+            # Eddy serves DataLoad only; another kind's operation would never complete here.
+            c.fail("kind", f"{_show(kind)}: Eddy runs DataLoads only, so it can wait for a DataLoad only")
+        ref_namespace = c.string(raw, "namespace", default=namespace)
+    return RunAfter(kind, name, ref_namespace or namespace)
+
+
 def _dataload(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> DataLoad:
     spec = c.mapping(doc, "spec", required=True)
     with c.at("spec"):
-        c.fields(spec, _DATALOAD_SPEC, _DATALOAD_SPEC_IGNORED)
+        c.fields(spec, _DATALOAD_SPEC, _declared("DataLoad", "spec"))
         ref = c.mapping(spec, "dataset", required=True)
         with c.at("dataset"):
             c.fields(ref, _TARGET_DATASET)
@@ -530,6 +614,9 @@ def _dataload(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> DataLoad
         policy = c.choice(spec, "policy", LOAD_POLICIES, "Once")
         schedule = _schedule(c, spec, policy)
         options = c.string_map(spec, "options")
+        ttl = spec.get("ttlSecondsAfterFinished")
+        ttl_seconds = c.integer(spec, "ttlSecondsAfterFinished", 0, minimum=0) if ttl is not None else None
+        run_after = _run_after(c, spec, meta.namespace)
     status = _mapping_of(doc.get("status"))
     return DataLoad(
         meta=meta,
@@ -540,6 +627,8 @@ def _dataload(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> DataLoad
         policy=policy,
         schedule=schedule,
         options=options,
+        ttl_seconds_after_finished=ttl_seconds,
+        run_after=run_after,
         status=DataLoadStatus(
             phase=str(status.get("phase") or ""), duration=str(status.get("duration") or "")
         ),
@@ -567,9 +656,29 @@ def parse_object(doc: Mapping[str, Any], default_namespace: str = "default") -> 
     c.fields(doc, _TOP_FIELDS)
     meta = _meta(c, doc, default_namespace)
     model = _PARSERS[str(kind)](c, doc, meta)
-    if c.errors:
-        raise ValidationError(c.errors, kind=str(kind), name=meta.name)
-    return replace(model, ignored=tuple(c.ignored))
+    errors = _merge(c.errors, _schema_errors(str(kind), doc))
+    if errors:
+        raise ValidationError(errors, kind=str(kind), name=meta.name)
+    return replace(model, ignored=tuple(unacted(str(kind), doc)))
+
+
+def _schema_errors(kind: str, doc: Mapping[str, Any]) -> list[FieldError]:
+    """What the CRD (Fluid's schema with Eddy's rules, CEL included) refuses; status is not checked."""
+    from eddy.api_schema import schema_errors
+    from eddy.crds import register_all
+
+    register_all()
+    return schema_errors(kind, {k: v for k, v in doc.items() if k != "status"})
+
+
+def _overlaps(a: str, b: str) -> bool:
+    longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
+    return longer == shorter or (longer.startswith(shorter) and longer[len(shorter)] in ".[")
+
+
+def _merge(own: list[FieldError], schema: list[FieldError]) -> list[FieldError]:
+    """The parser's errors (friendlier), then the schema's about fields the parser did not report on."""
+    return own + [e for e in schema if not any(_overlaps(e.path, o.path) for o in own)]
 
 
 def parse_dataset(doc: Mapping[str, Any], default_namespace: str = "default") -> Dataset:

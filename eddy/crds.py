@@ -1,257 +1,200 @@
-"""CustomResourceDefinitions of Fluid's kinds, generated from the same constants `eddy/api.py` uses.
+"""Eddy's CustomResourceDefinitions: Fluid's v1alpha1 schemas plus Eddy's stricter rules.
+
+The base is Fluid's own `openAPIV3Schema` of Dataset, JindoRuntime and DataLoad
+(`eddy/schemas/fluid-v1alpha1.json`, see eddy/api_schema.py), so every Fluid field is declared with
+Fluid's type, default, required-ness and description (`kubectl explain dataset.spec.nodeAffinity`), and
+Fluid's short names, printer columns (the `-o wide` ones too) and the JindoRuntime scale subresource.
+`EDDY_RULES` below tightens what Eddy needs to serve a dataset: object-store mount points, absolute
+paths, quantities and watermarks Eddy can read, and CEL rules (`low < high`, a Cron DataLoad needs a
+schedule, a tier needs `quota` or `quotaList`). `object_schema(kind)` is also what `parse_object` (and
+so `eddy validate`) checks a manifest against, so the CRDs and the validator cannot disagree.
 
 `python -m eddy.crds DIR` writes `DIR/<plural>.yaml`; `python -m eddy.crds` prints all three as one
-stream. The checked-in `manifests/crds/*.yaml` must equal this output (a test enforces it), and a test
-corpus of good and bad manifests must be judged alike by these schemas and by `eddy.api.parse_object`.
+stream. The checked-in `manifests/crds/*.yaml` must equal this output (a test enforces it).
 
-What a schema cannot know: placeholders such as `oss://<oss_bucket>/<dir>` (they pass the CRD and are
-reported by `parse_object` and the controller's condition), that `low < high`, a quota of zero, and
-duplicate mount names. Everything else (`5Gx` quotas, unknown medium types, bad watermarks, missing
-required fields, non-`oss://`/`s3://` mount points) is refused by the API server itself.
+What a schema cannot know, left to `parse_object` and the controller's condition: placeholders such as
+`oss://<oss_bucket>/<dir>`, a quota of zero, duplicate mount names or paths, a medium type given twice,
+as many quotas in `quotaList` as paths in `path`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from eddy.api import (
-    ACCESS_MODES,
-    GROUP,
-    LOAD_POLICIES,
-    MEDIUM_TYPES,
-    MOUNT_SCHEMES,
-    PLURALS,
-    VERSION,
-    VOLUME_TYPES,
-)
+from eddy.api import ACCESS_MODES, GROUP, MOUNT_SCHEMES, PLURALS, VERSION
+from eddy.api_schema import fluid_crd_facts, register, to_jsonschema
 
 Schema = dict[str, Any]
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+_ONE_QUANTITY = r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?"
+QUANTITY_LIST_PATTERN = rf"^{_ONE_QUANTITY}(,{_ONE_QUANTITY})+$"
 # A watermark is a fraction in (0, 1]: "0.95", "0.7", "1", "1.0".
 WATERMARK_PATTERN = r"^(0?\.[0-9]*[1-9][0-9]*|1(\.0*)?)$"
 MOUNT_POINT_PATTERN = rf"^({'|'.join(MOUNT_SCHEMES)})://[^/]+(/.*)?$"
 ABSOLUTE_PATH_PATTERN = r"^/"
-SHORT_NAMES = {"Dataset": [], "JindoRuntime": ["jindo"], "DataLoad": []}
+ABSOLUTE_PATHS_PATTERN = r"^/[^,]*(,/[^,]*)*$"
+
+# Marks Eddy's CRDs, so Eddy's controller and webhook can tell them from Fluid's (eddy/fluidcheck.py).
+EDDY_CRD_LABEL = "app.kubernetes.io/part-of"
+EDDY_CRD_LABEL_VALUE = "eddy"
+EDDY_CRD_ANNOTATION = "eddy.fluid.io/served-by"
+
+# Columns Eddy adds after Fluid's own (only with `-o wide`).
+_EXTRA_COLUMNS: dict[str, list[dict[str, Any]]] = {
+    "Dataset": [],
+    "JindoRuntime": [],
+    "DataLoad": [],
+}
 
 
-def _string(**extra: Any) -> Schema:
-    return {"type": "string", **extra}
+def _at(schema: Schema, path: str) -> Schema:
+    """The sub-schema at `spec.mounts[].path` style paths (`[]` = the array's items)."""
+    node = schema
+    for part in path.split("."):
+        items = part.endswith("[]")
+        node = node["properties"][part.removesuffix("[]")]
+        if items:
+            node = node["items"]
+    return node
 
 
-def _string_map() -> Schema:
-    return {"type": "object", "additionalProperties": {"type": "string"}}
+def _rule(rule: str, message: str, field_path: str = "") -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
 
 
-def _object(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    schema: Schema = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = required
+def _dataset_rules(s: Schema) -> None:
+    s["required"] = ["spec"]
+    spec = _at(s, "spec")
+    spec["required"] = ["mounts"]
+    spec["x-kubernetes-validations"] = [_rule(
+        "!has(self.mounts) || size(self.mounts) <= 1 || self.mounts.all(m, !has(m.path) || m.path != '/')",
+        'path "/" is only allowed when the dataset has one mount',
+    )]
+    _at(s, "spec.mounts[].mountPoint")["pattern"] = MOUNT_POINT_PATTERN
+    _at(s, "spec.mounts[].path")["pattern"] = ABSOLUTE_PATH_PATTERN
+    _at(s, "spec.accessModes[]")["enum"] = list(ACCESS_MODES)
+    for options in ("spec.mounts[].encryptOptions[]", "spec.sharedEncryptOptions[]"):
+        item = _at(s, options)
+        item["required"] = ["name", "valueFrom"]
+        item["properties"]["name"]["minLength"] = 1
+        item["properties"]["valueFrom"]["required"] = ["secretKeyRef"]
+        ref = _at(item, "valueFrom.secretKeyRef")
+        ref["required"] = ["name", "key"]
+        ref["properties"]["name"]["minLength"] = 1
+        ref["properties"]["key"]["minLength"] = 1
+
+
+def _runtime_rules(s: Schema) -> None:
+    s["required"] = ["spec"]
+    _at(s, "spec.replicas")["minimum"] = 0
+    level = _at(s, "spec.tieredstore.levels[]")
+    props = level["properties"]
+    props["path"]["pattern"] = ABSOLUTE_PATHS_PATTERN
+    props["quota"]["pattern"] = QUANTITY_PATTERN
+    props["quotaList"]["pattern"] = QUANTITY_LIST_PATTERN
+    props["high"]["pattern"] = WATERMARK_PATTERN
+    props["low"]["pattern"] = WATERMARK_PATTERN
+    level["required"] = ["mediumtype", "path"]
+    level["x-kubernetes-validations"] = [
+        _rule("has(self.quota) || has(self.quotaList)", "a tier needs quota (or quotaList)"),
+        _rule(
+            "double(has(self.low) ? self.low : '0.7') < double(has(self.high) ? self.high : '0.95')",
+            "low must be below high (defaults: low 0.7, high 0.95)",
+            ".low",
+        ),
+    ]
+
+
+def _dataload_rules(s: Schema) -> None:
+    s["required"] = ["spec"]
+    spec = _at(s, "spec")
+    spec["required"] = ["dataset"]
+    _at(s, "spec.dataset.name")["minLength"] = 1
+    _at(s, "spec.target[].path")["pattern"] = ABSOLUTE_PATH_PATTERN
+    _at(s, "spec.target[].replicas")["minimum"] = 1
+    _at(s, "spec.ttlSecondsAfterFinished")["minimum"] = 0
+    spec["x-kubernetes-validations"] = [_rule(
+        "!has(self.policy) || self.policy != 'Cron' || (has(self.schedule) && size(self.schedule) > 0)",
+        'a Cron DataLoad needs a schedule (e.g. "0 * * * *")',
+        ".schedule",
+    )]
+
+
+EDDY_RULES: dict[str, Callable[[Schema], None]] = {
+    "Dataset": _dataset_rules,
+    "JindoRuntime": _runtime_rules,
+    "DataLoad": _dataload_rules,
+}
+
+# Status fields Eddy writes beyond Fluid's (the preloader's progress and times); the rest of the status
+# is Fluid's, typed, and unknown status fields are kept.
+_EDDY_STATUS: dict[str, Schema] = {
+    "Dataset": {},
+    "JindoRuntime": {},
+    "DataLoad": {
+        **{t: {"type": "string"} for t in ("startTime", "completionTime")},
+        "progress": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                     "description": "Eddy: the preloader's progress (files, bytes, blocks, throughput)."},
+    },
+}
+
+
+def _status(kind: str, status: Schema) -> Schema:
+    # Eddy's writers patch parts of the status; Fluid's top-level required list would refuse that.
+    status.pop("required", None)
+    status.setdefault("properties", {}).update(copy.deepcopy(_EDDY_STATUS[kind]))
+    status["x-kubernetes-preserve-unknown-fields"] = True
+    return status
+
+
+@functools.cache
+def _object_schema(kind: str) -> Schema:
+    schema: Schema = fluid_crd_facts(kind)["schema"]
+    EDDY_RULES[kind](schema)
+    schema["properties"]["status"] = _status(kind, schema["properties"]["status"])
+    register(kind, schema)
     return schema
 
 
-def _encrypt_options() -> Schema:
-    ref = _object({"name": _string(minLength=1), "key": _string(minLength=1)}, ["name", "key"])
-    item = _object(
-        {"name": _string(minLength=1), "valueFrom": _object({"secretKeyRef": ref}, ["secretKeyRef"])},
-        ["name", "valueFrom"],
-    )
-    return {"type": "array", "items": item}
-
-
-def _conditions() -> Schema:
-    item = _object(
-        {
-            "type": _string(),
-            "status": _string(),
-            "reason": _string(),
-            "message": _string(),
-            "lastUpdateTime": _string(),
-            "lastProbeTime": _string(),
-            "lastTransitionTime": _string(),
-        },
-        ["type", "status"],
-    )
-    return {"type": "array", "items": item}
-
-
-def _status(properties: dict[str, Schema]) -> Schema:
-    # Other parts (preloader) add fields; keep the named ones typed and the rest preserved.
-    schema = _object({**properties, "conditions": _conditions()})
-    return {**schema, "x-kubernetes-preserve-unknown-fields": True}
-
-
-def dataset_spec() -> Schema:
-    mount = _object(
-        {
-            "mountPoint": _string(pattern=MOUNT_POINT_PATTERN),
-            "name": _string(),
-            "path": _string(pattern=ABSOLUTE_PATH_PATTERN),
-            "options": _string_map(),
-            "encryptOptions": _encrypt_options(),
-            "readOnly": {"type": "boolean"},
-            "shared": {"type": "boolean"},
-        },
-        ["mountPoint"],
-    )
-    return _object(
-        {
-            "mounts": {"type": "array", "minItems": 1, "items": mount},
-            "sharedOptions": _string_map(),
-            "sharedEncryptOptions": _encrypt_options(),
-            "accessModes": {"type": "array", "items": _string(enum=list(ACCESS_MODES))},
-        },
-        ["mounts"],
-    )
-
-
-def dataset_status() -> Schema:
-    cache = _object({"cached": _string(), "cacheCapacity": _string(), "cachedPercentage": _string()})
-    return _status({"phase": _string(), "ufsTotal": _string(), "cacheStates": cache})
-
-
-def runtime_spec() -> Schema:
-    level = _object(
-        {
-            "mediumtype": _string(enum=list(MEDIUM_TYPES)),
-            "volumeType": _string(enum=list(VOLUME_TYPES)),
-            "path": _string(pattern=ABSOLUTE_PATH_PATTERN),
-            # The shape controller-gen gives resource.Quantity.
-            "quota": {
-                "anyOf": [{"type": "integer"}, {"type": "string"}],
-                "pattern": QUANTITY_PATTERN,
-                "x-kubernetes-int-or-string": True,
-            },
-            "high": _string(pattern=WATERMARK_PATTERN),
-            "low": _string(pattern=WATERMARK_PATTERN),
-        },
-        ["mediumtype", "path", "quota"],
-    )
-    store = _object({"levels": {"type": "array", "items": level}})
-    return _object({"replicas": {"type": "integer", "minimum": 0}, "tieredstore": store})
-
-
-def runtime_status() -> Schema:
-    return _status(
-        {
-            "masterPhase": _string(),
-            "workerPhase": _string(),
-            "fusePhase": _string(),
-            "workerNumberReady": {"type": "integer"},
-            "desiredWorkerNumberScheduled": {"type": "integer"},
-        }
-    )
-
-
-def dataload_spec() -> Schema:
-    target = _object(
-        {"path": _string(pattern=ABSOLUTE_PATH_PATTERN), "replicas": {"type": "integer", "minimum": 1}},
-        ["path"],
-    )
-    return _object(
-        {
-            "dataset": _object({"name": _string(minLength=1), "namespace": _string()}, ["name"]),
-            "loadMetadata": {"type": "boolean"},
-            "target": {"type": "array", "items": target},
-            "policy": _string(enum=list(LOAD_POLICIES)),
-            "schedule": _string(),
-            "options": _string_map(),
-        },
-        ["dataset"],
-    )
-
-
-def dataload_status() -> Schema:
-    count = {"type": "integer", "format": "int64"}
-    progress = _object(
-        {
-            **{name: count for name in (
-                "totalFiles", "loadedFiles", "totalBytes", "loadedBytes", "totalBlocks", "loadedBlocks",
-                "failedBlocks", "alreadyCachedBlocks", "fetchedBlocks",
-            )},
-            **{name: _string() for name in ("loaded", "percentage", "throughput", "cachedPercentage")},
-        }
-    )
-    progress["x-kubernetes-preserve-unknown-fields"] = True
-    times = ("startTime", "completionTime", "lastScheduleTime", "lastSuccessfulTime")
-    return _status(
-        {"phase": _string(), "duration": _string(), **{t: _string() for t in times}, "progress": progress}
-    )
-
-
-def _column(name: str, path: str, kind: str = "string") -> dict[str, str]:
-    return {"name": name, "type": kind, "jsonPath": path}
-
-
-_AGE = _column("Age", ".metadata.creationTimestamp", "date")
-
-PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
-    "Dataset": [
-        _column("Ufs Total Size", ".status.ufsTotal"),
-        _column("Cached", ".status.cacheStates.cached"),
-        _column("Cache Capacity", ".status.cacheStates.cacheCapacity"),
-        _column("Cached Percentage", ".status.cacheStates.cachedPercentage"),
-        _column("Phase", ".status.phase"),
-        _AGE,
-    ],
-    "JindoRuntime": [
-        _column("Master Phase", ".status.masterPhase"),
-        _column("Worker Phase", ".status.workerPhase"),
-        _column("Fuse Phase", ".status.fusePhase"),
-        _AGE,
-    ],
-    "DataLoad": [
-        _column("Dataset", ".spec.dataset.name"),
-        _column("Phase", ".status.phase"),
-        _AGE,
-        _column("Duration", ".status.duration"),
-    ],
-}
-
-_SPECS = {
-    "Dataset": (dataset_spec, dataset_status),
-    "JindoRuntime": (runtime_spec, runtime_status),
-    "DataLoad": (dataload_spec, dataload_status),
-}
-
-
 def object_schema(kind: str) -> Schema:
-    """The `openAPIV3Schema` of one kind."""
-    spec, status = _SPECS[kind]
-    return _object(
-        {
-            "apiVersion": _string(),
-            "kind": _string(),
-            "metadata": {"type": "object"},
-            "spec": spec(),
-            "status": status(),
-        },
-        ["spec"],
-    )
+    """The `openAPIV3Schema` of one kind (a copy)."""
+    return copy.deepcopy(_object_schema(kind))
+
+
+def register_all() -> None:
+    for kind in PLURALS:
+        _object_schema(kind)
+
+
+def printer_columns(kind: str) -> list[dict[str, Any]]:
+    return [*fluid_crd_facts(kind)["columns"], *_EXTRA_COLUMNS[kind]]
+
+
+PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {kind: printer_columns(kind) for kind in PLURALS}
 
 
 def crd(kind: str) -> dict[str, Any]:
-    plural = PLURALS[kind]
-    names: dict[str, Any] = {
-        "kind": kind,
-        "listKind": f"{kind}List",
-        "plural": plural,
-        "singular": kind.lower(),
-        "categories": ["fluid", "eddy"],
-    }
-    if SHORT_NAMES[kind]:
-        names["shortNames"] = SHORT_NAMES[kind]
+    facts = fluid_crd_facts(kind)
+    names = facts["names"]
+    names["categories"] = [*names.get("categories", []), "eddy"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{plural}.{GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "eddy"},
+            "name": f"{PLURALS[kind]}.{GROUP}",
+            "labels": {EDDY_CRD_LABEL: EDDY_CRD_LABEL_VALUE},
+            "annotations": {EDDY_CRD_ANNOTATION: "eddy"},
         },
         "spec": {
             "group": GROUP,
@@ -262,7 +205,7 @@ def crd(kind: str) -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": facts["subresources"],
                     "additionalPrinterColumns": PRINTER_COLUMNS[kind],
                     "schema": {"openAPIV3Schema": object_schema(kind)},
                 }
@@ -273,30 +216,23 @@ def crd(kind: str) -> dict[str, Any]:
 
 def render(kind: str) -> str:
     header = "# Generated by `python -m eddy.crds manifests/crds` from eddy/crds.py; do not edit.\n"
-    return header + yaml.safe_dump(crd(kind), sort_keys=False)
+    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
 
 
 def jsonschema_for(kind: str) -> Schema:
-    """The kind's schema for the `jsonschema` library (Kubernetes' `x-kubernetes-*` markers dropped)."""
-
-    def convert(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: convert(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
-        if isinstance(node, list):
-            return [convert(v) for v in node]
-        return node
-
-    return dict(convert(copy.deepcopy(object_schema(kind))))
+    """The kind's schema as JSON Schema with strict unknown fields (CEL rules not included)."""
+    schema: Schema = to_jsonschema(object_schema(kind))
+    return schema
 
 
 def main(argv: list[str]) -> int:
     if argv:
         out = Path(argv[0])
         out.mkdir(parents=True, exist_ok=True)
-        for kind in _SPECS:
-            (out / f"{PLURALS[kind]}.yaml").write_text(render(kind))
+        for kind, plural in PLURALS.items():
+            (out / f"{plural}.yaml").write_text(render(kind))
         return 0
-    sys.stdout.write("---\n".join(render(kind) for kind in _SPECS))
+    sys.stdout.write("---\n".join(render(kind) for kind in PLURALS))
     return 0
 
 

@@ -54,7 +54,7 @@ def test_seed_dataset_parses_with_the_seeds_values() -> None:
     assert ds.meta.name == "serverless-data" and ds.meta.namespace == "default"
     assert ds.access_modes == ("ReadOnlyMany",)
     [mount] = ds.mounts
-    assert (mount.name, mount.path, mount.read_only) == ("demo", "/", True)
+    assert (mount.name, mount.path, mount.read_only) == ("demo", "/", False)  # Fluid's default
     assert (mount.scheme, mount.bucket, mount.prefix) == ("oss", "my-bucket", "serverless/")
     assert mount.endpoint == "oss-cn-hangzhou.aliyuncs.com"
     assert dict(mount.options) == {"fs.oss.endpoint": "oss-cn-hangzhou.aliyuncs.com"}
@@ -144,10 +144,12 @@ def test_full_fixture_merges_shared_options_and_notes_ignored_fields() -> None:
     assert [lv.mediumtype for lv in rt.levels] == ["MEM", "SSD"]  # ordered fastest first
     assert rt.levels[1].quota == 100 * 10**9 and (rt.levels[1].high, rt.levels[1].low) == (0.9, 0.5)
     assert rt.capacity_per_worker == 2 * 2**30 + 100 * 10**9 and rt.replicas == 3
-    assert set(rt.ignored) == {"spec.master", "spec.fuse", "spec.networkmode"}
+    assert set(rt.ignored) == {"spec.master", "spec.networkmode"}  # spec.fuse.args is honoured
+    assert rt.fuse.args == ("-okernel_cache",)
     assert (dl.policy, dl.schedule, dl.dataset_namespace) == ("Cron", "0 2 * * *", "training")
     assert dl.targets == (LoadTarget("/train/n01440764", 2), LoadTarget("/validation", 1))
     assert dict(dl.options) == {"atomicCache": "true", "threads": "8"}
+    assert dl.ignored == ("spec.tolerations",)
 
 
 def test_status_fields_are_read_and_written_as_fluid_spells_them() -> None:
@@ -174,32 +176,57 @@ def test_status_fields_are_read_and_written_as_fluid_spells_them() -> None:
     assert PLURALS == {"Dataset": "datasets", "JindoRuntime": "jindoruntimes", "DataLoad": "dataloads"}
 
 
-def test_watermarks_as_numbers_and_strings() -> None:
-    for high, low in [(1, 0.5), ("1.0", "0.2"), (0.8, "0.79")]:
+def test_watermarks_are_strings_as_in_fluids_schema() -> None:
+    for high, low in [("1", "0.5"), ("1.0", "0.2"), ("0.8", "0.79")]:
         doc = seed_docs("dataset.yaml")[1]
         doc["spec"]["tieredstore"]["levels"][0].update(high=high, low=low)
         level = parse_runtime(doc).levels[0]
         assert (level.high, level.low) == (float(high), float(low))
+    doc = seed_docs("dataset.yaml")[1]
+    doc["spec"]["tieredstore"]["levels"][0].update(high=0.9)
+    with pytest.raises(ValidationError, match=r"high: 0\.9 must be a string"):
+        parse_runtime(doc)  # kubectl apply refuses it too
 
 
-def test_fluid_fields_eddy_ignores_are_accepted() -> None:
+def test_fluid_fields_eddy_does_not_act_on_are_accepted_and_noted() -> None:
     doc = seed_docs("dataset.yaml")[0]
-    ignored = ["owner", "nodeAffinity", "tolerations", "runtimes", "placement", "dataRestoreLocation"]
-    doc["spec"].update({k: {} for k in ignored})
-    assert parse_dataset(doc).ignored == tuple(f"spec.{k}" for k in ignored)
+    extra = {
+        "owner": {"uid": 1, "gid": 1, "user": "u", "group": "g"},
+        "runtimes": [{"name": "x", "namespace": "default", "type": "jindo"}],
+        "placement": "Exclusive",
+        "dataRestoreLocation": {"path": "/backup", "nodeName": "n"},
+    }
+    doc["spec"].update(extra)
+    doc["spec"]["mounts"][0]["mountPoint"] = "oss://bucket/dir"
+    doc["spec"]["mounts"][0]["options"] = {"fs.oss.endpoint": "oss.example.com"}
+    assert parse_dataset(doc).ignored == tuple(f"spec.{k}" for k in extra)
     rt = seed_docs("dataset.yaml")[1]
     rt["spec"].update(
-        master={},
-        worker={},
-        fuse={},
-        properties={},
-        jvmOptions=[],
+        master={"replicas": 1},
+        worker={"ports": {"rpc": 8101}},
+        fuse={"cleanPolicy": "OnDemand"},
+        properties={"a": "b"},
         secret="s",
         user="u",
-        labels={},
+        labels={"a": "b"},
         networkmode="HostNetwork",
     )
-    assert len(parse_runtime(rt).ignored) == 9
+    assert parse_runtime(rt).ignored == (
+        "spec.master", "spec.worker.ports", "spec.fuse.cleanPolicy", "spec.properties", "spec.secret",
+        "spec.user", "spec.labels", "spec.networkmode",
+    )
+
+
+def test_a_field_fluid_does_not_declare_is_refused_with_a_hint() -> None:
+    rt = seed_docs("dataset.yaml")[1]
+    rt["spec"]["jvmOptions"] = ["-Xmx1g"]  # not a JindoRuntime field
+    rt["spec"]["worker"] = {"resurces": {}}
+    with pytest.raises(ValidationError) as err:
+        parse_runtime(rt)
+    assert [str(e) for e in err.value.errors] == [
+        "spec.jvmOptions: unknown field",
+        "spec.worker.resurces: unknown field (did you mean resources?)",
+    ]
 
 
 # ------------------------------------------------------------------------------------- bad inputs

@@ -14,6 +14,7 @@ import yaml
 
 from eddy import crds
 from eddy.api import PLURALS, ValidationError, parse_object
+from eddy.api_cel import cel_errors
 from tests.support.seed import SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +31,12 @@ def filled(name: str) -> list[Doc]:
 
 
 def crd_accepts(doc: Doc) -> bool:
+    """The CRD's schema with strict unknown fields, then its CEL rules (as eddy.api_schema applies them)."""
     validator = jsonschema.Draft202012Validator(crds.jsonschema_for(doc["kind"]))
-    return not list(validator.iter_errors(doc))
+    body = {k: v for k, v in doc.items() if k != "metadata"}
+    if list(validator.iter_errors(body)):
+        return False
+    return not cel_errors(crds.object_schema(doc["kind"]), body)
 
 
 def api_accepts(doc: Doc) -> bool:
@@ -61,13 +66,25 @@ def _structural(node: Any, path: str) -> None:
         _structural(node["additionalProperties"], f"{path}{{}}")
 
 
-def test_crds_are_structural_with_status_subresource_and_short_name() -> None:
+def test_crds_are_structural_with_fluids_subresources_short_names_and_eddys_mark() -> None:
     for kind in PLURALS:
         doc = crds.crd(kind)
         version = doc["spec"]["versions"][0]
-        assert version["subresources"] == {"status": {}}
+        assert version["subresources"]["status"] == {}
         _structural(version["schema"]["openAPIV3Schema"], kind)
-    assert crds.crd("JindoRuntime")["spec"]["names"]["shortNames"] == ["jindo"]
+        assert doc["metadata"]["labels"] == {"app.kubernetes.io/part-of": "eddy"}
+        assert doc["metadata"]["annotations"] == {"eddy.fluid.io/served-by": "eddy"}
+    names = {kind: crds.crd(kind)["spec"]["names"]["shortNames"] for kind in PLURALS}
+    assert names == {"Dataset": ["dataset"], "JindoRuntime": ["jindo"], "DataLoad": ["load"]}
+    scale = crds.crd("JindoRuntime")["spec"]["versions"][0]["subresources"]["scale"]
+    assert scale == {
+        "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.currentWorkerNumberScheduled"}
+
+
+def test_kubectl_explain_has_fluids_descriptions() -> None:
+    spec = crds.object_schema("JindoRuntime")["properties"]["spec"]["properties"]
+    assert "fuse" in spec["fuse"]["description"].lower()
+    assert spec["worker"]["properties"]["resources"]["description"]
 
 
 def _seed_headers() -> dict[str, list[str]]:
@@ -85,7 +102,9 @@ def test_printer_columns_are_the_seeds() -> None:
     assert set(headers) == {"Dataset", "JindoRuntime", "DataLoad"}
     for kind, expected in headers.items():
         columns = crds.crd(kind)["spec"]["versions"][0]["additionalPrinterColumns"]
-        assert [c["name"].upper() for c in columns] == expected
+        assert [c["name"].upper() for c in columns if not c.get("priority")] == expected
+    wide = [c["name"] for c in crds.PRINTER_COLUMNS["Dataset"] if c.get("priority")]
+    assert wide == ["HCFS URL", "TOTAL FILES", "CACHE HIT RATIO"]
     columns = {c["name"]: c["jsonPath"] for c in crds.PRINTER_COLUMNS["Dataset"]}
     assert columns["Ufs Total Size"] == ".status.ufsTotal"
     assert columns["Cached"] == ".status.cacheStates.cached"
@@ -135,6 +154,19 @@ GOOD: dict[str, Doc] = {
         {"mediumtype": "HDD", "path": "/mnt/hdd", "quota": "100Gi"})),
     "cron dataload with targets": _edit(_dl, lambda d: d["spec"].update(
         policy="Cron", schedule="*/5 * * * *", target=[{"path": "/models", "replicas": 2}])),
+    "two disks in one level": _edit(_rt, lambda d: _level(d).update(
+        path="/mnt/a,/mnt/b", quotaList="1Gi,2Gi", volumeType="hostPath") or _level(d).pop("quota")),
+    "fluid's worker and fuse": _edit(_rt, lambda d: d["spec"].update(
+        worker={"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}, "nodeSelector": {"a": "b"}},
+        fuse={"image": "img", "imageTag": "t", "args": ["-o", "x"], "env": {"A": "1"}},
+        master={"replicas": 1}, jindoVersion={"imageTag": "6.2.0"})),
+    "fluid's dataload extras": _edit(_dl, lambda d: d["spec"].update(
+        policy="OnEvent", ttlSecondsAfterFinished=60, runAfter={"kind": "DataLoad", "name": "first"},
+        schedulerName="s", tolerations=[{"key": "k", "operator": "Exists"}])),
+    "fluid's dataset placement": _edit(_ds, lambda d: d["spec"].update(
+        placement="Shared", tolerations=[{"key": "k", "operator": "Exists"}],
+        nodeAffinity={"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "a", "operator": "In", "values": ["b"]}]}]}})),
 }
 
 BAD: dict[str, Doc] = {
@@ -161,12 +193,21 @@ BAD: dict[str, Doc] = {
     "dataload unknown policy": _edit(_dl, lambda d: d["spec"].update(policy="Sometimes")),
     "dataload relative target": _edit(_dl, lambda d: d["spec"].update(target=[{"path": "models"}])),
     "dataset without spec": _edit(_ds, lambda d: d.pop("spec")),
+    "low above high (CEL)": _edit(_rt, lambda d: _level(d).update(high="0.5", low="0.7")),
+    "low equal to the default high (CEL)": _edit(_rt, lambda d: _level(d).update(low="0.95")),
+    "cron without schedule (CEL)": _edit(_dl, lambda d: d["spec"].update(policy="Cron")),
+    "root path with two mounts (CEL)": _edit(_ds, lambda d: d["spec"]["mounts"].append(
+        {"mountPoint": "oss://bucket/other", "path": "/"})),
+    "unknown field under worker": _edit(_rt, lambda d: d["spec"].update(worker={"resurces": {}})),
+    "bad toleration type": _edit(_ds, lambda d: d["spec"].update(tolerations=[{"tolerationSeconds": "x"}])),
+    "runAfter without name": _edit(_dl, lambda d: d["spec"].update(runAfter={"kind": "DataLoad"})),
+    "negative ttl": _edit(_dl, lambda d: d["spec"].update(ttlSecondsAfterFinished=-1)),
+    "watermark as a number": _edit(_rt, lambda d: _level(d).update(high=0.9)),
 }
 
 # What a schema cannot express; parse_object (and so the controller's condition) reports these.
 SCHEMA_GAPS: dict[str, Doc] = {
     "placeholders left": seed("dataset.yaml")[0],
-    "low above high": _edit(_rt, lambda d: _level(d).update(high="0.5", low="0.7")),
     "zero quota": _edit(_rt, lambda d: _level(d).update(quota="0")),
 }
 

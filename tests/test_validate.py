@@ -86,8 +86,8 @@ def test_one_line_per_error_and_other_kinds_are_skipped(capsys: pytest.CaptureFi
     level = f"{path}: JindoRuntime/typo-runtime: spec.tieredstore.levels[0]"
     assert err.splitlines() == [
         f"{level}.quotaa: unknown field (did you mean quota?)",
-        f"{level}.quota: is required (a quantity such as 5Gi)",
-        f'{path}: DataLoad/typo-load: spec.policy: "Daily" is not one of Once, Cron',
+        f"{level}.quota: is required (a quantity such as 5Gi), or quotaList",
+        f'{path}: DataLoad/typo-load: spec.policy: "Daily" is not one of Once, Cron, OnEvent',
         "3 error(s)",
     ]
     assert f"note: {path}: ConfigMap/not-fluid: not a Fluid kind, skipped" in out
@@ -97,7 +97,8 @@ def test_ignored_fluid_fields_are_noted_not_refused(capsys: pytest.CaptureFixtur
     assert main(["validate", "-f", str(DATA / "full.yaml")]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert f"note: {DATA / 'full.yaml'}: JindoRuntime/imagenet: spec.master: accepted, ignored by Eddy" in out
+    note = f"note: {DATA / 'full.yaml'}: JindoRuntime/imagenet: spec.master: accepted, not acted on by Eddy"
+    assert note in out
     assert out.strip().splitlines()[-1] == "3 object(s) valid"
 
 
@@ -147,3 +148,37 @@ def test_packaged_seed_copy_matches_the_seed() -> None:
         pytest.skip("only the packaged copy is here (no ../shared/seed beside this checkout)")
     for name in ("dataset.yaml", "dataload.yaml", "deployment-eci.yaml", "deployment-acs.yaml"):
         assert (PACKAGED_SEED / name).read_text() == (SEED / name).read_text(), name
+
+
+def test_fluid_kinds_eddy_does_not_serve_and_unknown_kinds_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "kinds.yaml"
+    docs = [
+        {"apiVersion": "data.fluid.io/v1alpha1", "kind": "AlluxioRuntime", "metadata": {"name": "a"}},
+        {"apiVersion": "data.fluid.io/v1alpha1", "kind": "DataProcess", "metadata": {"name": "p"}},
+        {"apiVersion": "data.fluid.io/v1alpha1", "kind": "Datasett", "metadata": {"name": "t"}},
+        {"apiVersion": "v1", "metadata": {"name": "no-kind"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}},
+    ]
+    path.write_text(yaml.safe_dump_all(docs))
+    assert main(["validate", "-f", str(path)]) == 1
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    not_served = "is a Fluid kind Eddy does not serve"
+    assert lines[0].startswith(f"{path}: AlluxioRuntime/a: AlluxioRuntime {not_served}")
+    assert lines[1].startswith(f"{path}: DataProcess/p: DataProcess is a Fluid kind Eddy does not serve")
+    assert lines[2].startswith(f"{path}: Datasett/t: Datasett is not a kind of data.fluid.io")
+    assert lines[3] == f"{path}: document #4: no kind"
+    assert lines[-1] == "4 error(s)"
+    assert f"note: {path}: ConfigMap/c: not a Fluid kind, skipped" in out
+
+
+def test_read_write_access_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = filled_seed(tmp_path)
+    docs = [d for d in yaml.safe_load_all(good.read_text()) if d]
+    docs[0]["spec"]["accessModes"] = ["ReadWriteMany"]
+    good.write_text(yaml.safe_dump_all(docs))
+    assert main(["validate", "-f", str(good)]) == 0
+    out, _ = capsys.readouterr()
+    assert "spec.accessModes: ReadWriteMany: Eddy's cache is read-only; writes fail with EROFS" in out

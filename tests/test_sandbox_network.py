@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import pytest
 import pytest_asyncio
 
-from eddy.kube import PODS, SERVICES, Kube
+from eddy.kube import DEPLOYMENTS, PODS, SERVICES, Kube
 from sandbox.apiserver import KubeApiServer
 from sandbox.dns import ClusterDns, NoEndpoints
 from sandbox.network import NetworkError, PodAddress, PodNetwork, run_ip
@@ -390,3 +390,77 @@ async def test_a_smaller_network_nests_inside_a_larger_one() -> None:
         await outer.stop()
     assert not await _leftovers(inner.bridge, ["in-a"], inner)
     assert not await _leftovers(outer.bridge, [f"out-{n}" for n in range(15)], outer)
+
+
+WEB = ["python3", "-m", "http.server", "8080"]
+FETCH = ("import urllib.request as u\n"
+         "for url in ('http://web/', 'http://web.default.svc.cluster.local/'):\n"
+         "    assert u.urlopen(url, timeout=5).status == 200, url\n")
+
+
+async def test_rollouts_with_the_pod_runner_reusing_addresses(kube: Kube, tmp_path: Path) -> None:
+    """The whole path with the real pod runner: a Deployment rolled out three times on a pod network of
+    five addresses (so addresses are reused and the kubelet's readiness probes must reach the new pod
+    behind an old address), then a Job that fetches through the Service's names."""
+    from sandbox.kubelet import PodRunner
+    from sandbox.workloads import WorkloadControllers
+    from sandbox.workloads_job import JOBS
+
+    outer = await _new_network()  # a /24 of our own; the pods get a /29 inside it
+    network = PodNetwork(bridge=f"etn{secrets.token_hex(4)}", pod_cidr=f"{outer.pod_net[64]}/29",
+                         service_cidr=f"{outer.service_net[64]}/29")
+    dns = ClusterDns(kube, api_server_ip=network.gateway, network=network)
+    controllers = WorkloadControllers(kube, job_backoff=0.1)
+    runner = PodRunner(kube, network, dns, root=tmp_path / "kubelet")
+    try:
+        await network.start()
+        await network.watch_services(kube)
+        await dns.start()
+        await controllers.start()
+        await runner.start()
+        container = {"name": "web", "image": "python:3.11", "command": WEB,
+                     "ports": [{"name": "http", "containerPort": 8080}],
+                     "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1}}
+        await kube.create(DEPLOYMENTS, {"metadata": {"name": "web"}, "spec": {
+            "replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                "automountServiceAccountToken": False, "containers": [container]}}}}, NS)
+        await kube.create(SERVICES, {"metadata": {"name": "web"}, "spec": {
+            "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}, NS)
+        seen: set[str] = set()
+        for generation in (1, 2, 3):
+            if generation > 1:
+                await kube.patch(DEPLOYMENTS, "web", {"spec": {"template": {"metadata": {
+                    "annotations": {"rollout": str(generation)}}}}}, NS)
+            status: Obj = {}
+            for _ in range(400):
+                status = (await kube.get(DEPLOYMENTS, "web", NS)).get("status") or {}
+                pods, _ = await kube.list(PODS, NS, label_selector="app=web")
+                seen |= {p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("podIP")}
+                if status.get("observedGeneration") == generation and all(
+                        status.get(k) == 2 for k in ("replicas", "updatedReplicas", "availableReplicas")):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pods, _ = await kube.list(PODS, NS, label_selector="app=web")
+                raise AssertionError(f"rollout {generation} did not finish: {status}\n"
+                                     f"{[(p['metadata']['name'], p.get('status')) for p in pods]}")
+        assert len(seen) <= 5 and seen <= {str(ip) for ip in network.pod_net.hosts()}
+        await kube.create(JOBS, {"metadata": {"name": "fetch"}, "spec": {"backoffLimit": 0, "template": {
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [
+                {"name": "fetch", "image": "python:3.11", "command": ["python3", "-c", FETCH]}]}}}}, NS)
+        conditions: dict[str, str] = {}
+        for _ in range(400):
+            job = await kube.get(JOBS, "fetch", NS)
+            conditions = {c["type"]: c["status"] for c in (job.get("status") or {}).get("conditions") or []}
+            if "Complete" in conditions or "Failed" in conditions:
+                break
+            await asyncio.sleep(0.05)
+        assert conditions.get("Complete") == "True", job.get("status")
+    finally:
+        await runner.stop()
+        await controllers.stop()
+        await dns.stop()
+        await network.stop()
+        await outer.stop()
+    assert not await _leftovers(network.bridge, [], network)

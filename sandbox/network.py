@@ -5,13 +5,13 @@ Layout (all made with iproute2 through asyncio subprocesses):
 - a bridge (`bridge`, unique per instance) holding the gateway, the first address of `pod_cidr`, and
   a link route for `service_cidr` (so the host never sends a VIP address out of its default route);
 - per pod a named netns `<bridge>-<12 hex of the pod uid>` with `lo` up and `eth0`, one end of a veth
-  pair whose host end sits on the bridge; the pod's IP (the next free address, round robin, so a freed
-  one is reused last) on
-  `eth0`, the pod CIDR on-link and the service CIDR via the gateway, and NO default route: a pod
-  reaches other pods and the host's bridge address, nothing else (`connect()` elsewhere fails with
-  ENETUNREACH before a packet is sent). Pod to pod goes through the bridge, which needs no IP
-  forwarding; forwarding stays off on the bridge (and `ip_forward` is never touched), so the host does
-  not route pod traffic anywhere;
+  pair whose host end sits on the bridge; the pod's IP on `eth0` (the next free address, round robin,
+  so a freed one is reused last, and the host's neighbour entry for it flushed), the pod CIDR on-link
+  and the service CIDR via the gateway, and NO default route: a pod reaches other pods and the host's
+  bridge address, nothing else (`connect()` elsewhere fails with ENETUNREACH before a packet is
+  sent). Pod to pod goes through the bridge, which needs no IP forwarding; forwarding stays off on the
+  bridge (and `ip_forward` is never touched), and a policy rule sends whatever arrives from the bridge
+  and is not for the host to an `unreachable` route, so the host does not route pod traffic anywhere;
 - Services: a userspace proxy (kube-proxy's old userspace mode, `network_proxy.py`) listening on each
   VIP (a /32 on the bridge) and relaying every TCP connection to a ready endpoint.
 

@@ -337,9 +337,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             with_children=frozenset({"bench"}))
 
         def account(name: str, m: CpuMeter, seconds: float) -> None:
-            for proc, seconds in m.stop().items():
+            for proc, spent in m.stop().items():
                 cpu.setdefault(name, {}).setdefault(proc, 0.0)
-                cpu[name][proc] += seconds
+                cpu[name][proc] += spent
             moved[name] = moved.get(name, 0) + total
             busy_seconds[name] = busy_seconds.get(name, 0.0) + seconds
 

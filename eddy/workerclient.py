@@ -9,6 +9,10 @@ per-request timeout. Failures are typed so callers can decide without parsing te
 - `BlockChanged` (409/412 `object_changed`): the object no longer has the block's ETag.
 - `WorkerBadRequest`: any other 4xx (malformed reference, range out of bounds, unknown dataset/mount).
 
+Authentication: a client sends `Authorization: Bearer <token>` when it has a token: the one passed, else
+the file named by `$EDDY_WORKER_TOKEN_FILE`, else the mounted Secret's `admin` then `read` key under
+`/etc/eddy/worker-token` (eddy/wire.py). 401/403 answers are `WorkerBadRequest` with `.status` set.
+
 All derive from `WorkerError`, whose `.status` and `.code` carry the HTTP status and the JSON error
 code. Whole-block reads are checked against the worker's `X-Eddy-Crc32c` header (cheap: CRC32C runs
 at ~10 GB/s), so a corrupted transfer is never handed to a reader.
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +33,7 @@ import google_crc32c
 
 from eddy.blocks import BlockRef
 from eddy.wire import (
+    AUTH_HEADER,
     BLOCK_PATH,
     DATASET_PARAM,
     ERR_OBJECT_CHANGED,
@@ -37,6 +44,10 @@ from eddy.wire import (
     META_PATH,
     PURGE_PATH,
     STATS_PATH,
+    TOKEN_ADMIN_KEY,
+    TOKEN_DIR,
+    TOKEN_FILE_ENV,
+    TOKEN_READ_KEY,
     WARM_PATH,
     ref_to_json,
     ref_to_params,
@@ -93,8 +104,27 @@ class BlockReply:
     tier: str  # "MEM" | "SSD" | "HDD" | "" (served without being kept)
 
 
+def default_token() -> str | None:
+    """This process's worker token: `$EDDY_WORKER_TOKEN_FILE`'s file, else the mounted Secret's admin,
+    then read key; None when there is none (the workers then must run without tokens)."""
+    named = os.environ.get(TOKEN_FILE_ENV)
+    keys = (TOKEN_ADMIN_KEY, TOKEN_READ_KEY)
+    candidates = [Path(named)] if named else [Path(TOKEN_DIR) / key for key in keys]
+    for path in candidates:
+        try:
+            value = path.read_text().strip()  # a few bytes, read once per client: not worth a thread
+        except OSError:
+            continue
+        if value:
+            return value
+    return None
+
+
 class WorkerClient:
-    """Async client of any number of workers; create once, share, `await close()` at the end."""
+    """Async client of any number of workers; create once, share, `await close()` at the end.
+
+    `token`: the bearer token to send; None looks for one (`default_token()`), "" sends none.
+    """
 
     def __init__(
         self,
@@ -105,7 +135,9 @@ class WorkerClient:
         dataset: str | None = None,
         verify_crc: bool = True,
         read_bufsize: int = 1 << 20,
+        token: str | None = None,
     ) -> None:
+        self._token = default_token() if token is None else token
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
@@ -113,6 +145,14 @@ class WorkerClient:
         self.verify_crc = verify_crc
         self.read_bufsize = read_bufsize
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that authenticate this client (empty without a token); never log them."""
+        return {AUTH_HEADER: f"Bearer {self._token}"} if self._token else {}
+
+    def __repr__(self) -> str:
+        return f"WorkerClient(timeout={self.timeout}, dataset={self.dataset!r}, token={bool(self._token)})"
 
     # ----------------------------------------------------------------------------------- lifecycle
     def _http(self) -> aiohttp.ClientSession:
@@ -125,6 +165,7 @@ class WorkerClient:
                 auto_decompress=False,
                 read_bufsize=self.read_bufsize,
                 timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout),
+                headers=self.auth_headers,
             )
         return self._session
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -32,15 +33,28 @@ from eddy.api import DataLoad, Dataset, ValidationError, parse_dataload, parse_d
 from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.names import worker_url
 from eddy.quantity import parse_quantity
-from eddy.secrets import SecretSource
+from eddy.secrets import SecretSource, secret_values
+from eddy.wire import TOKEN_ADMIN_KEY, token_secret_name
 from eddy.workerclient import WorkerClient
 from preloader import status as st
 from preloader.dispatch import Progress, RetryPolicy
 from preloader.load import LoadError, LoadJob, run_load
-from preloader.options import parse_options
+from preloader.options import DEFAULT_BACKOFF_LIMIT, parse_options
 from preloader.schedule import Clock, SystemClock, backoff, next_run, validate_schedule
 
 log = logging.getLogger(__name__)
+
+# Failures another attempt may cure (a flaky store or worker); a bad target or an empty path would
+# fail the same way again, so those end the DataLoad at once.
+RETRIED_REASONS = ("ListingFailed", "WorkersUnreachable", "BlocksFailed")
+
+
+def backoff_limit(obj: Mapping[str, Any], from_options: int = DEFAULT_BACKOFF_LIMIT) -> int:
+    """Retries allowed: `spec.backoffLimit` when present and valid, else the option (default 3)."""
+    value = (obj.get("spec") or {}).get("backoffLimit")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return from_options
 
 
 class PreloaderApi(Protocol):
@@ -60,11 +74,14 @@ class ConsumerSettings:
     max_concurrent_loads: int = 4
     workers: tuple[str, ...] = ()  # override the Dataset's workers (tests, local)
     secrets: SecretSource | None = None  # None: read the Dataset's Secrets through the API
+    token: str | None = None  # the workers' admin token; None: from the Dataset's worker-token Secret
     block_size: int = DEFAULT_BLOCK_SIZE
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     wait_base: float = 1.0  # backoff while the Dataset does not exist yet
     wait_cap: float = 30.0
     progress_interval: float = 1.0
+    retry_base: float = 10.0  # backoff between attempts of one DataLoad: 10 s, 20 s, 40 s... (a Job's)
+    retry_cap: float = 360.0
 
 
 @dataclass
@@ -288,18 +305,57 @@ class Consumer:
                           f"into {len(workers)} workers")
         job = LoadJob(dl, dataset, workers, secrets, self.settings.block_size, self.settings.retry,
                       rng=self.rng)
-        reporter = asyncio.create_task(self._report(obj, progress))
-        client = WorkerClient(dataset=dataset.meta.key)
+        token = await self._token(dataset)
+        client = WorkerClient(dataset=dataset.meta.key, token=token)
+        limit = backoff_limit(obj, options.backoff_limit)
+        failures = 0
         try:
-            result = await run_load(job, client, progress=progress)
-        except LoadError as exc:
-            await self._fail(obj, exc.reason, exc.message, started, conditions, progress, cron)
-            return
+            while True:
+                progress = Progress()
+                reporter = asyncio.create_task(self._report(obj, progress))
+                failure: tuple[str, str] | None = None
+                result = None
+                try:
+                    result = await run_load(job, client, progress=progress)
+                    if result.outcome.phase == st.FAILED and result.outcome.reason in RETRIED_REASONS:
+                        failure = (result.outcome.reason, result.outcome.message)
+                except LoadError as exc:
+                    if exc.reason not in RETRIED_REASONS:
+                        await self._fail(obj, exc.reason, exc.message, started, conditions, progress, cron)
+                        return
+                    failure = (exc.reason, exc.message)
+                finally:
+                    reporter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reporter
+                if failure is None:
+                    if failures:
+                        conditions[:] = st.set_condition(
+                            conditions, st.COND_RETRYING, "False", "Recovered",
+                            f"attempt {failures + 1} succeeded after {failures} failed", self.clock.now())
+                    break
+                failures += 1
+                reason, message = failure
+                if failures > limit:
+                    message = f"{message} (failed {failures} times; backoffLimit {limit})"
+                    if result is None:
+                        await self._fail(obj, reason, message, started, conditions, progress, cron)
+                        return
+                    result = dataclasses.replace(
+                        result, outcome=dataclasses.replace(result.outcome, message=message))
+                    break
+                delay = backoff(failures, self.settings.retry_base, self.settings.retry_cap, self.rng)
+                note = (f"attempt {failures} of {limit + 1} failed: {message}; retrying in {delay:.1f}s "
+                        f"(backoffLimit {limit})")
+                conditions[:] = st.set_condition(conditions, st.COND_RETRYING, "True", reason, note,
+                                                 self.clock.now())
+                log.warning("DataLoad %s/%s: %s", *_key(obj), note)
+                await self._patch(obj, {"conditions": list(conditions)})
+                await self._event(obj, "Warning", "Retrying", note)
+                await asyncio.sleep(delay)
         finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
             await client.close()
+        assert result is not None
         now = self.clock.now()
         final = st.complete_status(result.outcome, result.progress, started, now, conditions)
         conditions[:] = final["conditions"]
@@ -315,6 +371,17 @@ class Consumer:
             await self._event(obj, "Warning", o.reason, o.message)
         await self._update_dataset(dataset, result.verification.cached_bytes // max(1, result.replicas),
                                    result.progress.bytes_total if result.whole_dataset else 0)
+
+    async def _token(self, dataset: Dataset) -> str:
+        """The admin token of the Dataset's workers, from the Secret the controller made ("" when there is
+        none: its workers then run without tokens). Never logged."""
+        if self.settings.token is not None:
+            return self.settings.token
+        name = token_secret_name(dataset.meta.name)
+        doc = await self.api.get("Secret", dataset.meta.namespace, name)
+        if doc is None:
+            return ""
+        return secret_values(doc, f"{dataset.meta.namespace}/{name}").get(TOKEN_ADMIN_KEY, "")
 
     async def _report(self, obj: Mapping[str, Any], progress: Progress) -> None:
         """Patch `status.progress` at most every `progress_interval` seconds while the load runs."""

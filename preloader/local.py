@@ -8,6 +8,7 @@ the files themselves are unusable.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import time
@@ -100,7 +101,10 @@ async def _one(
         bar.update(task, total=p.bytes_total or None, completed=p.bytes_loaded,
                    blocks=f"{p.blocks_done}/{p.blocks_total} blocks")
 
-    client = WorkerClient(dataset=dataset.meta.key)
+    token = None
+    if getattr(args, "token_file", None):
+        token = await asyncio.to_thread(lambda: Path(args.token_file).read_text().strip())
+    client = WorkerClient(dataset=dataset.meta.key, token=token)
     try:
         with bar:
             result: LoadResult = await run_load(job, client, on_progress=update)
@@ -160,3 +164,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=0,
                         help="block size in bytes (default: config's, 8 MiB)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="the workers' admin token (a file, never a flag value; default: "
+                             "$EDDY_WORKER_TOKEN_FILE or /etc/eddy/worker-token/admin if present)")

@@ -6,6 +6,8 @@
   ETag, so a cached copy is never stale. `false` is accepted and reported, but the workers' warm API
   has no "re-fetch" mode, so cached blocks are still kept (see docs/preloader.md).
 - `batchSize`: blocks per warm request (default 16).
+- `backoffLimit`: how many times a failed attempt is retried before the DataLoad is `Failed` (default 3,
+  Fluid's: its loader Job's `backoffLimit`). `spec.backoffLimit`, when the object carries it, wins.
 
 Unknown keys and malformed values do not fail the load: each becomes a warning, which the preloader
 surfaces as a condition and an Event.
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 
 from eddy.quantity import parse_quantity
 
-KNOWN = ("concurrency", "bandwidth", "skipIfCached", "batchSize")
+KNOWN = ("concurrency", "bandwidth", "skipIfCached", "batchSize", "backoffLimit")
+DEFAULT_BACKOFF_LIMIT = 3  # Fluid's dataloader chart: `backoffLimit: 3`, the loader Job's backoffLimit
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class LoadOptions:
     bandwidth: int = 0  # bytes per second; 0 = no cap
     skip_if_cached: bool = True
     batch_size: int = 16
+    backoff_limit: int = DEFAULT_BACKOFF_LIMIT
     warnings: tuple[str, ...] = field(default=())
 
 
@@ -46,9 +50,19 @@ def parse_options(raw: Mapping[str, str]) -> LoadOptions:
     defaults = LoadOptions()
     concurrency, bandwidth = defaults.concurrency, defaults.bandwidth
     skip, batch = defaults.skip_if_cached, defaults.batch_size
+    backoff_limit = defaults.backoff_limit
     for key, value in raw.items():
         if key == "concurrency":
             concurrency = _positive_int(key, value, warnings, concurrency)
+        elif key == "backoffLimit":
+            try:
+                backoff_limit = int(value)
+                if backoff_limit < 0:
+                    raise ValueError
+            except ValueError:
+                warnings.append(f"spec.options.backoffLimit: {value!r} is not a non-negative integer; "
+                                f"using {DEFAULT_BACKOFF_LIMIT}")
+                backoff_limit = DEFAULT_BACKOFF_LIMIT
         elif key == "batchSize":
             batch = _positive_int(key, value, warnings, batch)
         elif key == "bandwidth":
@@ -71,4 +85,4 @@ def parse_options(raw: Mapping[str, str]) -> LoadOptions:
                 warnings.append(f"spec.options.skipIfCached: {value!r} is not true or false; using true")
         else:
             warnings.append(f"spec.options.{key}: unknown option, ignored (known: {', '.join(KNOWN)})")
-    return LoadOptions(concurrency, bandwidth, skip, batch, tuple(warnings))
+    return LoadOptions(concurrency, bandwidth, skip, batch, backoff_limit, tuple(warnings))

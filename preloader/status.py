@@ -24,6 +24,7 @@ COND_COMPLETE = "Complete"
 COND_FAILED = "Failed"
 COND_PARTIAL = "PartiallyCached"  # Complete, but the cache could not hold all of the target
 COND_OPTIONS = "OptionsIgnored"  # unknown or malformed spec.options
+COND_RETRYING = "Retrying"  # an attempt failed and another follows (backoffLimit); False once one succeeds
 
 
 def format_duration(seconds: float) -> str:

@@ -146,6 +146,8 @@ def _settings(bed: Bed, **kw: Any) -> ConsumerSettings:
         wait_base=0.1,
         wait_cap=0.3,
         progress_interval=0.1,
+        retry_base=0.05,
+        retry_cap=0.1,
         **kw,
     )
 
@@ -237,6 +239,8 @@ async def test_bad_inputs_fail_with_exact_messages(
                 block_size=BS,
                 retry=FAST_RETRY,
                 progress_interval=0.1,
+                retry_base=0.05,
+                retry_cap=0.1,
             )
         )
         down = _seed_dataload(loadMetadata=False)
@@ -247,6 +251,11 @@ async def test_bad_inputs_fail_with_exact_messages(
             f"1 of the workers could not be reached after retries: {dead}: unreachable after 3 attempts"
         )
         assert ("Warning", "WorkersUnreachable") in [(t, r) for t, r, _ in await env.events("down")]
+        # Fluid's backoffLimit (default 3): four attempts, each failure a Retrying condition and Event.
+        assert message(doc).endswith("(failed 4 times; backoffLimit 3)")
+        assert [r for t, r, _ in await env.events("down")].count("Retrying") == 3
+        retrying = next(c for c in doc["status"]["conditions"] if c["type"] == "Retrying")
+        assert retrying["status"] == "True" and retrying["message"].startswith("attempt 3 of 4 failed: 1 of")
         # The consumer is still alive: a good DataLoad still completes.
         await env.stop(env.consumers[0][0])
         await env.start(_settings(bed))

@@ -122,7 +122,7 @@ def test_options_known_unknown_and_malformed() -> None:
     assert (opts.concurrency, opts.bandwidth, opts.skip_if_cached) == (3, 100 << 20, True)
     assert opts.warnings == (
         "spec.options.colour: unknown option, ignored "
-        "(known: concurrency, bandwidth, skipIfCached, batchSize)",
+        "(known: concurrency, bandwidth, skipIfCached, batchSize, backoffLimit)",
     )
     bad = parse_options({"concurrency": "-1", "bandwidth": "fast"})
     assert bad.concurrency == 8 and bad.bandwidth == 0 and len(bad.warnings) == 2

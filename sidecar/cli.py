@@ -45,6 +45,10 @@ def register(subparsers: Any) -> None:
     mount.add_argument("--block-size", type=int, default=0, help="override the config's block size (bytes)")
     mount.add_argument("--listing-ttl", type=float, default=300.0,
                        help="re-list the object store every N seconds (0=never)")
+    mount.add_argument("--metadata-ttl", type=float, default=5.0,
+                       help="an open asks the store (one HEAD, shared by concurrent opens) for the "
+                       "object's current version when it was last confirmed more than N seconds ago "
+                       "(default 5; 0=every open; -1=never, only listings and failed reads)")
     mount.add_argument("--no-snapshot", action="store_true",
                        help="ignore the workers' listing snapshot; always list the store")
     mount.add_argument("--verify-transfer", action="store_true",
@@ -92,6 +96,7 @@ def _mount(args: argparse.Namespace) -> Any:
         walkahead=WalkaheadPolicy(window_bytes=args.walkahead_mib * MiB),
         worker_timeout=args.worker_timeout,
         listing_ttl=args.listing_ttl,
+        metadata_ttl=args.metadata_ttl,
         use_snapshot=not args.no_snapshot,
         verify_transfer=args.verify_transfer,
     )

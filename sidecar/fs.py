@@ -2,8 +2,15 @@
 
 Every mutating call fails with EROFS (the mount is also `ro`, so the kernel usually answers first).
 Reads go to the reader; any failure there becomes EIO, never an exception that would stop pyfuse3's
-main loop. An open file gets the kernel page cache kept (`keep_cache`) only while the object's ETag is
-the one the previous open saw, so a replaced object is never served from stale pages.
+main loop.
+
+One version per inode (sidecar/namespace.py): a file's inode number names one ETag, every handle opened
+on it is pinned to that ETag, and every block it reads is named by (mount, key, ETag, index). The
+kernel's page cache is per inode, so its pages all come from that one version and `keep_cache` is safe.
+When the namespace learns a new ETag the name moves to a new inode (the kernel is told to drop the
+dentry) and opening the retired inode fails with ESTALE — on which the kernel walks the path again with
+LOOKUP_REVAL and opens the new inode. On open, the version is revalidated with a coalesced HEAD when it
+was last confirmed more than `metadata_ttl` seconds ago.
 """
 
 from __future__ import annotations
@@ -18,12 +25,16 @@ from typing import Any
 
 import pyfuse3
 
-from sidecar.namespace import NAME_MAX, Node
+from sidecar.namespace import NAME_MAX, ROOT_INODE, Node
 from sidecar.reader import DatasetReader, FileHandle, ObjectChangedError, ReadError
 
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
+# The root's attributes never change in a way that matters; cached "for good" they keep a dead mount's
+# root stat-able after a crash, which the container runtime needs to bind the volume into the restarted
+# sidecar and libfuse needs to mount over it (sidecar/mounts.py prepare_mountpoint).
+ROOT_ATTR_TIMEOUT = 365 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -51,8 +62,14 @@ class EddyFS(pyfuse3.Operations):
         self.options = options
         self._handles: dict[int, FileHandle] = {}
         self._next_fh = 1
-        self._opened_etag: dict[int, str] = {}
         self.requests = 0
+        self.ns.on_retire = self._invalidate_entry
+
+    @staticmethod
+    def _invalidate_entry(parent: int, name: str) -> None:
+        """Make the kernel forget `name` in `parent` now rather than when its entry_timeout runs out
+        (asynchronous: pyfuse3 sends it from its notify thread; ENOENT = the kernel never had it)."""
+        pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
 
     # ------------------------------------------------------------------ attributes
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -60,7 +77,7 @@ class EddyFS(pyfuse3.Operations):
         attr.st_ino = node.ino
         attr.generation = 0
         attr.entry_timeout = self.options.entry_timeout
-        attr.attr_timeout = self.options.attr_timeout
+        attr.attr_timeout = ROOT_ATTR_TIMEOUT if node.ino == ROOT_INODE else self.options.attr_timeout
         if node.is_dir:
             attr.st_mode = stat.S_IFDIR | 0o555
             attr.st_nlink = 2
@@ -97,7 +114,10 @@ class EddyFS(pyfuse3.Operations):
         return self.attributes(self._node(inode))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        return None  # inode numbers live as long as the process; nothing to free
+        # Live inode numbers last as long as the process; a retired version can go once the kernel
+        # dropped it (no lookup returns a retired inode, so this is its last forget).
+        for ino, _ in inode_list:
+            self.ns.forget(ino)
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         self._node(inode)
@@ -135,13 +155,17 @@ class EddyFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise _erofs()
-        handle = self.reader.open_file(node)
+        if not self.ns.is_live(inode):
+            raise pyfuse3.FUSEError(errno.ESTALE)  # a replaced version: the kernel looks the name up again
+        current = await self.reader.revalidate(node)
+        if current is None or current.ino != inode:
+            raise pyfuse3.FUSEError(errno.ESTALE)  # changed or gone just now: same
+        handle = self.reader.open_file(current)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = handle
-        keep = self._opened_etag.get(inode) == node.etag
-        self._opened_etag[inode] = node.etag
-        return pyfuse3.FileInfo(fh=fh, direct_io=self.options.direct_io, keep_cache=keep)
+        # The inode's pages can only hold this version's bytes: keep them across opens.
+        return pyfuse3.FileInfo(fh=fh, direct_io=self.options.direct_io, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handles.get(fh)
@@ -152,7 +176,6 @@ class EddyFS(pyfuse3.Operations):
             return await self.reader.read(handle, off, size)  # type: ignore[return-value]
         except ObjectChangedError as exc:
             log.warning("read of %s failed: %s", handle.key, exc)
-            self._opened_etag.pop(handle.ino, None)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except ReadError as exc:
             log.warning("read of %s failed: %s", handle.key, exc)

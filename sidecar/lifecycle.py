@@ -27,7 +27,7 @@ from eddy.config import RuntimeConfig
 from eddy.secrets import SecretSource
 from sidecar.fs import EddyFS, FsOptions
 from sidecar.metrics import SidecarMetrics
-from sidecar.mounts import clean_stale_mount, is_fuse_mount, probe, set_kernel_readahead, unmount
+from sidecar.mounts import is_fuse_mount, prepare_mountpoint, probe, set_kernel_readahead, unmount_all_fuse
 from sidecar.reader import DatasetReader
 from sidecar.settings import ReaderOptions
 from sidecar.stopfile import watch_stop_file
@@ -143,8 +143,9 @@ def terminate_fuse() -> None:
 async def run_mount(settings: MountSettings) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns the process exit code."""
     mountpoint = settings.mountpoint
-    await asyncio.to_thread(clean_stale_mount, mountpoint)  # before any stat: a dead mount ENOTCONNs
-    mountpoint.mkdir(parents=True, exist_ok=True)
+    # before any stat of our own: a dead mount answers ENOTCONN (see mounts.prepare_mountpoint)
+    found = await asyncio.to_thread(prepare_mountpoint, mountpoint)
+    log.info("mount point %s: %s", mountpoint, found)
     tune_malloc(settings.reader.cache_bytes + settings.reader.prefetch_budget)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -189,8 +190,8 @@ async def run_mount(settings: MountSettings) -> int:
         if mounted:
             with contextlib.suppress(Exception):
                 pyfuse3.close(unmount=True)
-        if await asyncio.to_thread(is_fuse_mount, mountpoint):
-            await asyncio.to_thread(unmount, mountpoint)
+        if await asyncio.to_thread(is_fuse_mount, mountpoint):  # and dead ones we were stacked on
+            await asyncio.to_thread(unmount_all_fuse, mountpoint)
         if reader is not None:
             await reader.close()
         await health.close()
@@ -239,6 +240,9 @@ async def _become_ready(mountpoint: Path, health: HealthServer, readahead_kib: i
         if await asyncio.to_thread(is_fuse_mount, mountpoint):
             why = await asyncio.to_thread(probe, mountpoint, 5.0)
             if why is None:
+                # the root's attributes, cached by the kernel for good (fs.ROOT_ATTR_TIMEOUT): a dead
+                # mount's root still stats then, so a restarted sidecar can be bound and stack on it
+                await asyncio.to_thread(os.stat, mountpoint)
                 if readahead_kib:
                     await asyncio.to_thread(set_kernel_readahead, mountpoint, readahead_kib)
                 health.ready = True

@@ -35,6 +35,10 @@ class SidecarMetrics:
         self.changed_objects = Counter(
             "eddy_sidecar_changed_objects", "Objects found replaced (ETag mismatch) during a read", registry=r
         )
+        self.heads = Counter(
+            "eddy_sidecar_heads", "HEAD requests sent to learn an object's current version (coalesced)",
+            registry=r,
+        )
         self.cache_hits = Gauge("eddy_sidecar_cache_hits", "Block cache hits since start", registry=r)
         self.cache_misses = Gauge("eddy_sidecar_cache_misses", "Block cache misses since start", registry=r)
         self.cache_bytes = Gauge("eddy_sidecar_cache_bytes", "Bytes held in the block cache", registry=r)

@@ -24,6 +24,7 @@ class MountInfo:
     mountpoint: str
     fstype: str
     source: str
+    shared: bool = False  # in a peer group ("shared:N"): mounts on it propagate to its peers and slaves
 
 
 def _unescape(field: str) -> str:
@@ -38,7 +39,8 @@ def mount_table(mountinfo: str = "/proc/self/mountinfo") -> list[MountInfo]:
             fields, tail = left.split(), right.split()
             if len(fields) < 5 or len(tail) < 2:
                 continue
-            mounts.append(MountInfo(fields[2], _unescape(fields[4]), tail[0], _unescape(tail[1])))
+            shared = any(f.startswith("shared:") for f in fields[6:])
+            mounts.append(MountInfo(fields[2], _unescape(fields[4]), tail[0], _unescape(tail[1]), shared))
     return mounts
 
 
@@ -97,6 +99,46 @@ def clean_stale_mount(path: str | Path) -> bool:
     if not unmount(path):
         raise RuntimeError(f"cannot remove the stale mount at {path}")
     return True
+
+
+def prepare_mountpoint(path: str | Path) -> str:
+    """Make `path` ready for a new mount; says what was found: "fresh", "stack" or "cleaned".
+
+    A dead FUSE mount in a peer group (the pod's shared emptyDir after a sidecar crash: the kubelet's
+    copy and the app container's HostToContainer copy are its peer and slave) is left in place and
+    the new mount goes *on top* of it: a mount on a shared mount propagates to every peer and slave,
+    so the app's /data gets the new mount without restarting. Unmounting it instead would only remove
+    this container's copy (its parent, the container's root, propagates nothing) and the new mount
+    would stay private to the sidecar. Mounting on top needs the dead root's attributes to be cached
+    (the sidecar gives the root a long attr_timeout, see fs.py), as does the container runtime's bind
+    of the volume on restart. Any other leftover FUSE mount is unmounted (`clean_stale_mount`)."""
+    info = find_mount(path)
+    if info is None or not (info.fstype == "fuse" or info.fstype.startswith("fuse.")):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return "fresh"
+    dead = probe(path, 2.0) is not None
+    if dead and info.shared:
+        try:
+            os.stat(path)
+        except OSError as exc:
+            log.info("the dead mount at %s cannot be stacked on (%s)", path, exc.strerror)
+        else:
+            log.warning("%s carries a dead FUSE mount shared with other containers (a crashed sidecar); "
+                        "mounting over it so they get the new mount", path)
+            return "stack"
+    clean_stale_mount(path)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return "cleaned"
+
+
+def unmount_all_fuse(path: str | Path, limit: int = 16) -> bool:
+    """Unmount FUSE mounts stacked at `path` (ours, then dead ones below it) until none is left."""
+    for _ in range(limit):
+        if not is_fuse_mount(path):
+            return True
+        if not unmount(path):
+            return False
+    return not is_fuse_mount(path)
 
 
 def probe(path: str | Path, timeout: float) -> str | None:

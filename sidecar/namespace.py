@@ -6,14 +6,19 @@ directories. Keys that cannot be file names — empty segments (`a//b`, `/a`), `
 longer than 255 bytes, a NUL — are skipped and logged, never fatal. When a key is both a file and a
 prefix of other keys (`a` and `a/b`), the directory wins.
 
-Inode numbers are stable per path for the life of the process: a refresh that keeps a path keeps its
-inode, so the kernel's cached dentries stay valid.
+Inode numbers name one *version*: a directory's is stable per path, a file's per (path, ETag), for
+the life of the process. A refresh that keeps an object keeps its inode, so the kernel's cached dentries
+and pages stay valid; an object replaced under the same key gets a new inode number, and the old one is
+*retired*: kept (for `getattr` on descriptors still open) but no longer reachable by name. The kernel's
+page cache is per inode, so the pages of two versions can never meet in one file (docs/sidecar.md,
+"Consistency").
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +43,7 @@ class Node:
     key: str = ""
     etag: str = ""
     children: dict[str, int] | None = None
+    checked: float = 0.0  # time.monotonic() when the store last confirmed this version (list or HEAD)
     _sorted: list[str] | None = field(default=None, repr=False)
 
     @property
@@ -85,6 +91,11 @@ def split_key(key: str) -> tuple[list[str], bool] | str:
     return segments, marker
 
 
+def file_inode_key(path: str, etag: str) -> str:
+    """A file's inode is per version; a directory's (key = its path) per path. NUL never occurs in a path."""
+    return f"{path}\x00{etag}"
+
+
 def mount_segments(path: str) -> list[str]:
     """Segments of a mount's `path` (`/` → [] = the root)."""
     return [s for s in path.strip("/").split("/") if s]
@@ -100,7 +111,11 @@ class Namespace:
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "", ROOT_INODE, children={})}
         self._files: dict[tuple[str, str], int] = {}
         self._paths: dict[int, str] = {ROOT_INODE: ""}
+        self._retired: dict[int, Node] = {}
         self.stats = LoadStats(0, 1, 0, 0)
+        # Called with (parent inode, name) of every name whose version changed or that went away, so
+        # the FUSE layer can make the kernel forget the dentry (sidecar/fs.py).
+        self.on_retire: Callable[[int, str], None] | None = None
 
     # ------------------------------------------------------------------ building
     def load(self, listings: Mapping[str, Iterable[ObjectInfo]], places: Mapping[str, str]) -> LoadStats:
@@ -122,8 +137,21 @@ class Namespace:
         return builder
 
     def install(self, builder: _Builder) -> LoadStats:
-        """Make a built tree the live one (on the event loop, in one step between two requests)."""
+        """Make a built tree the live one (on the event loop, in one step between two requests).
+
+        A version learnt from a HEAD after the listing started is newer than the listing's: it stays."""
+        for ident, new_ino in list(builder.files.items()):
+            old_ino = self._files.get(ident)
+            if old_ino is None or old_ino == new_ino:
+                continue
+            old = self._nodes[old_ino]
+            if old.checked > builder.started and builder.nodes[new_ino].parent == old.parent:
+                builder.keep(new_ino, old)
+        old_nodes, old_files, old_paths = self._nodes, self._files, self._paths
         self._nodes, self._files, self._paths = builder.nodes, builder.files, builder.paths
+        for ident, old_ino in old_files.items():
+            if builder.files.get(ident) != old_ino:
+                self._retire(old_nodes[old_ino], old_paths.get(old_ino, ""))
         self.stats = LoadStats(
             files=len(builder.files),
             dirs=sum(1 for n in builder.nodes.values() if n.is_dir),
@@ -140,26 +168,82 @@ class Namespace:
                 self._next_ino += 1
             return ino
 
-    def update_file(self, mount: str, key: str, obj: ObjectInfo | None) -> Node | None:
-        """Refresh one file's metadata after the object changed (None: it is gone); returns the node."""
+    def _retire(self, node: Node, path: str) -> None:
+        """A file version left the tree: keep it for open descriptors, make the kernel drop its name."""
+        if node.ino in self._nodes:  # still live (same version, new Node object): nothing to retire
+            return
+        self._retired[node.ino] = node
+        key = file_inode_key(path, node.etag)
+        with self._inode_lock:
+            if self._inodes.get(key) == node.ino:
+                del self._inodes[key]
+        if self.on_retire is not None:
+            try:
+                self.on_retire(node.parent, node.name)
+            except Exception:  # the kernel's dentry expires on its own (entry_timeout)
+                log.exception("could not invalidate the kernel's entry for %s", path)
+
+    def update_file(
+        self, mount: str, key: str, obj: ObjectInfo | None, checked: float | None = None
+    ) -> Node | None:
+        """Record the object's current version (None: it is gone), as confirmed at `checked` (a
+        time.monotonic() value; default now). A new ETag makes a new node with a new inode number and
+        retires the old one. Returns the live node, or None if the object is gone."""
         ino = self._files.get((mount, key))
         if ino is None:
             return None
         node = self._nodes[ino]
+        when = time.monotonic() if checked is None else checked
+        if when < node.checked:  # the tree already holds something newer than this answer
+            return node
+        path = self._paths.get(ino, "")
+        parent = self._nodes.get(node.parent)
         if obj is None:
-            parent = self._nodes.get(node.parent)
             if parent is not None and parent.children is not None:
                 parent.children.pop(node.name, None)
                 parent._sorted = None
             del self._nodes[ino]
             del self._files[(mount, key)]
+            self._paths.pop(ino, None)
+            self._retire(node, path)
             return None
-        node.size, node.etag, node.mtime = obj.size, obj.etag, obj.mtime
-        return node
+        if obj.etag == node.etag:
+            node.checked = when
+            return node
+        new = Node(self._inode_for(file_inode_key(path, obj.etag)), node.name, node.parent, obj.mtime,
+                   obj.size, mount, key, obj.etag, checked=when)
+        if parent is not None and parent.children is not None:
+            parent.children[node.name] = new.ino
+        del self._nodes[ino]
+        self._paths.pop(ino, None)
+        self._nodes[new.ino] = new
+        self._files[(mount, key)] = new.ino
+        self._paths[new.ino] = path
+        self._retire(node, path)
+        return new
+
+    def forget(self, ino: int) -> None:
+        """The kernel dropped the inode: a retired version can go (a live one stays)."""
+        self._retired.pop(ino, None)
 
     # ------------------------------------------------------------------ queries
     def get(self, ino: int) -> Node | None:
-        return self._nodes.get(ino)
+        """The node of an inode: live, or retired (a replaced version some descriptor may hold open)."""
+        node = self._nodes.get(ino)
+        return node if node is not None else self._retired.get(ino)
+
+    def is_live(self, ino: int) -> bool:
+        """Whether the inode is the version the tree shows now (not retired)."""
+        return ino in self._nodes
+
+    def file(self, mount: str, key: str) -> Node | None:
+        """The live node of an object, or None."""
+        ino = self._files.get((mount, key))
+        return self._nodes.get(ino) if ino is not None else None
+
+    @property
+    def retired(self) -> int:
+        return len(self._retired)
 
     def lookup(self, parent: int, name: str) -> Node | None:
         node = self._nodes.get(parent)
@@ -227,6 +311,7 @@ class _Builder:
 
     def __init__(self, inode_for: Callable[[str], int]) -> None:
         self._ino = inode_for
+        self.started = time.monotonic()  # the listing was at least this old: files are checked then
         self.nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "", ROOT_INODE, children={})}
         self.paths: dict[int, str] = {ROOT_INODE: ""}
         self.files: dict[tuple[str, str], int] = {}
@@ -244,9 +329,12 @@ class _Builder:
             if child is not None and not child.is_dir:
                 log.warning("%r is both a file and a directory; keeping the directory", path)
                 del self.files[(child.mount, child.key)]
+                del self.nodes[child.ino]
+                del self.paths[child.ino]
+                del node.children[segment]
                 self.total_bytes -= child.size
                 self.skipped += 1
-                child.children, child.size, child.mount, child.key, child.etag = {}, 0, "", "", ""
+                child = None
             if child is None:
                 child = Node(self._ino(path), segment, node.ino, mtime=mtime, children={})
                 self.nodes[child.ino] = child
@@ -285,10 +373,23 @@ class _Builder:
                 self.skipped += 1
                 continue
             path = "/".join(base + segments)
-            node = Node(self._ino(path), name, parent.ino, obj.mtime, obj.size, mount, obj.key, obj.etag)
+            node = Node(self._ino(file_inode_key(path, obj.etag)), name, parent.ino, obj.mtime, obj.size,
+                        mount, obj.key, obj.etag, checked=self.started)
             self.nodes[node.ino] = node
             self.paths[node.ino] = path
             parent.children[name] = node.ino
             parent._sorted = None
             self.files[(mount, obj.key)] = node.ino
             self.total_bytes += obj.size
+
+    def keep(self, ino: int, node: Node) -> None:
+        """Put an existing (newer) version in place of the file this build made at `ino`."""
+        made = self.nodes.pop(ino)
+        path = self.paths.pop(ino)
+        parent = self.nodes[made.parent]
+        assert parent.children is not None
+        parent.children[made.name] = node.ino
+        self.nodes[node.ino] = node
+        self.paths[node.ino] = path
+        self.files[(node.mount, node.key)] = node.ino
+        self.total_bytes += node.size - made.size

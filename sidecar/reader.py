@@ -93,6 +93,8 @@ class DatasetReader:
         self._idle.set()
         self._stack = contextlib.AsyncExitStack()
         self._refresher: asyncio.Task[None] | None = None
+        self._heads: dict[tuple[str, str], asyncio.Task[Node | None]] = {}
+        self._stale_heads: dict[tuple[str, str], float] = {}  # when a failed read last asked a HEAD
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -202,19 +204,60 @@ class DatasetReader:
                 return known
         return {}
 
-    async def _refresh_object(self, mount: str, key: str) -> None:
-        """After an ETag mismatch: fetch the object's current metadata into the namespace."""
-        self.metrics.changed_objects.inc()
+    async def head(self, mount: str, key: str) -> Node | None:
+        """The object's current version from one HEAD, recorded in the namespace; the live node (None:
+        gone). Concurrent callers for one object share one in-flight HEAD (and its error)."""
+        ident = (mount, key)
+        task = self._heads.get(ident)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._head(mount, key))
+            self._heads[ident] = task
+            task.add_done_callback(lambda _: self._heads.pop(ident, None))
+        return await asyncio.shield(task)
+
+    async def _head(self, mount: str, key: str) -> Node | None:
+        started = time.monotonic()
+        self.metrics.heads.inc()
         try:
-            info = await self.stores[mount].head(key)
-            obj: ObjectInfo | None = info
+            obj: ObjectInfo | None = await self.stores[mount].head(key)
         except ObjectNotFound:
             obj = None
+        return self.namespace.update_file(mount, key, obj, checked=started)
+
+    async def revalidate(self, node: Node) -> Node | None:
+        """On open: the object's current version, from a HEAD when the node's was last confirmed more
+        than `metadata_ttl` seconds ago (< 0: never). A store that cannot answer leaves the known
+        version in place (reads stay pinned to it and fail rather than mix if it was replaced)."""
+        ttl = self.options.metadata_ttl
+        if ttl < 0 or time.monotonic() - node.checked < ttl:
+            return node
+        try:
+            return await self.head(node.mount, node.key)
         except ObjectStoreError as exc:
-            log.warning("could not refresh %s:%s after a change: %s", mount, key, exc)
+            log.warning("could not revalidate %s:%s on open; serving the known version: %s",
+                        node.mount, node.key, exc)
+            return node
+
+    async def _refresh_object(self, h: FileHandle) -> None:
+        """After an ETag mismatch: learn the object's current version — unless the namespace already
+        moved past the handle's version, or a failed read asked within the last second (one HEAD per
+        change, not one per failed read)."""
+        self.metrics.changed_objects.inc()
+        live = self.namespace.file(h.mount, h.key)
+        if live is None or live.etag != h.etag:
             return
-        self.namespace.update_file(mount, key, obj)
-        log.info("%s:%s changed; namespace entry refreshed", mount, key)
+        ident, now = (h.mount, h.key), time.monotonic()
+        if now - self._stale_heads.get(ident, -1e9) < 1.0:
+            return
+        if len(self._stale_heads) > 10_000:
+            self._stale_heads.clear()
+        self._stale_heads[ident] = now
+        try:
+            await self.head(h.mount, h.key)
+        except ObjectStoreError as exc:
+            log.warning("could not refresh %s:%s after a change: %s", h.mount, h.key, exc)
+            return
+        log.info("%s:%s changed; namespace entry refreshed", h.mount, h.key)
 
     # ------------------------------------------------------------------ reads
     def open_file(self, node: Node) -> FileHandle:
@@ -256,7 +299,7 @@ class DatasetReader:
             return await self.cache.get(self._ref(h, index), self.fetcher.fetch)
         except StaleBlock as exc:
             self.metrics.read_errors.labels("changed").inc()
-            await self._refresh_object(h.mount, h.key)
+            await self._refresh_object(h)
             raise ObjectChangedError(str(exc)) from None
         except BlockUnavailable as exc:
             self.metrics.read_errors.labels("unavailable").inc()

@@ -26,6 +26,8 @@ class ReaderOptions:
     worker_timeout: float = 10.0
     breaker_cooldown: float = 5.0
     listing_ttl: float = 300.0
+    # An open HEADs the object when its version was last confirmed longer ago than this (s; < 0: never).
+    metadata_ttl: float = 5.0
     use_snapshot: bool = True
     # CRC32C of each block received from a worker. Off by default: the worker checks every block's
     # CRC32C before serving it and TCP checksums the transfer; checking again costs a copy per block.

@@ -139,14 +139,14 @@ class Sidecar:
 
 
 class Worker:
-    def __init__(self, work: Path, manifest: Path, secret_dir: Path, name: str) -> None:
+    def __init__(self, work: Path, manifest: Path, secret_dir: Path, name: str, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / f"{name}.log"
         tier = Path("/dev/shm") / f"eddy-test-sc-{os.getpid()}-{name}"
         self.tier = tier
         args = [*EDDY, "worker", "-f", str(manifest), "--host", "127.0.0.1", "--port", str(self.port),
-                "--secret-dir", str(secret_dir), "--level-path", f"MEM={tier}"]
+                "--secret-dir", str(secret_dir), "--level-path", f"MEM={tier}", *extra]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -131,7 +131,8 @@ async def test_worker_first_with_snapshot_and_next_owner(
     manifest = tmp_path / "dataset.yaml"
     manifest.write_text(yaml.safe_dump(doc))
     secrets = s3_server.write_secret_dir(tmp_path / "secrets")
-    worker = await asyncio.to_thread(Worker, tmp_path, manifest, secrets, "w-snap")
+    worker = await asyncio.to_thread(Worker, tmp_path, manifest, secrets, "w-snap",
+                                    "--block-size", str(MiB))
     try:
         # the preloader's snapshot names only one file: the sidecar mounts from it, without listing
         data = small_tree["b/c/deep.bin"]

@@ -71,18 +71,54 @@ def test_namespace_file_and_dir_conflict_keeps_the_directory() -> None:
         assert ns.resolve("a/b") is not None
 
 
+def versions(*rows: tuple[str, int, str]) -> list[ObjectInfo]:
+    return [ObjectInfo(key, size, etag, 1_700_000_000.0) for key, size, etag in rows]
+
+
 def test_namespace_inodes_stable_across_reloads_and_lookup_dots() -> None:
     ns = Namespace()
-    ns.load({"m": objs(("d/f1", 1), ("d/f2", 2))}, {"m": "/"})
+    ns.load({"m": versions(("d/f1", 5, "v1"), ("d/f2", 2, "x"))}, {"m": "/"})
     f1, d = ns.resolve("d/f1"), ns.resolve("d")
     assert f1 is not None and d is not None
-    ns.load({"m": objs(("d/f0", 1), ("d/f1", 5), ("e", 1))}, {"m": "/"})
+    ns.load({"m": versions(("d/f0", 1, "y"), ("d/f1", 5, "v1"), ("e", 1, "z"))}, {"m": "/"})
     f1b, db = ns.resolve("d/f1"), ns.resolve("d")
     assert f1b is not None and db is not None
-    assert (f1b.ino, db.ino) == (f1.ino, d.ino) and f1b.size == 5
+    assert (f1b.ino, db.ino) == (f1.ino, d.ino) and f1b.size == 5 and ns.is_live(f1.ino)
     assert ns.resolve("d/f2") is None
     assert ns.lookup(d.ino, "..") is ns.get(ROOT_INODE) and ns.lookup(d.ino, ".") is db
     assert ns.path_of(f1.ino) == "d/f1"
+
+
+def test_namespace_new_version_gets_a_new_inode_and_retires_the_old() -> None:
+    """One inode = one version: the kernel's page cache (per inode) can never mix two."""
+    ns = Namespace()
+    told: list[tuple[int, str]] = []
+    ns.on_retire = lambda parent, name: told.append((parent, name))
+    ns.load({"m": versions(("d/f", 5, "v1"), ("d/g", 1, "g1"))}, {"m": "/"})
+    v1, d = ns.resolve("d/f"), ns.resolve("d")
+    assert v1 is not None and d is not None
+    # a listing refresh that finds a new ETag: new inode; the old one is retired (kept, not reachable)
+    ns.load({"m": versions(("d/f", 7, "v2"), ("d/g", 1, "g1"))}, {"m": "/"})
+    v2 = ns.resolve("d/f")
+    assert v2 is not None and v2.ino != v1.ino and v2.etag == "v2" and v2.size == 7
+    assert not ns.is_live(v1.ino) and ns.get(v1.ino) is not None and ns.get(v1.ino).etag == "v1"  # type: ignore[union-attr]
+    assert ns.lookup(d.ino, "f") is v2 and told == [(d.ino, "f")] and ns.retired == 1
+    ns.forget(v1.ino)
+    assert ns.get(v1.ino) is None and ns.retired == 0
+    # a HEAD that learns v3: the same, through update_file
+    v3 = ns.update_file("m", "d/f", ObjectInfo("d/f", 9, "v3", 1.0))
+    assert v3 is not None and v3.ino not in (v1.ino, v2.ino) and ns.resolve("d/f") is v3
+    assert not ns.is_live(v2.ino) and told[-1] == (d.ino, "f") and ns.file("m", "d/f") is v3
+    # the same ETag again only refreshes when it was confirmed
+    assert ns.update_file("m", "d/f", ObjectInfo("d/f", 9, "v3", 1.0)) is v3 and ns.retired == 1
+    # a listing that started before the HEAD learnt v3 does not bring v2 back
+    built = ns.build({"m": versions(("d/f", 7, "v2"), ("d/g", 1, "g1"))}, {"m": "/"})
+    v4 = ns.update_file("m", "d/f", ObjectInfo("d/f", 4, "v4", 1.0))
+    ns.install(built)
+    assert ns.resolve("d/f") is v4 and v4 is not None and ns.is_live(v4.ino)
+    # gone: retired, no longer found
+    assert ns.update_file("m", "d/f", None) is None and ns.resolve("d/f") is None
+    assert ns.get(v4.ino) is not None and not ns.is_live(v4.ino)
 
 
 def test_namespace_large_directory_offsets_resume_exactly() -> None:

@@ -11,8 +11,11 @@ request in its event/parse machinery, this path well under 1 ms (docs/objectstor
 
 Every request runs in our own retry loop (botocore's retries are off, so the budget is ours and
 testable): throttling (503 SlowDown, 429), other 5xx, connection errors, timeouts and truncated bodies
-are retried up to `RetryPolicy.attempts` times with exponential backoff and full jitter, then surface as
-`ObjectStoreUnavailable`. Errors are typed (`ObjectNotFound`, `ObjectChanged`, `ObjectStoreDenied`) and
+are retried with exponential backoff and full jitter, then surface as `ObjectStoreUnavailable`. Ranged
+GETs (the data path: a reader has a worker or another copy to try) get `RetryPolicy.attempts` tries;
+LIST and HEAD — one failed LIST fails a whole DataLoad or mount — keep retrying for a time budget,
+`RetryPolicy.budget` seconds (default 60; the mount option `fs.eddy.retry-budget-seconds` sets it).
+Errors are typed (`ObjectNotFound`, `ObjectChanged`, `ObjectStoreDenied`) and
 name the operation and the object, never a credential: messages are scrubbed of the key pair and no
 library exception is chained into them. botocore's DEBUG logging (which prints the Authorization
 header, and so the access key id) is capped at INFO unless a user configures it explicitly.
@@ -32,7 +35,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -129,16 +132,35 @@ class ObjectInfo:
     mtime: float  # seconds since the epoch
 
 
+DEFAULT_RETRY_BUDGET = 60.0
+RETRY_BUDGET_OPTION = "fs.eddy.retry-budget-seconds"
+
+
+def retry_budget(options: Mapping[str, str], default: float = DEFAULT_RETRY_BUDGET) -> float:
+    """The mount's LIST/HEAD retry budget in seconds (option `fs.eddy.retry-budget-seconds`)."""
+    raw = options.get(RETRY_BUDGET_OPTION)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"mount option {RETRY_BUDGET_OPTION}: {raw!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise ValueError(f"mount option {RETRY_BUDGET_OPTION}: {raw!r} is not between 0 and 86400 seconds")
+    return value
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter: before retry n, sleep U(0, min(max_delay, base*2**(n-1)))."""
 
-    attempts: int = 6  # total tries per request, the first included
+    attempts: int = 6  # total tries per ranged GET, the first included
     base_delay: float = 0.1
     max_delay: float = 5.0
+    budget: float = DEFAULT_RETRY_BUDGET  # LIST and HEAD: retry until this many seconds have passed
 
     def delay(self, retry: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** max(0, retry - 1)))
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** min(30, max(0, retry - 1))))
 
 
 @functools.cache
@@ -237,10 +259,13 @@ class ObjectStore:
     ) -> ObjectStore:
         """A store for a Dataset mount; credentials come from its options or, via `secrets`, its Secrets."""
         url, region, path_style = endpoint_settings(mount.scheme, mount.endpoint, mount.options)
+        policy = retry or RetryPolicy()
+        if RETRY_BUDGET_OPTION in mount.options:
+            policy = replace(policy, budget=retry_budget(mount.options))
         return cls(
             scheme=mount.scheme, bucket=mount.bucket, prefix=mount.prefix, endpoint_url=url, region=region,
             path_style=path_style, credentials=credentials_for(mount, secrets),
-            max_connections=max_connections, request_timeout=request_timeout, retry=retry or RetryPolicy(),
+            max_connections=max_connections, request_timeout=request_timeout, retry=policy,
         )
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -309,7 +334,8 @@ class ObjectStore:
             if token:
                 params["ContinuationToken"] = token
             page: dict[str, Any] = await self._call(
-                "ListObjectsV2", self.uri(prefix), functools.partial(client.list_objects_v2, **params)
+                "ListObjectsV2", self.uri(prefix), functools.partial(client.list_objects_v2, **params),
+                budget=self.retry.budget,
             )
             for item in page.get("Contents", ()):
                 key = str(item["Key"])[len(self.prefix):]
@@ -323,7 +349,8 @@ class ObjectStore:
     async def head(self, key: str) -> ObjectInfo:
         client = await self._open()
         meta = await self._call(
-            "HeadObject", self.uri(key), lambda: client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+            "HeadObject", self.uri(key),
+            lambda: client.head_object(Bucket=self.bucket, Key=self.prefix + key), budget=self.retry.budget,
         )
         return ObjectInfo(key, int(meta["ContentLength"]), _strip_etag(meta.get("ETag", "")),
                           meta["LastModified"].timestamp())
@@ -432,10 +459,20 @@ class ObjectStore:
         return dict(request.headers.items())
 
     # --------------------------------------------------------------------------------------- retries
-    async def _call(self, op: str, where: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `fn` under the retry policy; translate every failure into a typed, scrubbed error."""
+    async def _call(
+        self, op: str, where: str, fn: Callable[[], Awaitable[T]], *, budget: float | None = None
+    ) -> T:
+        """Run `fn` under the retry policy; translate every failure into a typed, scrubbed error.
+
+        Without `budget`: at most `retry.attempts` tries. With it: tries until the next pause would end
+        more than `budget` seconds after the first try began (at least one try, whatever the budget).
+        """
         attempts = max(1, self.retry.attempts)
-        for n in range(1, attempts + 1):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget if budget is not None else 0.0
+        n = 0
+        while True:
+            n += 1
             try:
                 result = await fn()
             except ObjectStoreError:
@@ -446,19 +483,20 @@ class ObjectStore:
                 if not transient:
                     REQUESTS.labels(op, "error").inc()
                     raise error from None
-                if n == attempts:
+                pause = self.retry.delay(n, self.rng)
+                spent = n >= attempts if budget is None else loop.time() + pause > deadline
+                if spent:
                     REQUESTS.labels(op, "unavailable").inc()
+                    how = f"{n} attempts" + ("" if budget is None else f" in the {budget:g}s retry budget")
                     raise ObjectStoreUnavailable(
-                        f"{error} (gave up after {attempts} attempts)", code=error.code, status=error.status
+                        f"{error} (gave up after {how})", code=error.code, status=error.status
                     ) from None
                 RETRIES.labels(op).inc()
-                pause = self.retry.delay(n, self.rng)
-                log.info("%s; retry %d/%d in %.2fs", error, n, attempts - 1, pause)
+                log.info("%s; retry %d in %.2fs", error, n, pause)
                 await asyncio.sleep(pause)
             else:
                 REQUESTS.labels(op, "ok").inc()
                 return result
-        raise AssertionError("unreachable")
 
     def _translate(self, op: str, where: str, exc: Exception) -> tuple[bool, ObjectStoreError]:
         """(transient?, error) for a failure; the text holds no library message but the server's."""

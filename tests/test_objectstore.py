@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from eddy.api import parse_dataset
 from eddy.blocks import blocks_for_range, blocks_of
 from eddy.objectstore import (
+    DEFAULT_RETRY_BUDGET,
     ObjectChanged,
     ObjectNotFound,
     ObjectStore,
@@ -23,13 +25,14 @@ from eddy.objectstore import (
     ObjectStoreUnavailable,
     RetryPolicy,
     endpoint_settings,
+    retry_budget,
 )
 from eddy.secrets import SecretError, SecretSource, credentials_for
 from sandbox.s3server import start_seaweedfs
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3 import S3Server, make_client
 
-FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
+FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, budget=0.3)
 KiB = 1024
 
 
@@ -269,6 +272,45 @@ async def test_retry_budget_exhausted_is_unavailable(s3_server: S3Server, s3_buc
         assert "gave up after 4 attempts" in str(caught.value)
         fault_proxy.clear()
         assert await store.get_range("r.bin", 0, 4) == b"0123"
+
+
+async def test_list_and_head_retry_for_a_time_budget_not_a_count(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy
+) -> None:
+    """Issue 16 §3: six 503s in a row on the one LIST failed a DataLoad. LIST and HEAD now retry until
+    their time budget is spent, however many attempts that takes; ranged GETs keep their count."""
+    s3_server.put_object(s3_bucket, "r.bin", b"0123456789")
+    storm = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.02, budget=5.0)
+    async with _store(s3_server, s3_bucket, endpoint=fault_proxy.endpoint, retry=storm) as store:
+        fault_proxy.fail_next(12, "slowdown")  # three times the attempt count
+        assert [i.key async for i in store.list()] == ["r.bin"]
+        assert fault_proxy.faults_served == 12
+        fault_proxy.fail_next(12, "500")
+        assert (await store.head("r.bin")).size == 10
+        assert fault_proxy.pending == 0
+    short = RetryPolicy(attempts=100, base_delay=0.05, max_delay=0.1, budget=0.5)
+    async with _store(s3_server, s3_bucket, endpoint=fault_proxy.endpoint, retry=short) as store:
+        fault_proxy.fail_next(1000, "slowdown")
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(ObjectStoreUnavailable, match=r"in the 0.5s retry budget"):
+            await store.head("r.bin")
+        elapsed = asyncio.get_running_loop().time() - t0
+        assert 0.3 <= elapsed <= 2.0, elapsed
+        fault_proxy.clear()
+
+
+def test_retry_budget_mount_option() -> None:
+    assert retry_budget({}) == DEFAULT_RETRY_BUDGET >= 60
+    assert retry_budget({"fs.eddy.retry-budget-seconds": "120"}) == 120.0
+    for bad in ("soon", "-1", "1e9"):
+        with pytest.raises(ValueError, match=r"fs\.eddy\.retry-budget-seconds"):
+            retry_budget({"fs.eddy.retry-budget-seconds": bad})
+    doc = {"apiVersion": "data.fluid.io/v1alpha1", "kind": "Dataset", "metadata": {"name": "d"},
+           "spec": {"mounts": [{"mountPoint": "s3://b/p/", "name": "m",
+                                "options": {"fs.s3.endpoint": "http://127.0.0.1:9",
+                                            "fs.eddy.retry-budget-seconds": "7"}}]}}
+    mount = parse_dataset(doc).mounts[0]
+    assert ObjectStore.for_mount(mount).retry.budget == 7.0
 
 
 async def test_a_hung_request_times_out_and_is_retried(s3_server: S3Server, s3_bucket: str,

@@ -1,5 +1,6 @@
 """Minimal workload controllers (kube-controller-manager's part): Deployment, ReplicaSet,
-StatefulSet, Job, and the endpoints of Services (Endpoints and EndpointSlices).
+StatefulSet, Job, the endpoints of Services (Endpoints and EndpointSlices) and the binding of
+PersistentVolumeClaims (with an optional hostPath provisioner).
 
 They are API clients over HTTP (`eddy.kube.Kube`), like the real controllers: the pods they make go
 through admission (mutating webhooks, policies), and they learn everything from watches. Pods are
@@ -11,8 +12,8 @@ controller, "expectations" (pods created or deleted but not yet seen by the watc
 reconcile does not create twice), owner references (`controller: true`, `blockOwnerDeletion: true`:
 the API server's garbage collector deletes pods with their owner), conditions and status patches.
 The controllers themselves are in `workloads_deployment.py`, `workloads_replicaset.py`,
-`workloads_statefulset.py`, `workloads_job.py` and `workloads_endpoints.py`; what each models and
-leaves out is in its docstring.
+`workloads_statefulset.py`, `workloads_job.py`, `workloads_endpoints.py` and `workloads_volumes.py`;
+what each models and leaves out is in its docstring.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from eddy.kube.client import Kube
@@ -332,16 +334,21 @@ class WorkloadControllers:
     """The controllers over one pods informer. `start()` / `stop()`; `wait_idle()` for tests."""
 
     def __init__(self, kube: Kube, *,
-                 kinds: Iterable[str] = ("Deployment", "ReplicaSet", "StatefulSet", "Job", "Endpoints"),
-                 job_backoff: float = 10.0, job_interim_conditions: bool = True) -> None:
+                 kinds: Iterable[str] = ("Deployment", "ReplicaSet", "StatefulSet", "Job", "Endpoints",
+                                         "PersistentVolume"),
+                 job_backoff: float = 10.0, job_interim_conditions: bool = True,
+                 volume_root: Path | None = None) -> None:
         """`job_backoff`: the delay before a Job replaces a failed pod, doubling per failure (10s like
         the Job controller; tests pass less). `job_interim_conditions`: Jobs also get
-        `SuccessCriteriaMet` / `FailureTarget` before `Complete` / `Failed`, as since Kubernetes 1.31."""
+        `SuccessCriteriaMet` / `FailureTarget` before `Complete` / `Failed`, as since Kubernetes 1.31.
+        `volume_root`: where the volume binder provisions hostPath volumes for claims that no volume
+        fits (None: it only binds existing volumes)."""
         from sandbox.workloads_deployment import DeploymentController
         from sandbox.workloads_endpoints import EndpointsController
         from sandbox.workloads_job import JobController
         from sandbox.workloads_replicaset import ReplicaSetController
         from sandbox.workloads_statefulset import StatefulSetController
+        from sandbox.workloads_volumes import VolumeBinder
 
         self.kube = kube
         self.pods = PodIndex(kube)
@@ -355,6 +362,8 @@ class WorkloadControllers:
             self.controllers.append(StatefulSetController(kube, self.pods))
         if "Endpoints" in wanted:  # Endpoints and EndpointSlices of Services with a selector
             self.controllers.append(EndpointsController(kube, self.pods))
+        if "PersistentVolume" in wanted:  # the PV binder (and provisioner, with a volume_root)
+            self.controllers.append(VolumeBinder(kube, self.pods, volume_root=volume_root))
         if "Job" in wanted:
             self.controllers.append(JobController(kube, self.pods, backoff=job_backoff,
                                                   interim_conditions=job_interim_conditions))

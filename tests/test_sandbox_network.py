@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import pytest
 import pytest_asyncio
 
-from eddy.kube import DEPLOYMENTS, PODS, SERVICES, Kube
+from eddy.kube import DEPLOYMENTS, PODS, PVCS, SERVICES, STATEFULSETS, Kube
 from sandbox.apiserver import KubeApiServer
 from sandbox.dns import ClusterDns, NoEndpoints
 from sandbox.network import NetworkError, PodAddress, PodNetwork, run_ip
@@ -401,7 +401,8 @@ FETCH = ("import urllib.request as u\n"
 async def test_rollouts_with_the_pod_runner_reusing_addresses(kube: Kube, tmp_path: Path) -> None:
     """The whole path with the real pod runner: a Deployment rolled out three times on a pod network of
     five addresses (so addresses are reused and the kubelet's readiness probes must reach the new pod
-    behind an old address), then a Job that fetches through the Service's names."""
+    behind an old address), a StatefulSet whose claim is provisioned, bound and written to, then a Job
+    that fetches through the Service's names."""
     from sandbox.kubelet import PodRunner
     from sandbox.workloads import WorkloadControllers
     from sandbox.workloads_job import JOBS
@@ -410,7 +411,7 @@ async def test_rollouts_with_the_pod_runner_reusing_addresses(kube: Kube, tmp_pa
     network = PodNetwork(bridge=f"etn{secrets.token_hex(4)}", pod_cidr=f"{outer.pod_net[64]}/29",
                          service_cidr=f"{outer.service_net[64]}/29")
     dns = ClusterDns(kube, api_server_ip=network.gateway, network=network)
-    controllers = WorkloadControllers(kube, job_backoff=0.1)
+    controllers = WorkloadControllers(kube, job_backoff=0.1, volume_root=tmp_path / "volumes")
     runner = PodRunner(kube, network, dns, root=tmp_path / "kubelet")
     try:
         await network.start()
@@ -446,6 +447,28 @@ async def test_rollouts_with_the_pod_runner_reusing_addresses(kube: Kube, tmp_pa
                 raise AssertionError(f"rollout {generation} did not finish: {status}\n"
                                      f"{[(p['metadata']['name'], p.get('status')) for p in pods]}")
         assert len(seen) <= 5 and seen <= {str(ip) for ip in network.pod_net.hosts()}
+        # A StatefulSet's claim is provisioned and bound; its pod writes into the volume.
+        writer = {"name": "db", "image": "python:3.11",
+                  "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                  "command": ["python3", "-c", "open('/data/hello', 'w').write('hi'); import time; "
+                              "time.sleep(3600)"],
+                  "readinessProbe": {"exec": {"command": ["cat", "/data/hello"]}, "periodSeconds": 1}}
+        await kube.create(STATEFULSETS, {"metadata": {"name": "db"}, "spec": {
+            "replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {
+                "automountServiceAccountToken": False, "containers": [writer]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}, NS)
+        sts: Obj = {}
+        for _ in range(400):
+            sts = (await kube.get(STATEFULSETS, "db", NS)).get("status") or {}
+            if sts.get("readyReplicas") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert sts.get("readyReplicas") == 1, sts
+        claim = await kube.get(PVCS, "data-db-0", NS)
+        volume = tmp_path / "volumes" / claim["spec"]["volumeName"] / "hello"
+        assert claim["status"]["phase"] == "Bound" and await asyncio.to_thread(volume.read_text) == "hi"
         await kube.create(JOBS, {"metadata": {"name": "fetch"}, "spec": {"backoffLimit": 0, "template": {
             "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [
                 {"name": "fetch", "image": "python:3.11", "command": ["python3", "-c", FETCH]}]}}}}, NS)

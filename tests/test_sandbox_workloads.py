@@ -10,11 +10,12 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 
-from eddy.kube import DEPLOYMENTS, EVENTS, PODS, PVCS, SERVICES, STATEFULSETS, Kube
+from eddy.kube import DEPLOYMENTS, EVENTS, PODS, PVCS, PVS, SERVICES, STATEFULSETS, Kube
 from sandbox.apiserver import AdmissionAttributes, ApiError, KubeApiServer
 from sandbox.workloads import WorkloadControllers
 from sandbox.workloads_endpoints import ENDPOINT_SLICES, ENDPOINTS
@@ -451,3 +452,65 @@ def test_completed_indexes_text() -> None:
     assert format_indexes({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
     assert parse_indexes("0-2,5,7-8") == {0, 1, 2, 5, 7, 8}
     assert format_indexes(set()) == "" and parse_indexes("") == set()
+
+
+async def test_claims_bind_and_provision(kube_api: KubeApiServer, tmp_path: Path) -> None:
+    kube = await Kube.connect(url=kube_api.url)
+    controllers = WorkloadControllers(kube, kinds=("PersistentVolume",), volume_root=tmp_path / "volumes")
+    await controllers.start()
+    try:
+        # Pre-bound, as Eddy's controller makes a Dataset's PV and PVC.
+        await kube.create(PVS, {"metadata": {"name": "default-data"}, "spec": {
+            "capacity": {"storage": "10Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "fluid",
+            "hostPath": {"path": str(tmp_path)}, "claimRef": {"namespace": NS, "name": "data"}}})
+        claim = await kube.create(PVCS, {"metadata": {"name": "data"}, "spec": {
+            "accessModes": ["ReadOnlyMany"], "storageClassName": "fluid", "volumeName": "default-data",
+            "resources": {"requests": {"storage": "10Gi"}}}}, NS)
+        # A free volume that fits, and one that does not.
+        for name, size in (("small", "1Gi"), ("big", "8Gi")):
+            await kube.create(PVS, {"metadata": {"name": name, "labels": {"tier": "fast"}}, "spec": {
+                "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
+                "hostPath": {"path": str(tmp_path)}}})
+        await kube.create(PVCS, {"metadata": {"name": "scratch"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
+            "selector": {"matchLabels": {"tier": "fast"}},
+            "resources": {"requests": {"storage": "2Gi"}}}}, NS)
+        # No volume and no class: provisioned under volume_root.
+        fresh = await kube.create(PVCS, {"metadata": {"name": "fresh"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}, NS)
+
+        async def bound(name: str) -> Obj | None:
+            pvc = await kube.get(PVCS, name, NS)
+            return pvc if (pvc.get("status") or {}).get("phase") == "Bound" else None
+
+        data = await eventually(lambda: bound("data"))
+        assert data["status"]["capacity"] == {"storage": "10Gi"}
+        assert data["spec"]["volumeName"] == "default-data"
+        pv = await kube.get(PVS, "default-data")
+        assert pv["status"]["phase"] == "Bound" and pv["spec"]["claimRef"]["uid"] == claim["metadata"]["uid"]
+        assert (await eventually(lambda: bound("scratch")))["spec"]["volumeName"] == "big"
+        assert (await kube.get(PVS, "small")).get("status", {}).get("phase") != "Bound"
+        made = await eventually(lambda: bound("fresh"))
+        name = f"pvc-{fresh['metadata']['uid']}"
+        assert made["spec"]["volumeName"] == name
+        provisioned = await kube.get(PVS, name)
+        path = Path(provisioned["spec"]["hostPath"]["path"])
+        assert path == tmp_path / "volumes" / name and await asyncio.to_thread(path.is_dir)
+
+        # Claims go: a provisioned volume (Delete) goes with its directory; a static one is Released.
+        await kube.delete(PVCS, "fresh", NS)
+        await kube.delete(PVCS, "scratch", NS)
+        await eventually(lambda: _gone(kube, name))
+        assert not await asyncio.to_thread(path.exists)
+        await eventually(lambda: _phase_is(kube, "big", "Released"))
+    finally:
+        await controllers.stop()
+        await kube.close()
+
+
+async def _gone(kube: Kube, pv: str) -> bool | None:
+    return True if await kube.get_or_none(PVS, pv) is None else None
+
+
+async def _phase_is(kube: Kube, pv: str, phase: str) -> bool | None:
+    return True if ((await kube.get(PVS, pv)).get("status") or {}).get("phase") == phase else None

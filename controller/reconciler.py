@@ -30,7 +30,7 @@ from controller.status import (
 )
 from eddy import names
 from eddy.api import Dataset, JindoRuntime, ValidationError, parse_dataset, parse_runtime
-from eddy.objectstore import ObjectStore, ObjectStoreError
+from eddy.objectstore import ObjectStore, ObjectStoreError, RetryPolicy
 from eddy.secrets import SecretError, SecretSource, secret_values
 from eddy.workerclient import WorkerClient, WorkerError
 
@@ -216,7 +216,9 @@ class Reconciler:
         try:
             secrets = await self._secrets(ds)
             for mount in ds.mounts:
-                async with ObjectStore.for_mount(mount, secrets) as store:
+                # ufsTotal is informational: a short LIST retry budget keeps a sick store from stalling
+                # the reconcile (DataLoads and sidecars keep the long default budget).
+                async with ObjectStore.for_mount(mount, secrets, retry=RetryPolicy(budget=5.0)) as store:
                     async for info in store.list():
                         if not info.key.endswith("/"):
                             total += info.size

@@ -2,7 +2,7 @@
 
 Only Eddy's own rules carry CEL (Fluid's schemas have none); each is written for absent fields
 (`has(...)`) so it holds before and after defaulting. cel-python evaluates them, so `eddy validate`
-applies exactly the text that is in the CRD.
+applies exactly the text that is in the CRD; `split` is added as Kubernetes' strings library has it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,15 @@ from eddy.api import FieldError
 Schema = dict[str, Any]
 
 
+def _split(text: Any, sep: Any) -> celtypes.ListType:
+    """Kubernetes' CEL strings library `split` (cel-python has no extension libraries)."""
+    return celtypes.ListType([celtypes.StringType(part) for part in str(text).split(str(sep))])
+
+
 @functools.cache
 def _program(rule: str) -> Any:
     env = celpy.Environment()
-    return env.program(env.compile(rule))
+    return env.program(env.compile(rule), functions={"split": _split})
 
 
 def _walk(schema: Mapping[str, Any], value: Any, path: str) -> Iterator[tuple[Mapping[str, Any], Any, str]]:

@@ -77,7 +77,8 @@ REFUSED: dict[str, dict[str, str]] = {
         "spec.tieredstore.levels[].path": "relative paths",
         "spec.tieredstore.levels[].quota": "negative, milli (`m`) and exponent forms; required without "
         "quotaList",
-        "spec.tieredstore.levels[].quotaList": "the same forms as quota",
+        "spec.tieredstore.levels[].quotaList": "the same forms as quota; not one quota per path",
+        "spec.tieredstore.levels": "more than three levels (each medium type at most once)",
         "spec.tieredstore.levels[].high": "values that are not a fraction in (0, 1]; low must be below high",
         "spec.tieredstore.levels[].low": "values that are not a fraction in (0, 1]",
     },
@@ -87,6 +88,7 @@ REFUSED: dict[str, dict[str, str]] = {
         "spec.target[].path": "relative paths",
         "spec.target[].replicas": "zero or negative",
         "spec.ttlSecondsAfterFinished": "negative",
+        "spec.runAfter.kind": "kinds other than DataLoad (Eddy runs no DataBackup, DataMigrate, DataProcess)",
         "spec.schedule": "missing or not a cron expression when policy is Cron",
     },
 }

@@ -106,8 +106,18 @@ def _runtime_rules(s: Schema) -> None:
     props["high"]["pattern"] = WATERMARK_PATTERN
     props["low"]["pattern"] = WATERMARK_PATTERN
     level["required"] = ["mediumtype", "path"]
+    # Bounds keep the CEL rules' estimated cost within the API server's budget; each medium type
+    # appears at most once, so three levels at most.
+    _at(s, "spec.tieredstore.levels")["maxItems"] = 3
+    props["path"]["maxLength"] = 4096
+    props["quotaList"]["maxLength"] = 1024
     level["x-kubernetes-validations"] = [
         _rule("has(self.quota) || has(self.quotaList)", "a tier needs quota (or quotaList)"),
+        _rule(
+            "!has(self.quotaList) || size(self.quotaList.split(',')) == size(self.path.split(','))",
+            "quotaList needs one quota per comma-separated path",
+            ".quotaList",
+        ),
         _rule(
             "double(has(self.low) ? self.low : '0.7') < double(has(self.high) ? self.high : '0.95')",
             "low must be below high (defaults: low 0.7, high 0.95)",
@@ -124,6 +134,7 @@ def _dataload_rules(s: Schema) -> None:
     _at(s, "spec.target[].path")["pattern"] = ABSOLUTE_PATH_PATTERN
     _at(s, "spec.target[].replicas")["minimum"] = 1
     _at(s, "spec.ttlSecondsAfterFinished")["minimum"] = 0
+    _at(s, "spec.runAfter.kind")["enum"] = ["DataLoad"]  # the only operation Eddy runs
     spec["x-kubernetes-validations"] = [_rule(
         "!has(self.policy) || self.policy != 'Cron' || (has(self.schedule) && size(self.schedule) > 0)",
         'a Cron DataLoad needs a schedule (e.g. "0 * * * *")',

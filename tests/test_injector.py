@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eddy.api import Dataset, parse_dataset
+from eddy.api import Dataset, JindoRuntime, parse_dataset, parse_runtime
 from eddy.names import LABEL_ENABLE_INJECTION, LABEL_INJECT_DONE, LABEL_SIDECAR_TARGET
 from tests.support.seed import SEED
 from webhook.injector import FUSE_MOUNTPOINT, SIDECAR_PREFIX, claim_names, dns_label, inject, make_patch
@@ -377,3 +377,48 @@ def test_generated_pods(pod: dict[str, Any], native: bool) -> None:
             for m in c.get("volumeMounts", [])
         )
         assert uses_in_init == any("init container" in w for w in result.warnings)
+
+
+def _runtime(fuse: dict[str, Any], name: str = "serverless-data") -> JindoRuntime:
+    text = (SEED / "dataset.yaml").read_text()
+    doc = next(d for d in yaml.safe_load_all(text) if d["kind"] == "JindoRuntime")
+    doc["metadata"] = {"name": name, "namespace": "default"}
+    doc["spec"]["fuse"] = fuse
+    return parse_runtime(doc)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_runtime_spec_fuse_shapes_the_sidecar_and_annotations_win(native: bool) -> None:
+    runtime = _runtime({
+        "image": "registry.example.com/eddy", "imageTag": "0.2.0", "imagePullPolicy": "Always",
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
+                      "limits": {"cpu": "1", "memory": "3Gi", "ephemeral-storage": "1Gi"}},
+        "env": {"EDDY_LOG": "debug"},
+        "args": ["--cache-mib=256", "-okernel_cache"],
+    })
+    pod = seed_pod("deployment-eci.yaml")
+    pod["metadata"].setdefault("annotations", {})[ANNOTATION_MEMORY_REQUEST] = "2Gi"
+    ds = seed_dataset()
+    result = inject(pod, "default", {"serverless-data": ds}, InjectorSettings(native_sidecar=native),
+                    {ds.meta.key: runtime})
+    [sidecar] = sidecars(result.pod)
+    assert sidecar["image"] == "registry.example.com/eddy:0.2.0" and sidecar["imagePullPolicy"] == "Always"
+    # Order: the profile's defaults < spec.fuse.resources < the pod's annotations.
+    assert sidecar["resources"]["requests"] == {"cpu": "250m", "memory": "2Gi", "ephemeral-storage": "1Gi"}
+    assert sidecar["resources"]["limits"] == {"cpu": "1", "memory": "3Gi", "ephemeral-storage": "1Gi"}
+    assert {"name": "EDDY_LOG", "value": "debug"} in sidecar["env"]
+    assert sidecar["env"][-1] == {"name": "EDDY_DATASET", "value": "default/serverless-data"}
+    assert sidecar["command"][-1] == "--cache-mib=256" and "-okernel_cache" not in sidecar["command"]
+    assert any("-okernel_cache" in w and "ignored" in w for w in result.warnings)
+    validate(result.pod)
+
+
+def test_without_spec_fuse_the_sidecar_keeps_the_operators_settings() -> None:
+    ds = seed_dataset()
+    plain = inject(seed_pod("deployment-eci.yaml"), "default", {"serverless-data": ds}, NATIVE)
+    with_runtime = inject(seed_pod("deployment-eci.yaml"), "default", {"serverless-data": ds}, NATIVE,
+                          {ds.meta.key: _runtime({})})
+    assert plain.pod == with_runtime.pod
+    [sidecar] = sidecars(plain.pod)
+    assert sidecar["image"] == NATIVE.image
+    assert sidecar["resources"] == sidecar_resources(PROFILES["eci"], {})[0]

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eddy.api import Dataset
+from eddy.api import Dataset, FuseSpec, JindoRuntime
 from eddy.names import (
     CONFIG_FILE_KEY,
     CONFIG_MOUNT_DIR,
@@ -122,8 +122,14 @@ def _sidecar(
     health_port: int,
     podinfo_volume: str,
     token_volume: str = "",
+    fuse: FuseSpec | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The sidecar container and any extra volume it needs (the /dev/fuse hostPath)."""
+    """The sidecar container and any extra volume it needs (the /dev/fuse hostPath).
+
+    `fuse` (the JindoRuntime's `spec.fuse`) sets the image, pull policy, extra environment and extra
+    `eddy sidecar mount` flags; `resources` already holds its resources merged under the annotations.
+    """
+    fuse = fuse or FuseSpec()
     command = ["eddy", "sidecar", "mount", "--config", f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE_KEY}"]
     if secret_volumes:
         command += ["--secret-dir", SECRETS_MOUNT_DIR]
@@ -162,12 +168,13 @@ def _sidecar(
                 {"name": device_volume, "hostPath": {"path": FUSE_DEVICE, "type": "CharDevice"}}
             )
             mounts.append({"name": device_volume, "mountPath": FUSE_DEVICE})
+    env = [{"name": k, "value": v} for k, v in fuse.env.items() if k != "EDDY_DATASET"]
     container: dict[str, Any] = {
         "name": name,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
+        "image": fuse.image_ref or settings.image,
+        "imagePullPolicy": fuse.image_pull_policy or settings.image_pull_policy,
         "command": command,
-        "env": [{"name": "EDDY_DATASET", "value": dataset.meta.key}],
+        "env": [*env, {"name": "EDDY_DATASET", "value": dataset.meta.key}],
         "resources": res,
         "securityContext": security,
         "volumeMounts": mounts,
@@ -187,7 +194,22 @@ def _sidecar(
         container["lifecycle"] = {"postStart": {"exec": {"command": check}}}
         command += ["--stop-file", PODINFO_ANNOTATIONS]
         mounts.append({"name": podinfo_volume, "mountPath": PODINFO_DIR, "readOnly": True})
+    command += sidecar_flags(fuse.args)
     return container, extra_volumes
+
+
+def sidecar_flags(args: tuple[str, ...]) -> list[str]:
+    """The `spec.fuse.args` Eddy's sidecar takes: its own `--flag[=value]`s (Jindo's `-o` FUSE options
+    mean nothing to it; `fuse_arg_warnings` names them)."""
+    return [a for a in args if a.startswith("--")]
+
+
+def fuse_arg_warnings(runtime: JindoRuntime) -> list[str]:
+    dropped = [a for a in runtime.fuse.args if not a.startswith("--")]
+    if not dropped:
+        return []
+    return [f"JindoRuntime {runtime.meta.key}: spec.fuse.args {' '.join(dropped)}: not flags of Eddy's "
+            "sidecar (eddy sidecar mount --help), ignored"]
 
 
 def inject(
@@ -195,11 +217,13 @@ def inject(
     namespace: str,
     datasets: Mapping[str, Dataset],
     settings: InjectorSettings,
+    runtimes: Mapping[str, JindoRuntime] | None = None,
 ) -> Injection:
     """The pod with one sidecar per Dataset its volumes claim (`datasets`: claim name -> Dataset).
 
     `namespace` is the AdmissionReview request's (pods made by controllers often have none). Raises
-    InjectionDenied when the trigger label holds an unknown target.
+    InjectionDenied when the trigger label holds an unknown target. `runtimes` (Dataset key ->
+    JindoRuntime) gives each sidecar its runtime's `spec.fuse`; per-pod annotations win over it.
     """
     profile = requested_profile(pod)
     if profile is None:
@@ -230,8 +254,6 @@ def inject(
     taken_containers = {str(c.get("name")) for c in [*containers, *init_containers]}
     taken_volumes = {str(v.get("name")) for v in volumes}
     annotations = (out.get("metadata") or {}).get("annotations") or {}
-    resources, resource_warnings = sidecar_resources(profile, annotations)
-    warnings += resource_warnings
     classic_sidecars: list[dict[str, Any]] = []
     podinfo_volume = "" if settings.native_sidecar else _unique(PODINFO_VOLUME, taken_volumes)
     by_dataset_done: list[str] = []
@@ -252,6 +274,11 @@ def inject(
             for secret in dataset.secret_names
         ]
         token_volume = _unique(dns_label(name, "token"), taken_volumes)
+        runtime = (runtimes or {}).get(key)
+        resources, resource_warnings = sidecar_resources(
+            profile, annotations, runtime.fuse.resources if runtime else None)
+        warnings += [w for w in resource_warnings if w not in warnings]
+        warnings += fuse_arg_warnings(runtime) if runtime else []
         sidecar, extra_volumes = _sidecar(
             name,
             dataset,
@@ -263,6 +290,7 @@ def inject(
             SIDECAR_HEALTH_PORT + len(by_dataset_done),
             podinfo_volume,
             token_volume,
+            runtime.fuse if runtime else None,
         )
         by_dataset_done.append(key)
         for vol in extra_volumes:

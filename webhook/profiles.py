@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from eddy.names import LABEL_SERVERLESS_INJECT, LABEL_SIDECAR_TARGET, SIDECAR_TARGETS
 
@@ -140,9 +140,10 @@ def quantity_value(text: str) -> float | None:
 
 
 def sidecar_resources(
-    profile: PlatformProfile, annotations: Mapping[str, str]
+    profile: PlatformProfile, annotations: Mapping[str, str], runtime: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """The sidecar's `resources`: the profile's defaults with the pod's annotation overrides applied."""
+    """The sidecar's `resources`, later sources winning: the profile's defaults, the JindoRuntime's
+    `spec.fuse.resources` (`runtime`), then the pod's annotations (docs/webhook.md)."""
     warnings: list[str] = []
     chosen = {
         ("requests", "cpu"): profile.cpu[0],
@@ -150,6 +151,12 @@ def sidecar_resources(
         ("requests", "memory"): profile.memory[0],
         ("limits", "memory"): profile.memory[1],
     }
+    explicit: set[tuple[str, str]] = set()
+    for kind in ("requests", "limits"):
+        values = (runtime or {}).get(kind)
+        for resource, value in (values.items() if isinstance(values, Mapping) else ()):
+            chosen[(kind, str(resource))] = str(value)
+            explicit.add((kind, str(resource)))
     for slot, annotation in RESOURCE_ANNOTATIONS.items():
         if annotation not in annotations:
             continue
@@ -158,9 +165,10 @@ def sidecar_resources(
             warnings.append(f'annotation {annotation}="{value}" is not a quantity; using {chosen[slot]}')
             continue
         chosen[slot] = value
+        explicit.add(slot)
     for resource in ("cpu", "memory"):
         request, limit = chosen[("requests", resource)], chosen[("limits", resource)]
-        explicit_request = RESOURCE_ANNOTATIONS[("requests", resource)] in annotations
+        explicit_request = ("requests", resource) in explicit
         if profile.requests_equal_limits and not explicit_request:
             chosen[("requests", resource)] = limit
         elif (quantity_value(request) or 0) > (quantity_value(limit) or 0):
@@ -169,4 +177,7 @@ def sidecar_resources(
     resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
     for (kind, resource), value in chosen.items():
         resources[kind][resource] = value
+    if profile.requests_equal_limits:  # other resources (ephemeral-storage, ...) the runtime names
+        for resource, value in resources["limits"].items():
+            resources["requests"].setdefault(resource, value)
     return resources, warnings

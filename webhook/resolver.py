@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from eddy.api import Dataset, ValidationError, parse_dataset
+from eddy.api import Dataset, JindoRuntime, ValidationError, parse_dataset, parse_runtime
 from webhook.review import Resolved
 
 log = logging.getLogger("eddy.webhook.resolver")
@@ -51,6 +51,7 @@ class CachedResolver:
         self.cold_gets = 0
         self._absent: dict[tuple[str, str], float] = {}
         self._parsed: dict[tuple[str, str], tuple[str, Dataset | None]] = {}
+        self._runtimes: dict[tuple[str, str], tuple[str, JindoRuntime | None]] = {}
 
     def ready(self) -> bool:
         return self.datasets.synced() and self.pvcs.synced() and self.runtimes.synced()
@@ -67,6 +68,23 @@ class CachedResolver:
             log.warning("Dataset %s/%s is invalid, not injecting it: %s", namespace, name, exc)
             model = None
         self._parsed[(namespace, name)] = (version, model)
+        return model
+
+    def _runtime(self, namespace: str, name: str) -> JindoRuntime | None:
+        """The Dataset's JindoRuntime (its spec.fuse shapes the sidecar), parsed once per resourceVersion."""
+        doc = self.runtimes.get(namespace, name)
+        if doc is None:
+            return None
+        version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        cached = self._runtimes.get((namespace, name))
+        if cached is not None and cached[0] == version and version:
+            return cached[1]
+        try:
+            model: JindoRuntime | None = parse_runtime(doc, namespace)
+        except ValidationError as exc:
+            log.warning("JindoRuntime %s/%s is invalid, its spec.fuse is not used: %s", namespace, name, exc)
+            model = None
+        self._runtimes[(namespace, name)] = (version, model)
         return model
 
     async def _dataset_doc(self, namespace: str, name: str) -> Mapping[str, Any] | None:
@@ -96,7 +114,8 @@ class CachedResolver:
             dataset = self._model(doc, namespace, claim)
             if dataset is None:
                 continue
-            out[claim] = Resolved(dataset, *self._readiness(doc, namespace, claim))
+            bound, why = self._readiness(doc, namespace, claim)
+            out[claim] = Resolved(dataset, bound, why, self._runtime(namespace, claim))
         return out
 
     def _readiness(self, doc: Mapping[str, Any], namespace: str, name: str) -> tuple[bool, str]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from eddy.api import Dataset
+from eddy.api import Dataset, JindoRuntime
 from webhook.injector import claim_names, inject, make_patch, requested_profile
 from webhook.profiles import InjectionDenied, InjectorSettings
 
@@ -60,6 +60,7 @@ class Resolved:
     dataset: Dataset
     bound: bool = True
     why_not_bound: str = ""
+    runtime: JindoRuntime | None = None  # its spec.fuse shapes the sidecar
 
 
 @dataclass
@@ -136,7 +137,8 @@ def decide(
     pod: dict[str, Any] = request["object"]
     namespace = request_namespace(request)
     try:
-        injection = inject(pod, namespace, {c: r.dataset for c, r in resolved.items()}, settings)
+        runtimes = {r.dataset.meta.key: r.runtime for r in resolved.values() if r.runtime is not None}
+        injection = inject(pod, namespace, {c: r.dataset for c, r in resolved.items()}, settings, runtimes)
     except InjectionDenied as denied:
         message = str(denied)
         return Decision(_response(uid, False, status={"code": 403, "message": message}), "denied", [message])

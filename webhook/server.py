@@ -53,11 +53,12 @@ class FileResolver:
             dataset = self._find(namespace, claim)
             if dataset is None:
                 continue
+            runtime = self.manifests.runtime(claim, dataset.meta.namespace)
             if dataset.meta.namespace != namespace:  # files without a namespace serve any namespace
                 dataset = dataclasses.replace(
                     dataset, meta=dataclasses.replace(dataset.meta, namespace=namespace)
                 )
-            out[claim] = Resolved(dataset)
+            out[claim] = Resolved(dataset, runtime=runtime)
         return out
 
     def ready(self) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 from eddy import names
 from eddy.api import Dataset, JindoRuntime, TierLevel, parse_dataset, parse_runtime
 from eddy.config import build_config
+from eddy.quantity import format_quantity, parse_quantity
 from eddy.wire import TOKEN_ADMIN_KEY, TOKEN_DIR, TOKEN_READ_KEY, token_secret_name
 
 CSI_DRIVER = "eddy.fluid.io"
@@ -46,10 +47,10 @@ class Settings:
 
 
 def dataset_labels(ds: Dataset) -> dict[str, str]:
-    ns, name = ds.meta.namespace, ds.meta.name
+    ns, name, uid = ds.meta.namespace, ds.meta.name, ds.meta.uid
     return {
-        names.dataset_label(ns, name): "true",
-        names.LABEL_DATASET_ID: names.dataset_id(ns, name),
+        names.dataset_label(ns, name, uid): "true",
+        names.LABEL_DATASET_ID: names.dataset_id(ns, name, uid),
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
 
@@ -57,7 +58,7 @@ def dataset_labels(ds: Dataset) -> dict[str, str]:
 def worker_selector(ds: Dataset) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": WORKER_COMPONENT,
-        names.LABEL_DATASET_ID: names.dataset_id(ds.meta.namespace, ds.meta.name),
+        names.LABEL_DATASET_ID: names.dataset_id(ds.meta.namespace, ds.meta.name, ds.meta.uid),
     }
 
 
@@ -84,10 +85,12 @@ def _meta(name: str, ds: Dataset, owner: dict[str, Any] | None, labels: dict[str
 
 def persistent_volume(ds: Dataset) -> dict[str, Any]:
     ns, name = ds.meta.namespace, ds.meta.name
+    meta = _meta(names.pv_name(ns, name), ds, None, dataset_labels(ds))
+    meta["annotations"] = {"CreatedBy": "fluid"}  # what Fluid's tooling looks for on a dataset's PV
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": _meta(names.pv_name(ns, name), ds, None, dataset_labels(ds)),
+        "metadata": meta,
         "spec": {
             "accessModes": list(ds.access_modes),
             "capacity": {"storage": PV_CAPACITY},
@@ -97,7 +100,7 @@ def persistent_volume(ds: Dataset) -> dict[str, Any]:
             "csi": {
                 "driver": CSI_DRIVER,
                 "volumeHandle": names.dataset_id(ns, name),
-                "readOnly": all(m.read_only for m in ds.mounts),
+                "readOnly": True,  # Eddy serves every mount read-only (a read-write ask gets a condition)
                 "volumeAttributes": {"dataset": name, "namespace": ns},
             },
         },
@@ -115,7 +118,7 @@ def persistent_volume_claim(ds: Dataset, owner: dict[str, Any]) -> dict[str, Any
             "resources": {"requests": {"storage": PV_CAPACITY}},
             "storageClassName": STORAGE_CLASS,
             "volumeName": names.pv_name(ns, name),
-            "selector": {"matchLabels": {names.dataset_label(ns, name): "true"}},
+            "selector": {"matchLabels": {names.dataset_label(ns, name, ds.meta.uid): "true"}},
         },
     }
 
@@ -145,14 +148,62 @@ def worker_service(ds: Dataset, owner: dict[str, Any], settings: Settings) -> di
     }
 
 
-def _level_volume(index: int, level: TierLevel) -> dict[str, Any]:
-    name = f"tier-{index}-{level.mediumtype.lower()}"
-    if level.volume_type == "emptyDir":
-        empty: dict[str, Any] = {"sizeLimit": level.quota_text}
-        if level.mediumtype == "MEM":
-            empty["medium"] = "Memory"
-        return {"name": name, "emptyDir": empty}
-    return {"name": name, "hostPath": {"path": level.path, "type": "DirectoryOrCreate"}}
+def _level_volumes(index: int, level: TierLevel) -> list[tuple[dict[str, Any], str]]:
+    """(volume, mount path) per directory of the level (`path: /a,/b` is several disks)."""
+    out: list[tuple[dict[str, Any], str]] = []
+    paths = level.paths or (level.path,)
+    quotas = level.quotas or (level.quota,)
+    for j, (path, quota) in enumerate(zip(paths, quotas, strict=False)):
+        name = f"tier-{index}-{level.mediumtype.lower()}" + (f"-{j}" if j else "")
+        if level.volume_type == "emptyDir":
+            size = level.quota_text if len(paths) == 1 else format_quantity(quota)
+            empty: dict[str, Any] = {"sizeLimit": size}
+            if level.mediumtype == "MEM":
+                empty["medium"] = "Memory"
+            out.append(({"name": name, "emptyDir": empty}, path))
+        else:
+            out.append(({"name": name, "hostPath": {"path": path, "type": "DirectoryOrCreate"}}, path))
+    return out
+
+
+def worker_resources(rt: JindoRuntime) -> dict[str, Any]:
+    """`spec.worker.resources` with the memory request raised to the MEM tier's quota, as Fluid does
+    (a worker holds that much in memory; without it the pod is BestEffort and evicted first). A limit
+    below the raised request is raised with it."""
+    resources: dict[str, Any] = {k: dict(v) for k, v in rt.worker.resources.items() if isinstance(v, dict)}
+    mem = rt.mem_quota
+    if mem <= 0:
+        return resources
+    requests = resources.setdefault("requests", {})
+    current = requests.get("memory")
+    if current is None or _bytes(current) < mem:
+        requests["memory"] = format_quantity(mem)
+    limits = resources.get("limits") or {}
+    if "memory" in limits and _bytes(limits["memory"]) < _bytes(requests["memory"]):
+        limits["memory"] = requests["memory"]
+    return resources
+
+
+def _bytes(value: Any) -> int:
+    try:
+        return parse_quantity(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _placement(ds: Dataset, rt: JindoRuntime) -> dict[str, Any]:
+    """Worker pod placement: `spec.worker.nodeSelector`/`tolerations`, the Dataset's `tolerations` and
+    its `nodeAffinity.required` (where the cache may live)."""
+    out: dict[str, Any] = {}
+    if rt.worker.node_selector:
+        out["nodeSelector"] = dict(rt.worker.node_selector)
+    tolerations = [dict(t) for t in (*ds.tolerations, *rt.worker.tolerations)]
+    if tolerations:
+        out["tolerations"] = [t for i, t in enumerate(tolerations) if t not in tolerations[:i]]
+    required = ds.node_affinity.get("required")
+    if isinstance(required, dict) and required.get("nodeSelectorTerms"):
+        out["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+    return out
 
 
 def token_secret(ds: Dataset, owner: dict[str, Any]) -> dict[str, Any]:
@@ -205,10 +256,11 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
     volumes.append({"name": "worker-token", "secret": {"secretName": token_secret_name(ds.meta.name)}})
     mounts.append({"name": "worker-token", "mountPath": TOKEN_DIR, "readOnly": True})
     for i, level in enumerate(rt.levels):
-        volume = _level_volume(i, level)
-        volumes.append(volume)
-        mounts.append({"name": volume["name"], "mountPath": level.path})
-    container = {
+        for volume, path in _level_volumes(i, level):
+            volumes.append(volume)
+            mounts.append({"name": volume["name"], "mountPath": path})
+    env = [{"name": k, "value": v} for k, v in sorted(rt.worker.env.items())]
+    container: dict[str, Any] = {
         "name": "worker",
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -226,6 +278,13 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
         },
         "volumeMounts": mounts,
     }
+    if env:
+        container["env"] = env
+    resources = worker_resources(rt)
+    if resources:
+        container["resources"] = resources
+    pod_labels = {**rt.worker.labels, **labels}
+    pod_annotations = {**rt.worker.annotations, CONFIG_HASH_ANNOTATION: config_hash}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -236,8 +295,8 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": worker_selector(ds)},
             "template": {
-                "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
-                "spec": {"containers": [container], "volumes": volumes},
+                "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+                "spec": {"containers": [container], "volumes": volumes, **_placement(ds, rt)},
             },
         },
     }

@@ -25,13 +25,26 @@ PODINFO_DIR = "/etc/eddy/podinfo"
 PODINFO_ANNOTATIONS = f"{PODINFO_DIR}/annotations"
 
 
-def dataset_id(namespace: str, name: str) -> str:
-    return f"{namespace}-{name}"
+LABEL_MAX = 63  # a label value, or the name part of a label key
 
 
-def dataset_label(namespace: str, name: str) -> str:
-    """The label Fluid puts on a Dataset's PVC: `fluid.io/s-<ns>-<name>: "true"`."""
-    return f"fluid.io/s-{namespace}-{name}"
+def namespaced_value(prefix: str, namespace: str, name: str, uid: str = "") -> str:
+    """`<prefix><ns>-<name>`, or `<prefix><uid>` when that reaches 63 characters (Fluid's
+    GetNamespacedNameValueWithPrefix: a long namespace/name falls back to the Dataset's UID)."""
+    value = f"{prefix}{namespace}-{name}"
+    if len(value) < LABEL_MAX or not uid:
+        return value
+    return f"{prefix}{uid}"
+
+
+def dataset_id(namespace: str, name: str, uid: str = "") -> str:
+    """The `fluid.io/dataset-id` label value: `<ns>-<name>`, or the Dataset's UID when too long."""
+    return namespaced_value("", namespace, name, uid)
+
+
+def dataset_label(namespace: str, name: str, uid: str = "") -> str:
+    """The label Fluid puts on a Dataset's PVC: `fluid.io/s-<ns>-<name>: "true"` (UID when too long)."""
+    return namespaced_value("fluid.io/s-", namespace, name, uid)
 
 
 def pvc_name(dataset: str) -> str:

@@ -46,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         module = importlib.import_module(f"bench.{name}_bench")
         print(f"== bench {name}", flush=True)
+        load_before = os.getloadavg()[0]
         try:
             entry = asyncio.run(module.run(args))
         except Exception as exc:  # a broken benchmark is reported, and the others still run
             print(f"bench {name} failed: {exc!r}", file=sys.stderr)
             failed.append(name)
             continue
+        # how busy the machine was (other jobs share it): 1-minute load average before and after
+        entry.setdefault("load_avg_1m", [round(load_before, 2), round(os.getloadavg()[0], 2)])
         merge_entry(name, entry)
         print(json.dumps({name: entry}, indent=2), flush=True)
     from bench.report import write_report  # from every entry on record, so one benchmark updates it too

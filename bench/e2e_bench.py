@@ -10,7 +10,8 @@ rest in small files of 4 KiB..2 MiB; 1 GiB, 256 MiB with --quick). Two app pods 
 - `unlimited`: the same with the pod annotation `eddy.io/sidecar-cpu-limit` (webhook/profiles.py
   RESOURCE_ANNOTATIONS) set to the machine's core count: no effective cap.
 
-In each pod, with the page cache dropped first, `cp` copies the large file and then the small-file tree
+In each pod (ROUNDS rounds, the pods alternating; the best throughput is kept and CPU averaged), with
+the page cache dropped first, `cp` copies the large file and then the small-file tree
 out of `/data` (the FUSE mount, warm from the worker) into the container's /tmp; every byte is checked
 by sha256 afterwards. Per copy: throughput, and CPU-seconds per GiB of the sidecar container, the worker
 pod and `cp` itself (`bench/cpu.py`: /proc/<pid>/stat of every process in the container's cgroup, and
@@ -62,6 +63,7 @@ DATASET = "serverless-data"
 NOCACHE = "serverless-data-nocache"
 APP = "model-serving"
 LARGE = "model/weights.bin"
+ROUNDS = 2
 Obj = dict[str, Any]
 
 
@@ -180,6 +182,15 @@ class Bench:
         return out
 
 
+def best_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest round's throughput; CPU-seconds per GiB averaged over the rounds (same bytes each)."""
+    best = dict(max(rows, key=lambda r: r["MB_s"]))
+    best["cpu_s_per_gib"] = {proc: round(sum(r["cpu_s_per_gib"][proc] for r in rows) / len(rows), 3)
+                             for proc in rows[0]["cpu_s_per_gib"]}
+    best["MB_s_by_round"] = [r["MB_s"] for r in rows]
+    return best
+
+
 async def setup(work: Path, total: int, cores: int) -> tuple[Sandbox, Scenario, DataSet, list[Any]]:
     """Cluster, object store, Eddy, the seed's objects and three app pods; returns what to stop."""
     stops: list[Any] = []
@@ -234,15 +245,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "unlimited": await run_.wait_pod(f"app={APP}-unlimited")}
         limits = {k: (injected_sidecars(p)[0].get("resources") or {}).get("limits", {})
                   for k, p in pods.items()}
-        copies: dict[str, dict[str, Any]] = {}
-        for label, pod in pods.items():
-            copies[label] = {shape: await bench.copy_shape(pod, shape) for shape in bench.shapes}
-            print(f"{label}: " + ", ".join(f"{s} {c['MB_s']} MB/s {c['cpu_s_per_gib']}"
-                                           for s, c in copies[label].items()), flush=True)
-        local = {shape: await bench.local_copy(pods["limited"], shape, copies["limited"][shape]["dest"])
-                 for shape in bench.shapes}
-        for pod in pods.values():
-            await bench.cleanup(pod)
+        # ROUNDS rounds, the two pods alternating, so a busy neighbour weighs on both alike; the best
+        # throughput of each (pod, shape) is kept, CPU is averaged over the rounds
+        rounds: dict[str, dict[str, list[dict[str, Any]]]] = {k: {s: [] for s in bench.shapes} for k in pods}
+        local: dict[str, Any] = {}
+        for round_ in range(1 if quick else ROUNDS):
+            for label, pod in pods.items():
+                for shape in bench.shapes:
+                    rounds[label][shape].append(await bench.copy_shape(pod, shape))
+                print(f"round {round_} {label}: " + ", ".join(
+                    f"{s} {r[-1]['MB_s']} MB/s {r[-1]['cpu_s_per_gib']}" for s, r in rounds[label].items()),
+                    flush=True)
+            if not local:  # the ceiling: from the first round's copies, in the limited pod
+                firsts = {shape: rows[0]["dest"] for shape, rows in rounds["limited"].items()}
+                local = {shape: await bench.local_copy(pods["limited"], shape, firsts[shape])
+                         for shape in bench.shapes}
+            for pod in pods.values():
+                await bench.cleanup(pod)
+        copies = {label: {shape: best_of(rows) for shape, rows in shapes.items()}
+                  for label, shapes in rounds.items()}
         profiles: dict[str, Any] = {}
         if py_spy() is not None:
             pod = pods["unlimited"]

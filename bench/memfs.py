@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import json
 import os
 import random
 import signal
 import stat
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pyfuse3
@@ -60,6 +63,7 @@ class MemFS(pyfuse3.Operations):
         self.names = [n.encode() for n in tree]
         self.files = {FIRST_TREE_FILE + i: memoryview(b) for i, b in enumerate(tree.values())}
         self.inodes = {n: FIRST_TREE_FILE + i for i, n in enumerate(self.names)}
+        self.read_sizes: Counter[int] = Counter()  # FUSE read request sizes the kernel sent
 
     def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -109,17 +113,20 @@ class MemFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=inode, direct_io=self.direct_io, keep_cache=False)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self.read_sizes[size] += 1
         data = self.data if fh == FILE_INODE else self.files[fh]
         return data[off : off + size]  # type: ignore[return-value]
 
 
 async def serve(mountpoint: str, data: bytes, direct_io: bool, readahead_kib: int,
-                tree: dict[str, bytes] | None = None) -> None:
+                tree: dict[str, bytes] | None = None) -> Counter[int]:
+    """Serve until SIGTERM/SIGINT; returns the FUSE read request sizes the kernel sent (size -> count)."""
     from sidecar.lifecycle import terminate_fuse
     from sidecar.mounts import probe, set_kernel_readahead
 
     pyfuse3_asyncio.enable()
-    pyfuse3.init(MemFS(data, direct_io, tree), mountpoint, {"fsname=eddy-memfs", "ro"})
+    fs = MemFS(data, direct_io, tree)
+    pyfuse3.init(fs, mountpoint, {"fsname=eddy-memfs", "ro"})
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -136,6 +143,7 @@ async def serve(mountpoint: str, data: bytes, direct_io: bool, readahead_kib: in
     finally:
         stopper.cancel()
         pyfuse3.close(unmount=True)
+    return fs.read_sizes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,11 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--direct-io", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--kernel-readahead-kib", type=int, default=4096)
     parser.add_argument("--tree", type=int, default=0, help="also serve tree/ with this many small files")
+    parser.add_argument("--read-sizes", default="", help="on exit, write {request size: count} here")
     args = parser.parse_args(argv)
     data = bench_content(args.size_mib * MiB, args.seed)
     os.makedirs(args.mountpoint, exist_ok=True)
-    asyncio.run(serve(args.mountpoint, data, args.direct_io, args.kernel_readahead_kib,
-                      tree_files(args.tree) if args.tree else None))
+    sizes = asyncio.run(serve(args.mountpoint, data, args.direct_io, args.kernel_readahead_kib,
+                              tree_files(args.tree) if args.tree else None))
+    if args.read_sizes:  # which request sizes the kernel used: the FUSE request-size question, measured
+        Path(args.read_sizes).write_text(json.dumps(dict(sorted(sizes.items()))))
     return 0
 
 

@@ -31,7 +31,14 @@ import aiohttp
 import yaml
 
 from bench.profiles import profile_during, py_spy
-from bench.webhook_tail import GC_WRAPPER, fixed_rate_timed, own_gc_pauses, read_pauses, tail_figures
+from bench.webhook_tail import (
+    GC_WRAPPER,
+    fixed_rate_timed,
+    fixed_rate_with_cpu,
+    own_gc_pauses,
+    read_pauses,
+    tail_figures,
+)
 from webhook.certs import new_bundle, write_private
 from webhook.review import pod_create_review, pod_of_template
 
@@ -269,7 +276,10 @@ async def run(args: Any) -> dict[str, Any]:
         ctx = ssl.create_default_context(cafile=str(work / "ca.crt"))
         try:
             ceiling, _ = await max_rate(ceiling_url, body, ctx, total)
-            ceiling_tail = tail_figures(await fixed_rate_timed(ceiling_url, body, ctx, seconds, RATE))
+            assert ceiling_proc.pid is not None
+            samples, ceiling_cpu = await fixed_rate_with_cpu(
+                ceiling_proc.pid, ceiling_url, body, ctx, seconds, RATE)
+            ceiling_tail = {**tail_figures(samples), "server_cpu_ms_per_request": ceiling_cpu}
         finally:
             await _stop(ceiling_proc)
         async with cluster_webhook(work, seed_dataset_docs(), "on") as (url, ca_path, api, proc):
@@ -282,12 +292,13 @@ async def run(args: Any) -> dict[str, Any]:
             before = sum(api.calls.values())
             best, sent = await max_rate(url, body, hook_ctx, total)
             with own_gc_pauses() as client_gc:
-                timed = await fixed_rate_timed(url, body, hook_ctx, seconds, RATE)
+                timed, hook_cpu = await fixed_rate_with_cpu(proc.pid, url, body, hook_ctx, seconds, RATE)
             latencies = [t[1] for t in timed]
             admissions = sent + len(latencies) + 20
             calls = sum(api.calls.values()) - before
             await asyncio.sleep(0.5)  # the wrapper writes its pauses every 0.2 s
-            tail = tail_figures(timed, read_pauses(work / "gc-on.json"), client_gc)
+            tail = {**tail_figures(timed, read_pauses(work / "gc-on.json"), client_gc),
+                    "server_cpu_ms_per_request": hook_cpu}
             profile: dict[str, Any] = {}
             if py_spy() is not None:  # a second pass at 200/s under py-spy (not the measured one)
                 _, profile = await profile_during({"webhook": proc.pid}, "webhook-200",
@@ -299,8 +310,9 @@ async def run(args: Any) -> dict[str, Any]:
                 while not api.calls[("watch", "datasets")]:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             await max_rate(url, body, hook_ctx, 500)  # warm like the measured run
-            gc_off = tail_figures(await fixed_rate_timed(url, body, hook_ctx, seconds, RATE),
-                                  read_pauses(work / "gc-off.json"))
+            samples, off_cpu = await fixed_rate_with_cpu(proc.pid, url, body, hook_ctx, seconds, RATE)
+            gc_off = {**tail_figures(samples, read_pauses(work / "gc-off.json")),
+                      "server_cpu_ms_per_request": off_cpu}
     return {
         "metric": "admissions_per_s",
         "unit": "admissions/s",

@@ -8,8 +8,10 @@ keep-alive, one webhook process):
 - the webhook started through `GC_WRAPPER`, which records every garbage collection of the webhook
   process (wall start, duration, generation) with `gc.callbacks`, and with `gc.disable()` in a second
   run: the tail with and without the collector;
-- requests whose latency is above the run's p99 and overlap one of the webhook's GC pauses, or one of
-  this (client) process's own pauses, are counted: a tail that GC explains shows there.
+- for the requests at or above the run's p99: how much of their latency the webhook's GC pauses (and
+  this client process's own) cover; a tail that GC explains shows a large share there;
+- the server process's CPU per admission (from /proc/<pid>/stat over the fixed-rate run): at 200/s,
+  what share of a core the webhook needs, i.e. how exposed it is to a busy neighbour on two cores.
 
 Nothing here changes the webhook's code: the wrapper imports `eddy_cli.main` and calls it.
 """
@@ -28,6 +30,8 @@ from typing import Any
 
 import aiohttp
 
+from bench.cpu import cpu_seconds
+
 # Runs the webhook (`eddy ...` argv after the first two arguments) while recording its GC pauses to a
 # JSON file every 0.2 s: [[wall start, seconds, generation], ...]. `off` disables the collector.
 GC_WRAPPER = """
@@ -44,11 +48,14 @@ gc.callbacks.append(record)
 if mode == "off":
     gc.disable()
 def dump():
+    written = -1
     while True:
         time.sleep(0.2)
-        with open(path + ".tmp", "w") as f:
-            json.dump(list(pauses), f)
-        import os; os.replace(path + ".tmp", path)
+        if len(pauses) != written:
+            written = len(pauses)
+            with open(path + ".tmp", "w") as f:
+                json.dump(list(pauses), f)
+            import os; os.replace(path + ".tmp", path)
 threading.Thread(target=dump, daemon=True).start()
 from eddy_cli.main import main
 sys.exit(main())
@@ -127,6 +134,10 @@ def tail_figures(samples: list[tuple[float, float]], server_gc: list[list[float]
             "slow_requests_overlapping": sum(
                 1 for w, d in slow if any(p[0] < w + d and w < p[0] + p[1] for p in inside)),
             "slow_requests": len(slow),
+            # the share of the slow requests' summed latency that a pause of this process covered
+            "share_of_slow_latency": round(sum(
+                max(0.0, min(w + d, p[0] + p[1]) - max(w, p[0])) for w, d in slow for p in inside
+            ) / max(1e-9, sum(d for _, d in slow)), 3),
         }
     return out
 
@@ -141,3 +152,11 @@ def read_pauses(path: Path) -> list[list[float]]:
     except (OSError, ValueError):
         return []
     return data
+
+
+async def fixed_rate_with_cpu(pid: int, url: str, body: bytes, ctx: ssl.SSLContext, seconds: float, rate: int
+                              ) -> tuple[list[tuple[float, float]], float]:
+    """`fixed_rate_timed`, and the server process's CPU milliseconds per request over it."""
+    before = cpu_seconds(pid)
+    samples = await fixed_rate_timed(url, body, ctx, seconds, rate)
+    return samples, round((cpu_seconds(pid) - before) * 1000 / max(1, len(samples) + 20), 3)

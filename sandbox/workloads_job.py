@@ -26,6 +26,7 @@ server does on a Job (selector, template labels).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from sandbox.workloads import (
 from sandbox.workloads_replicaset import deletion_order
 
 Obj = dict[str, Any]
+log = logging.getLogger("sandbox.workloads.job")
 JOBS = Resource("batch", "v1", "jobs", "Job", has_status=True)
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 MAX_BACKOFF = 360.0
@@ -212,6 +214,9 @@ class JobController(OwnerController):
             else:
                 state.failed += 1
                 state.last_failure = time.time()
+                why = (pod.get("status") or {}).get("reason") or ""
+                log.info("job uid %s: pod %s counts as failed (phase %s %s)", uid,
+                         pod["metadata"].get("name"), phase or "-", why)
         return state
 
     @staticmethod

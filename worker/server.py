@@ -128,26 +128,26 @@ def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
         return None
     unit, _, spec = header.strip().partition("=")
     if unit.strip() != "bytes" or not spec or "," in spec:
-        raise _HTTPError(400, ERR_BAD_REQUEST, f"Range {header!r}: only one 'bytes=a-b' range is supported")
+        raise _HTTPError(400, ERR_BAD_REQUEST, f"Range {header[:80]!r}: only one 'bytes=a-b' range is served")
     first, dash, last = spec.strip().partition("-")
     try:
         if not dash:
             raise ValueError
         if first == "":
             suffix = int(last)
-            if suffix <= 0:
+            if suffix < 0:
                 raise ValueError
-            start, stop = max(0, length - suffix), length
+            start, stop = (max(0, length - suffix), length) if suffix else (length, length)
         else:
             start = int(first)
-            stop = int(last) + 1 if last else length
+            stop = int(last) + 1 if last else max(length, start + 1)
             if start < 0 or stop <= start:
                 raise ValueError
     except ValueError:
-        raise _HTTPError(400, ERR_BAD_REQUEST, f"Range {header!r} is malformed") from None
-    if start >= length:
+        raise _HTTPError(400, ERR_BAD_REQUEST, f"Range {header[:80]!r} is malformed") from None
+    if start >= length or stop == start:
         raise _HTTPError(
-            416, ERR_RANGE, f"Range {header!r} starts past the end of the {length}-byte block",
+            416, ERR_RANGE, f"Range {header[:80]!r} is not satisfiable in the {length}-byte block",
             {"Content-Range": f"bytes */{length}"},
         )
     return start, min(stop, length)

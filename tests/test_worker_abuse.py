@@ -167,6 +167,8 @@ async def test_every_malformed_request_gets_a_4xx(env: Env) -> None:
         ("index past the end", get(block_path(env, index="99")), 400),
         ("size a float", get(block_path(env, size="1e3")), 400),
         ("size beyond any object", get(block_path(env, size=str(1 << 60))), 400),
+        ("size a lie", get(block_path(env, size=str(10 * BS), index="5")), 400),
+        ("size a small lie", get(block_path(env, size=str(3 * BS + 200), index="3")), 400),
         ("key with ..", get(block_path(env, key="../secret")), 400),
         ("key with a .. segment inside", get(block_path(env, key="a/../../b")), 400),
         ("key with NUL", get(block_path(env, key="a\x00b")), 400),

@@ -16,7 +16,7 @@ from typing import Any
 
 from controller import kubeio
 from controller.kubeio import ApiError, Kube
-from controller.objects import Settings, desired_objects
+from controller.objects import Settings, desired_objects, owner_reference
 from controller.podfinish import sidecars_to_stop, stop_patch
 from controller.status import (
     BOUND,
@@ -26,10 +26,13 @@ from controller.status import (
     dataset_status,
     differs,
     merge_conditions,
+    read_only_condition,
     runtime_status,
+    setup_duration,
 )
 from eddy import names
-from eddy.api import Dataset, JindoRuntime, ValidationError, parse_dataset, parse_runtime
+from eddy.api import API_VERSION, Dataset, JindoRuntime, ValidationError, parse_dataset, parse_runtime
+from eddy.kube.events import EventRecorder
 from eddy.objectstore import ObjectStore, ObjectStoreError, RetryPolicy
 from eddy.secrets import SecretError, SecretSource, secret_values
 from eddy.workerclient import WorkerClient, WorkerError
@@ -37,6 +40,7 @@ from eddy.workerclient import WorkerClient, WorkerError
 log = logging.getLogger("eddy.controller")
 
 FINALIZER = "data.fluid.io/eddy-controller"
+COMPONENT = "eddy-controller"
 STATUS_PERIOD = 30.0  # worker stats and readiness are looked at again this often
 WAIT_PODS_PERIOD = 5.0
 WorkerUrls = Callable[[Dataset, int, int], list[str]]
@@ -56,6 +60,7 @@ class _UfsTotal:
     total: int | None
     error: str
     at: float
+    files: int | None = None
 
 
 def _uses_dataset(pod: dict[str, Any], ds_key: str, pvc: str) -> bool:
@@ -88,6 +93,7 @@ class Reconciler:
         self.worker_urls = worker_urls
         self.workers = worker_client or WorkerClient(timeout=3.0)
         self._ufs: dict[str, _UfsTotal] = {}
+        self.events = EventRecorder(kube, COMPONENT)
 
     async def close(self) -> None:
         await self.workers.close()
@@ -120,10 +126,15 @@ class Reconciler:
             log.warning("dataset %s/%s is invalid: %s", namespace, name, exc)
             return None
         if rt_doc is None:
-            cond = Condition("Ready", False, "RuntimeNotFound",
-                             f"waiting for JindoRuntime {namespace}/{name}")
+            if await self._tear_down(ds_doc):
+                cond = Condition("Ready", False, "RuntimeDeleted",
+                                 f"JindoRuntime {namespace}/{name} was deleted: workers, PV and PVC removed")
+            else:
+                cond = Condition("Ready", False, "RuntimeNotFound",
+                                 f"waiting for JindoRuntime {namespace}/{name}")
             await self._dataset_status(ds_doc, NOT_BOUND, None, 0, 0, cond)
             return None
+        rt_doc = await self._own_runtime(ds_doc, rt_doc)
         try:
             rt = parse_runtime(rt_doc)
             objects = desired_objects(ds_doc, rt_doc, self.settings)
@@ -142,11 +153,76 @@ class Reconciler:
             cond = Condition("Ready", False, "UfsUnavailable", ufs.error)
         else:
             cond = Condition("Ready", True, "Bound", "PV, PVC, config and workers are in place")
-        await self._dataset_status(ds_doc, BOUND, ufs.total, cached, capacity, cond)
+        extra = [read_only_condition(ds)] if ds.read_write_requested else []
+        await self._dataset_status(ds_doc, BOUND, ufs.total, cached, capacity, cond, extra=extra,
+                                   files=ufs.files, runtime=rt)
         rt_cond = Condition("Ready", ready >= rt.replicas > 0, "Workers",
                             f"{ready}/{rt.replicas} workers ready")
-        await self._runtime_status(rt_doc, applied=True, ready=ready, fuse=True, cond=rt_cond, rt=rt)
+        fuses = await self._fuse_counts(ds)
+        current = int((sts.get("status") or {}).get("replicas") or 0)
+        await self._runtime_status(rt_doc, applied=True, ready=ready, fuse=True, cond=rt_cond, rt=rt,
+                                   current=current, fuses=fuses)
         return STATUS_PERIOD
+
+    async def _own_runtime(self, ds_doc: dict[str, Any], rt_doc: dict[str, Any]) -> dict[str, Any]:
+        """The runtime gets an owner reference to its Dataset, as Fluid gives it (deleting the Dataset
+        deletes the runtime)."""
+        uid = (ds_doc.get("metadata") or {}).get("uid")
+        refs = (rt_doc.get("metadata") or {}).get("ownerReferences") or []
+        if not uid or any(r.get("uid") == uid for r in refs):
+            return rt_doc
+        meta = rt_doc["metadata"]
+        owner = {**owner_reference(ds_doc), "apiVersion": API_VERSION}
+        return await self.kube.patch(kubeio.RUNTIMES, meta["name"], {"metadata": {
+            "ownerReferences": [*refs, owner], "resourceVersion": meta.get("resourceVersion")}},
+            meta.get("namespace"))
+
+    async def _tear_down(self, ds_doc: dict[str, Any]) -> bool:
+        """The runtime is gone: remove what it stood for (workers, config, PVC, PV), as Fluid does.
+        False when there was nothing to remove (the runtime has not been created yet)."""
+        meta = ds_doc["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        sts = await self.kube.get_or_none(kubeio.STATEFULSETS, names.worker_name(name), ns)
+        pv = await self.kube.get_or_none(kubeio.PVS, names.pv_name(ns, name))
+        if sts is None and pv is None:
+            return False
+        for res, obj_name in (
+            (kubeio.STATEFULSETS, names.worker_name(name)),
+            (kubeio.SERVICES, names.worker_name(name)),
+            (kubeio.BY_KIND["NetworkPolicy"], names.worker_name(name)),
+            (kubeio.CONFIG_MAPS, names.config_map_name(name)),
+            (kubeio.PVCS, names.pvc_name(name)),
+        ):
+            await self.kube.delete(res, obj_name, ns, propagation="Background", missing_ok=True)
+        await self.kube.delete(kubeio.PVS, names.pv_name(ns, name), missing_ok=True)
+        log.info("runtime %s/%s deleted: workers, PV and PVC removed", ns, name)
+        return True
+
+    async def _fuse_counts(self, ds: Dataset) -> tuple[int, int]:
+        """(pods with a sidecar of this Dataset, those whose sidecar is ready): Eddy's FUSE "daemons"."""
+        try:
+            pods, _ = await self.kube.list(kubeio.PODS, ds.meta.namespace,
+                                           label_selector=f"{names.LABEL_INJECT_DONE}=true")
+        except ApiError as exc:
+            log.debug("cannot count sidecars of %s: %s", ds.meta.key, exc)
+            return 0, 0
+        scheduled = ready = 0
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            spec = pod.get("spec") or {}
+            containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+            sidecars = [c["name"] for c in containers
+                        if any(e.get("name") == "EDDY_DATASET" and e.get("value") == ds.meta.key
+                               for e in c.get("env") or [])]
+            if not sidecars:
+                continue
+            scheduled += 1
+            statuses = [*((pod.get("status") or {}).get("initContainerStatuses") or []),
+                        *((pod.get("status") or {}).get("containerStatuses") or [])]
+            if any(s.get("name") in sidecars and s.get("ready") for s in statuses):
+                ready += 1
+        return scheduled, ready
 
     async def apply(self, desired: dict[str, Any]) -> dict[str, Any]:
         """Create `desired`, or patch it where the live object differs; returns the live object."""
@@ -212,7 +288,7 @@ class Reconciler:
         known = self._ufs.get(key)
         if known and known.fingerprint == fingerprint and time.monotonic() - known.at < self.ufs_period:
             return known
-        total, error = 0, ""
+        total, files, error = 0, 0, ""
         try:
             secrets = await self._secrets(ds)
             for mount in ds.mounts:
@@ -222,12 +298,16 @@ class Reconciler:
                     async for info in store.list():
                         if not info.key.endswith("/"):
                             total += info.size
+                            files += 1
         except (ObjectStoreError, SecretError) as exc:  # their messages name secrets and keys, never values
             error = f"cannot list the mounts: {exc}"
         except ApiError as exc:
             error = f"cannot read the mount secrets: {exc}"
-        previous = known.total if known and known.fingerprint == fingerprint else None
-        result = _UfsTotal(fingerprint, previous if error else total, error, time.monotonic())
+        same = known is not None and known.fingerprint == fingerprint
+        previous = known.total if known and same else None
+        previous_files = known.files if known and same else None
+        result = _UfsTotal(fingerprint, previous if error else total, error, time.monotonic(),
+                           previous_files if error else files)
         self._ufs[key] = result
         return result
 
@@ -253,21 +333,47 @@ class Reconciler:
         await self.kube.patch_status(res, meta["name"], {"status": status}, meta.get("namespace"))
 
     async def _dataset_status(self, ds_doc: dict[str, Any], phase: str, ufs: int | None, cached: int,
-                              capacity: int, cond: Condition) -> None:
+                              capacity: int, cond: Condition, *, extra: list[Condition] | None = None,
+                              files: int | None = None, runtime: JindoRuntime | None = None) -> None:
         old = ds_doc.get("status") or {}
-        conditions = merge_conditions(old.get("conditions"), [cond], _now())
+        conditions = merge_conditions(old.get("conditions"), [cond, *(extra or [])], _now())
         status = dataset_status(phase=phase, ufs_total=ufs, cached=cached, capacity=capacity,
-                                conditions=conditions)
+                                conditions=conditions, files=files, runtime=runtime)
         await self._patch_status(kubeio.DATASETS, ds_doc, status)
+        await self._announce(ds_doc, old, status, [cond, *(extra or [])], "phase")
 
     async def _runtime_status(self, rt_doc: dict[str, Any], *, applied: bool, ready: int, fuse: bool,
-                              cond: Condition, rt: JindoRuntime | None = None) -> None:
+                              cond: Condition, rt: JindoRuntime | None = None, current: int = 0,
+                              fuses: tuple[int, int] = (0, 0)) -> None:
         old = rt_doc.get("status") or {}
         desired = rt.replicas if rt else int((rt_doc.get("spec") or {}).get("replicas") or 0)
         conditions = merge_conditions(old.get("conditions"), [cond], _now())
         status = runtime_status(applied=applied, desired=desired, ready=ready, fuse_ready=fuse,
-                                conditions=conditions)
+                                conditions=conditions, current=current, fuses=fuses)
+        created = str((rt_doc.get("metadata") or {}).get("creationTimestamp") or "")
+        status["setupDuration"] = old.get("setupDuration") or setup_duration(created, status, _now())
+        if not status["setupDuration"]:
+            status.pop("setupDuration")
         await self._patch_status(kubeio.RUNTIMES, rt_doc, status)
+        await self._announce(rt_doc, old, status, [cond], "workerPhase")
+
+    async def _announce(self, doc: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
+                        conds: list[Condition], field: str) -> None:
+        """An Event for every phase change, and for every failing condition that is new or changed
+        (`kubectl describe dataset` then tells the story)."""
+        before = {str(c.get("type")): c for c in old.get("conditions") or [] if isinstance(c, dict)}
+        kind = doc.get("kind", "object")
+        if old.get(field) != new.get(field) and new.get(field):
+            failing = next((c for c in conds if not c.ok), None)
+            text = f"{kind} {field} {old.get(field) or 'unset'} -> {new.get(field)}"
+            await self.events.record(doc, str(new.get(field)), text + (
+                f": {failing.message}" if failing and failing.message else ""),
+                "Warning" if failing else "Normal")
+        for cond in conds:
+            prev = before.get(cond.type) or {}
+            wanted = (cond.type == "Ready" and not cond.ok) or (cond.type != "Ready" and cond.ok)
+            if wanted and (prev.get("reason") != cond.reason or prev.get("message") != cond.message):
+                await self.events.record(doc, cond.reason, cond.message, "Warning")
 
     # ------------------------------------------------------------------ pods
     async def reconcile_pod(self, namespace: str, name: str) -> None:

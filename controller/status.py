@@ -13,10 +13,12 @@ Eddy has no master process and no FUSE DaemonSet, so the runtime's three phases 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eddy.api import Dataset, JindoRuntime
 from eddy.quantity import human_size, percentage
 
 READY, PARTIAL, NOT_READY = "Ready", "PartialReady", "NotReady"
@@ -58,6 +60,15 @@ def worker_phase(desired: int, ready: int) -> str:
     return PARTIAL if ready > 0 else NOT_READY
 
 
+def read_only_condition(ds: Dataset) -> Condition:
+    """Eddy's cache is read-only; a read-write access mode gets this condition (and a warning Event)
+    rather than a silent EROFS at the first write."""
+    modes = ", ".join(m for m in ds.access_modes if m != "ReadOnlyMany")
+    return Condition("ReadOnlyCache", True, "ReadWriteRequested",
+                     f"spec.accessModes asks for {modes}, but Eddy serves the dataset read-only: "
+                     "writes under the mount fail with EROFS (read-only file system)")
+
+
 def dataset_status(
     *,
     phase: str,
@@ -65,6 +76,8 @@ def dataset_status(
     cached: int,
     capacity: int,
     conditions: list[dict[str, Any]],
+    files: int | None = None,
+    runtime: JindoRuntime | None = None,
 ) -> dict[str, Any]:
     status: dict[str, Any] = {
         "phase": phase,
@@ -77,20 +90,57 @@ def dataset_status(
     }
     if ufs_total is not None:
         status["ufsTotal"] = human_size(ufs_total)
+    if files is not None:
+        status["fileNum"] = str(files)  # Fluid's type: a string
+    if runtime is not None:  # Fluid's binding record (`status.runtimes`)
+        status["runtimes"] = [{"name": runtime.meta.name, "namespace": runtime.meta.namespace,
+                               "category": "Accelerate", "type": "jindo", "masterReplicas": 1}]
     return status
 
 
 def runtime_status(
-    *, applied: bool, desired: int, ready: int, fuse_ready: bool, conditions: list[dict[str, Any]]
+    *, applied: bool, desired: int, ready: int, fuse_ready: bool, conditions: list[dict[str, Any]],
+    current: int = 0, fuses: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
+    """Fluid's runtime status. The "master" is this controller (1 once the objects are applied); the
+    "fuses" are the injected sidecars of the Dataset's running pods (scheduled, ready)."""
+    master = 1 if applied else 0
     return {
         "masterPhase": READY if applied else NOT_READY,
         "workerPhase": worker_phase(desired, ready) if applied else NOT_READY,
         "fusePhase": READY if fuse_ready else NOT_READY,
         "workerNumberReady": ready,
+        "workerNumberAvailable": ready,
+        "workerNumberUnavailable": max(0, desired - ready),
         "desiredWorkerNumberScheduled": desired,
+        "currentWorkerNumberScheduled": current,
+        "desiredMasterNumberScheduled": 1,
+        "currentMasterNumberScheduled": master,
+        "masterNumberReady": master,
+        "desiredFuseNumberScheduled": fuses[0],
+        "currentFuseNumberScheduled": fuses[0],
+        "fuseNumberReady": fuses[1],
+        "fuseNumberAvailable": fuses[1],
+        "fuseNumberUnavailable": max(0, fuses[0] - fuses[1]),
         "conditions": conditions,
     }
+
+
+def setup_duration(created: str, status: dict[str, Any], now: str) -> str:
+    """Go's Duration.String() from the runtime's creation to its workers being Ready ("" before)."""
+    if status.get("workerPhase") != READY or not created:
+        return ""
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    try:
+        seconds = (dt.datetime.strptime(now, fmt) - dt.datetime.strptime(created, fmt)).total_seconds()
+    except ValueError:
+        return ""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
 def differs(desired: Any, live: Any) -> bool:

@@ -41,6 +41,7 @@ from preloader.dispatch import Progress, RetryPolicy
 from preloader.load import LoadError, LoadJob, run_load
 from preloader.options import DEFAULT_BACKOFF_LIMIT, parse_options
 from preloader.schedule import Clock, SystemClock, backoff, next_run, validate_schedule
+from preloader.sequence import PredecessorFailed, expire, wait_run_after
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class PreloaderApi(Protocol):
     async def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
     async def secrets(self, namespace: str, names: tuple[str, ...]) -> SecretSource: ...
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None: ...
 
 
 @dataclass
@@ -174,8 +177,14 @@ class Consumer:
         try:
             if dl.policy == "Cron":
                 await self._cron(dl, obj, conditions)
-            elif dl.status.phase not in (st.COMPLETE, st.FAILED):
-                await self._run(dl, obj, conditions)
+            elif dl.status.phase not in (st.COMPLETE, st.FAILED):  # Once, and OnEvent as Fluid runs it
+                await wait_run_after(self.api, dl, obj, self.clock, conditions, base=self.settings.wait_base,
+                                     cap=self.settings.wait_cap, rng=self.rng)
+                with contextlib.suppress(_Stop):
+                    await self._run(dl, obj, conditions)
+            await expire(self.api, dl, self.clock)  # ttlSecondsAfterFinished
+        except PredecessorFailed as exc:
+            await self._fail(obj, "RunAfterFailed", str(exc), None, conditions)
         except _Stop:
             return
         except asyncio.CancelledError:

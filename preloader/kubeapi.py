@@ -38,6 +38,10 @@ class KubeApi:
     async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self.kube.patch_status(RESOURCES[kind], name, {"status": dict(status)}, namespace)
 
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Deletes a DataLoad whose ttlSecondsAfterFinished passed (gone already is fine)."""
+        await self.kube.delete(RESOURCES[kind], name, namespace, missing_ok=True)
+
     async def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         await self.recorder.record(dict(obj), reason, message, type_)
 

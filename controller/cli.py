@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -15,6 +16,7 @@ from controller.kubeio import Kube
 from controller.loop import Controller
 from controller.objects import Settings
 from controller.reconciler import Reconciler
+from eddy.fluidcheck import FluidInstalled, refuse_beside_fluid
 from eddy.kube import own_image
 from eddy.names import WORKER_PORT
 
@@ -42,6 +44,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--worker-port", type=int, default=WORKER_PORT, help="workers' HTTP port")
     parser.add_argument("--metrics-port", type=int, default=9090,
                         help="serve /metrics on this port (0: off)")
+    parser.add_argument("--allow-fluid", action="store_true",
+                        help="start even where Fluid is installed (two controllers would act on Datasets)")
     parser.set_defaults(func=run)
 
 
@@ -49,6 +53,14 @@ async def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port)
     kube = await Kube.connect(args.kube_url, args.kubeconfig)
+    if not args.allow_fluid:
+        try:
+            await refuse_beside_fluid(kube, "controller")
+        except FluidInstalled as exc:
+            log.error("%s", exc)
+            print(exc, file=sys.stderr)
+            await kube.close()
+            return 1
     image = args.image or await own_image(kube, "controller") or DEFAULT_IMAGE
     reconciler = Reconciler(kube, Settings(image=image, worker_port=args.worker_port),
                             ufs_period=args.ufs_period)

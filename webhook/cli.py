@@ -75,6 +75,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--mount-timeout", type=int, default=300, help="seconds a sidecar may take to mount")
     parser.add_argument("--max-body", type=int, default=MAX_BODY, help="largest request body (bytes)")
+    parser.add_argument("--allow-fluid", action="store_true",
+                        help="cluster: start even where Fluid is installed (two webhooks would inject pods)")
     parser.add_argument(
         "--renew-check", type=float, default=3600.0, help="seconds between certificate renewal checks"
     )

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -18,6 +19,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from eddy import kube
+from eddy.fluidcheck import FluidInstalled, refuse_beside_fluid
 from eddy.names import LABEL_DATASET_ID
 from webhook.certs import TlsReloader, service_names
 from webhook.profiles import InjectorSettings
@@ -151,6 +153,13 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
         hosts=hosts,
     )
     try:
+        if not getattr(args, "allow_fluid", False):
+            try:
+                await refuse_beside_fluid(client, "webhook")
+            except FluidInstalled as exc:
+                log.error("%s", exc)
+                print(exc, file=sys.stderr)
+                return 1
         if not args.image:
             args.image = await kube.own_image(client, os.environ.get("CONTAINER_NAME", "webhook"))
             log.info("sidecar image %s", args.image or f"{InjectorSettings.image} (own pod not found)")

@@ -157,7 +157,11 @@ class EddyFS(pyfuse3.Operations):
             raise _erofs()
         if not self.ns.is_live(inode):
             raise pyfuse3.FUSEError(errno.ESTALE)  # a replaced version: the kernel looks the name up again
-        current = await self.reader.revalidate(node)
+        try:
+            current = await self.reader.revalidate(node)
+        except Exception:  # never let an exception stop the FUSE main loop: open the version known
+            log.exception("unexpected error revalidating %s", node.key)
+            current = node
         if current is None or current.ino != inode:
             raise pyfuse3.FUSEError(errno.ESTALE)  # changed or gone just now: same
         handle = self.reader.open_file(current)

@@ -39,6 +39,10 @@ class SidecarMetrics:
             "eddy_sidecar_heads", "HEAD requests sent to learn an object's current version (coalesced)",
             registry=r,
         )
+        self.dir_lists = Counter(
+            "eddy_sidecar_dir_lists",
+            "LIST pages sent to revalidate a directory's files at once on open (coalesced)", registry=r,
+        )
         self.cache_hits = Gauge("eddy_sidecar_cache_hits", "Block cache hits since start", registry=r)
         self.cache_misses = Gauge("eddy_sidecar_cache_misses", "Block cache misses since start", registry=r)
         self.cache_bytes = Gauge("eddy_sidecar_cache_bytes", "Bytes held in the block cache", registry=r)

@@ -241,6 +241,20 @@ class Namespace:
         ino = self._files.get((mount, key))
         return self._nodes.get(ino) if ino is not None else None
 
+    def files_below(self, ino: int, mount: str, prefix: str) -> list[str]:
+        """Keys of the live files of `mount` under `prefix` in the subtree of directory `ino`."""
+        keys: list[str] = []
+        stack = [ino]
+        while stack:
+            node = self._nodes.get(stack.pop())
+            if node is None:
+                continue
+            if node.children is not None:
+                stack.extend(node.children.values())
+            elif node.mount == mount and node.key.startswith(prefix):
+                keys.append(node.key)
+        return keys
+
     @property
     def retired(self) -> int:
         return len(self._retired)

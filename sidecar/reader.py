@@ -25,7 +25,7 @@ from pathlib import Path
 
 from eddy.blocks import BlockRef
 from eddy.config import RuntimeConfig
-from eddy.objectstore import ObjectInfo, ObjectNotFound, ObjectStore, ObjectStoreError
+from eddy.objectstore import ObjectInfo, ObjectStore, ObjectStoreError
 from eddy.secrets import SecretSource
 from eddy.snapshot import SnapshotError, decode_snapshot
 from eddy.wire import LISTING_SNAPSHOT
@@ -37,6 +37,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.namespace import Namespace, Node
 from sidecar.readahead import ReadaheadState
 from sidecar.settings import ReaderOptions, load_settings
+from sidecar.versions import ObjectVersions
 from sidecar.walkahead import WalkaheadState
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ class DatasetReader:
         self._idle.set()
         self._stack = contextlib.AsyncExitStack()
         self._refresher: asyncio.Task[None] | None = None
-        self._heads: dict[tuple[str, str], asyncio.Task[Node | None]] = {}
-        self._stale_heads: dict[tuple[str, str], float] = {}  # when a failed read last asked a HEAD
+        self.versions = ObjectVersions(stores, self.namespace, self.metrics, self.options.metadata_ttl)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -128,6 +128,7 @@ class DatasetReader:
         return reader
 
     async def close(self) -> None:
+        await self.versions.close()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,59 +206,10 @@ class DatasetReader:
         return {}
 
     async def head(self, mount: str, key: str) -> Node | None:
-        """The object's current version from one HEAD, recorded in the namespace; the live node (None:
-        gone). Concurrent callers for one object share one in-flight HEAD (and its error)."""
-        ident = (mount, key)
-        task = self._heads.get(ident)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._head(mount, key))
-            self._heads[ident] = task
-            task.add_done_callback(lambda _: self._heads.pop(ident, None))
-        return await asyncio.shield(task)
-
-    async def _head(self, mount: str, key: str) -> Node | None:
-        started = time.monotonic()
-        self.metrics.heads.inc()
-        try:
-            obj: ObjectInfo | None = await self.stores[mount].head(key)
-        except ObjectNotFound:
-            obj = None
-        return self.namespace.update_file(mount, key, obj, checked=started)
+        return await self.versions.head(mount, key)
 
     async def revalidate(self, node: Node) -> Node | None:
-        """On open: the object's current version, from a HEAD when the node's was last confirmed more
-        than `metadata_ttl` seconds ago (< 0: never). A store that cannot answer leaves the known
-        version in place (reads stay pinned to it and fail rather than mix if it was replaced)."""
-        ttl = self.options.metadata_ttl
-        if ttl < 0 or time.monotonic() - node.checked < ttl:
-            return node
-        try:
-            return await self.head(node.mount, node.key)
-        except ObjectStoreError as exc:
-            log.warning("could not revalidate %s:%s on open; serving the known version: %s",
-                        node.mount, node.key, exc)
-            return node
-
-    async def _refresh_object(self, h: FileHandle) -> None:
-        """After an ETag mismatch: learn the object's current version — unless the namespace already
-        moved past the handle's version, or a failed read asked within the last second (one HEAD per
-        change, not one per failed read)."""
-        self.metrics.changed_objects.inc()
-        live = self.namespace.file(h.mount, h.key)
-        if live is None or live.etag != h.etag:
-            return
-        ident, now = (h.mount, h.key), time.monotonic()
-        if now - self._stale_heads.get(ident, -1e9) < 1.0:
-            return
-        if len(self._stale_heads) > 10_000:
-            self._stale_heads.clear()
-        self._stale_heads[ident] = now
-        try:
-            await self.head(h.mount, h.key)
-        except ObjectStoreError as exc:
-            log.warning("could not refresh %s:%s after a change: %s", h.mount, h.key, exc)
-            return
-        log.info("%s:%s changed; namespace entry refreshed", h.mount, h.key)
+        return await self.versions.revalidate(node)
 
     # ------------------------------------------------------------------ reads
     def open_file(self, node: Node) -> FileHandle:
@@ -284,7 +236,10 @@ class DatasetReader:
 
         for i in self.walkahead.observe(parent.ino, index, len(names), size_of):
             child = entry(i)
-            if child is None or child.is_dir or child.size == 0:
+            if child is None or child.is_dir:
+                continue
+            self.versions.revalidate_ahead(child)
+            if child.size == 0:
                 continue
             for block in range(-(-child.size // self.block_size)):
                 ref = BlockRef(child.mount, child.key, child.etag, block, child.size, self.block_size)
@@ -299,7 +254,7 @@ class DatasetReader:
             return await self.cache.get(self._ref(h, index), self.fetcher.fetch)
         except StaleBlock as exc:
             self.metrics.read_errors.labels("changed").inc()
-            await self._refresh_object(h)
+            await self.versions.after_stale_read(h.mount, h.key, h.etag)
             raise ObjectChangedError(str(exc)) from None
         except BlockUnavailable as exc:
             self.metrics.read_errors.labels("unavailable").inc()

@@ -240,6 +240,35 @@ def test_opens_within_the_metadata_ttl_share_one_head(
     assert sc.metric("eddy_sidecar_heads_total") == 1
 
 
+def test_a_large_directory_is_revalidated_by_one_list(
+    s3_server: Any, bed: dict[str, Any], mounted: list[Any]
+) -> None:
+    """30 files in one directory, opened after the TTL: one LIST page, no HEAD; a replaced file opens
+    at its new version, a deleted one is gone (ENOENT), the others unchanged."""
+    files = {f"d/f{i:02d}": version(1000 + i, 100 + i) for i in range(30)}
+    s3_server.put_objects(bed["bucket"], [(f"dir/{k}", v) for k, v in files.items()])
+    sc = Sidecar(bed["work"], manifest_for(s3_server, bed, "dir"), bed["secrets"], "--no-workers",
+                 "--metadata-ttl", "1", name="dir")
+    mounted.append(sc)
+    sc.start()
+    s3_server.put_object(bed["bucket"], "dir/d/f03", new := version(5000, 999))
+    s3_server.delete_object(bed["bucket"], "dir/d/f07")
+    time.sleep(1.2)
+    wrong = 0
+    for key, data in files.items():
+        try:
+            got = (sc.mountpoint / key).read_bytes()
+        except FileNotFoundError:
+            assert key == "d/f07"
+            continue
+        want = new if key == "d/f03" else data
+        wrong += sum(a != b for a, b in zip(got, want, strict=False)) + abs(len(got) - len(want))
+    lists, heads = sc.metric("eddy_sidecar_dir_lists_total"), sc.metric("eddy_sidecar_heads_total")
+    print(f"\n30 opens after the TTL: {lists:g} LIST, {heads:g} HEADs; wrong bytes {wrong}")
+    assert wrong == 0 and (lists, heads) == (1, 0)
+    assert not (sc.mountpoint / "d/f07").exists()
+
+
 # ------------------------------------------------------------------------------ HEAD coalescing
 class HeadCountingProxy(FaultProxy):
     """The fault proxy, counting requests by method."""

@@ -93,6 +93,43 @@ REFUSED: dict[str, dict[str, str]] = {
     },
 }
 
+_NO_LOADER_POD = "no loader Job or pod: the preloader service warms the cache through the workers"
+_SIDECAR_IN_APP = "the sidecar runs inside the application pod, on its node, with the pod's metadata"
+_JINDO = "Jindo configuration; Eddy's worker and sidecar do not read it"
+# Why Eddy does not act on a field (the nearest listed ancestor's reason applies).
+NOT_ACTED_WHY: dict[str, dict[str, str]] = {
+    "Dataset": {
+        "spec.owner": "files are served as the sidecar's --uid/--gid (default 0) with allow_other",
+        "spec.placement": "the cache lives in worker pods, not on application nodes; nothing to share",
+        "spec.runtimes": "status.runtimes records the binding (the controller writes it)",
+        "spec.dataRestoreLocation": "Eddy runs no DataBackup, so there is nothing to restore",
+        "spec.mounts[].shared": "every mount is visible to every pod of the dataset anyway",
+    },
+    "JindoRuntime": {
+        "spec.master": "no master process: the controller is the control plane",
+        "spec.jindoVersion": "workers and sidecars run Eddy's image (spec.fuse.image sets the sidecar's)",
+        "spec.properties": _JINDO, "spec.hadoopConfig": _JINDO, "spec.logConfig": _JINDO,
+        "spec.secret": _JINDO, "spec.user": _JINDO, "spec.runAs": "Eddy's pods run as set in its manifests",
+        "spec.networkmode": "workers use the pod network behind a headless Service",
+        "spec.cleanCachePolicy": "a sidecar's mount ends with its pod",
+        "spec.volumes": "no extra volumes for Jindo components",
+        "spec.imagePullSecrets": "set on Eddy's service account instead",
+        "spec.labels": "worker pods take spec.worker.labels/podMetadata",
+        "spec.podMetadata": "worker pods take spec.worker.labels/podMetadata",
+        "spec.management": "no Jindo management", "spec.tieredstore.levels[].volumeSource":
+        "tiers are hostPath or emptyDir (volumeType)",
+        "spec.fuse": _SIDECAR_IN_APP,
+        "spec.worker": "not used for Eddy's worker StatefulSet",
+        "spec.worker.replicas": "spec.replicas counts the workers",
+        "spec.worker.ports": "the workers' port is the controller's --worker-port",
+    },
+    "DataLoad": {
+        "spec": _NO_LOADER_POD,
+        "spec.runAfter.affinityStrategy": "no node affinity between operations (blocks go to their owners)",
+        "spec.runAfter.apiVersion": "DataLoads of data.fluid.io/v1alpha1 only",
+    },
+}
+
 # Standard Kubernetes types inside Fluid's schema: one table row each, not one per nested field.
 K8S_TYPES = frozenset({
     "tolerations", "nodeAffinity", "affinity", "resources", "env", "volumes", "volumeMounts",
@@ -186,7 +223,18 @@ def field_status(kind: str, path: str) -> tuple[str, str]:
         return "honoured", "as part of its parent"
     if _leads_to_honoured(kind, path):
         return "partly", "see its fields" + (f"; refused: {refused}" if refused else "")
-    return "accepted, not acted on", f"refused: {refused}" if refused else "`eddy validate` notes it"
+    why = _why(kind, path)
+    return "accepted, not acted on", why + (f"; refused: {refused}" if refused else "")
+
+
+def _why(kind: str, path: str) -> str:
+    reasons = NOT_ACTED_WHY[kind]
+    probe = path
+    while probe:
+        if probe in reasons:
+            return reasons[probe]
+        probe = probe[: max(probe.rfind("."), probe.rfind("[]"), 0)] if probe.rfind(".") > 0 else ""
+    return "`eddy validate` notes it"
 
 
 def field_table() -> str:

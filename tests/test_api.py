@@ -503,3 +503,16 @@ def test_not_an_object_and_garbage_status_are_handled() -> None:
     rt = _rt()
     rt["status"] = {"workerNumberReady": "x", "masterPhase": "Ready"}
     assert parse_runtime(rt).status.worker_number_ready == 0
+
+
+def test_docs_api_md_carries_the_table_of_every_fluid_field() -> None:
+    from pathlib import Path
+
+    from eddy.api_fields import HONOURED, field_table, fluid_fields
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    assert text.rstrip().endswith(field_table().rstrip()), "regenerate the table at the end of docs/api.md"
+    for kind in HONOURED:
+        paths = {path for path, _ in fluid_fields(kind)}
+        assert set(HONOURED[kind]) <= paths, set(HONOURED[kind]) - paths  # no stale entries
+        assert all(f"| `{path}` |" in text for path in paths)

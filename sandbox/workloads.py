@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
-import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,169 +30,35 @@ from eddy.kube.errors import KubeError, NotFound
 from eddy.kube.events import EventRecorder
 from eddy.kube.informer import Informer
 from eddy.kube.resources import PODS, Resource
+from sandbox.workloads_base import (
+    OwnedIndex,
+    condition_true,
+    controller_of,
+    finished,
+    is_available,
+    is_ready,
+    now_iso,
+    owner_reference,
+    parse_time,
+    pod_body,
+    ready_since,
+    set_condition,
+    terminating,
+)
 
+__all__ = [
+    "Key", "OwnedIndex", "OwnerController", "OwnerGone", "PodIndex", "WorkloadControllers", "condition_true",
+    "controller_of", "finished", "is_available", "is_ready", "now_iso", "owner_reference", "parse_time",
+    "pod_body", "ready_since", "set_condition", "terminating",
+]
 Obj = dict[str, Any]
 Key = tuple[str, str]
 log = logging.getLogger("sandbox.workloads")
-EXPECTATION_TTL = 60.0
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
-
-
-def owner_reference(owner: Obj) -> Obj:
-    meta = owner["metadata"]
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
-            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
-
-
-def controller_of(obj: Obj) -> Obj | None:
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            return dict(ref)
-    return None
-
-
-def terminating(pod: Obj) -> bool:
-    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def finished(pod: Obj) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-
-
-def ready_since(pod: Obj) -> float | None:
-    """When the pod became Running+Ready (None: it is not)."""
-    status = pod.get("status") or {}
-    if status.get("phase") != "Running" or terminating(pod):
-        return None
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Ready" and cond.get("status") == "True":
-            return parse_time(cond.get("lastTransitionTime")) or 0.0
-    return None
-
-
-def is_ready(pod: Obj) -> bool:
-    return ready_since(pod) is not None
-
-
-def is_available(pod: Obj, min_ready_seconds: int, now: float) -> bool:
-    since = ready_since(pod)
-    return since is not None and (min_ready_seconds <= 0 or since + min_ready_seconds <= now)
-
-
-def pod_body(template: Obj, owner: Obj, *, name: str = "", generate_name: str = "",
-             labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
-             spec_overrides: Obj | None = None) -> Obj:
-    """A Pod from a pod template, owned by `owner`; no namespace (the request's is used)."""
-    tmeta = template.get("metadata") or {}
-    meta: Obj = {"labels": {**(tmeta.get("labels") or {}), **(labels or {})},
-                 "ownerReferences": [owner_reference(owner)]}
-    if name:
-        meta["name"] = name
-    else:
-        meta["generateName"] = generate_name
-    all_annotations = {**(tmeta.get("annotations") or {}), **(annotations or {})}
-    if all_annotations:
-        meta["annotations"] = all_annotations
-    if tmeta.get("finalizers"):
-        meta["finalizers"] = list(tmeta["finalizers"])
-    spec = copy.deepcopy(template.get("spec") or {})
-    spec.update(copy.deepcopy(spec_overrides or {}))
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
-
-
-def set_condition(conditions: list[Obj], ctype: str, status: str, reason: str, message: str,
-                  *, update_time: bool = False) -> list[Obj]:
-    """Conditions with `ctype` set; times move only when status (transition) or reason/message
-    (update) change, so an unchanged status patch stays a no-op."""
-    stamp = now_iso()
-    out = [dict(c) for c in conditions if c.get("type") != ctype]
-    old = next((c for c in conditions if c.get("type") == ctype), None)
-    cond: Obj = {"type": ctype, "status": status, "reason": reason, "message": message}
-    same_status = old is not None and old.get("status") == status
-    cond["lastTransitionTime"] = old.get("lastTransitionTime", stamp) if old and same_status else stamp
-    if update_time:
-        unchanged = same_status and old is not None and (old.get("reason"), old.get("message")) == (
-            reason, message)
-        cond["lastUpdateTime"] = old.get("lastUpdateTime", stamp) if old and unchanged else stamp
-    if old is not None and all(old.get(k) == v for k, v in cond.items()) and len(old) == len(cond):
-        cond = dict(old)
-    out.append(cond)
-    order = {c.get("type"): n for n, c in enumerate(conditions)}
-    return sorted(out, key=lambda c: order.get(c.get("type"), len(order)))
-
-
-def condition_true(obj: Obj, ctype: str) -> bool:
-    return any(c.get("type") == ctype and c.get("status") == "True"
-               for c in (obj.get("status") or {}).get("conditions") or [])
-
-
-def _rv(obj: Obj) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:  # opaque elsewhere; integers in the sandbox's API server
-        return 0
-
-
-class OwnedIndex:
-    """An informer on `resource` plus what this process wrote that the watch has not shown yet
-    (created, updated: the newer resourceVersion wins; deleted: shown as terminating), so a quick
-    second reconcile neither creates twice nor scales from a stale count."""
-
-    def __init__(self, kube: Kube, resource: Resource = PODS) -> None:
-        self.informer = Informer(kube, resource, on_event=self._seen)
-        self._written: dict[str, tuple[Obj, float]] = {}
-        self._deleted: dict[str, float] = {}
-
-    async def _seen(self, etype: str, obj: Obj) -> None:
-        uid = str(obj["metadata"].get("uid") or "")
-        mine = self._written.get(uid)
-        if mine is not None and (etype == "DELETED" or _rv(obj) >= _rv(mine[0])):
-            del self._written[uid]
-        if etype == "DELETED":
-            self._deleted.pop(uid, None)
-
-    def expect_created(self, obj: Obj) -> None:
-        """`obj` as the API answered a create or an update."""
-        self._written[str(obj["metadata"]["uid"])] = (obj, time.monotonic() + EXPECTATION_TTL)
-
-    expect_updated = expect_created
-
-    def expect_deleted(self, obj: Obj) -> None:
-        self._deleted[str(obj["metadata"]["uid"])] = time.monotonic() + EXPECTATION_TTL
-
-    def owned(self, namespace: str, owner_uid: str) -> list[Obj]:
-        """Objects of `namespace` whose controller is `owner_uid`, as this process last knows them."""
-        now = time.monotonic()
-        self._written = {u: v for u, v in self._written.items() if v[1] > now}
-        self._deleted = {u: t for u, t in self._deleted.items() if t > now}
-        found: dict[str, Obj] = {}
-        for obj in [*self.informer.items(), *(o for o, _ in self._written.values())]:
-            meta = obj.get("metadata") or {}
-            ref = controller_of(obj)
-            uid = str(meta.get("uid"))
-            if meta.get("namespace") != namespace or not ref or ref.get("uid") != owner_uid:
-                continue
-            if uid in self._deleted and not meta.get("deletionTimestamp"):
-                # Deleted by us, not yet seen: terminating (it may stay a while if it has finalizers).
-                obj = {**obj, "metadata": {**meta, "deletionTimestamp": now_iso()}}
-            if uid not in found or _rv(obj) > _rv(found[uid]):
-                found[uid] = obj
-        return sorted(found.values(), key=lambda o: str(o["metadata"].get("name")))
-
-
 PodIndex = OwnedIndex
+
+
+class OwnerGone(Exception):
+    """The owner was deleted while its reconcile ran: nothing more to make for it."""
 
 
 class OwnerController:
@@ -214,6 +77,7 @@ class OwnerController:
         self._queued: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
+        self._alive: set[Key] = set()  # owners read back from the API in this reconcile
         self._worker: asyncio.Task[None] | None = None
         self._busy = False
 
@@ -270,6 +134,7 @@ class OwnerController:
             key = await self._queue.get()
             self._queued.discard(key)
             self._busy = True
+            self._alive.discard(key)
             try:
                 owner = self.owners.get(*key)
                 if owner is None:
@@ -279,6 +144,8 @@ class OwnerController:
                     self._failures.pop(key, None)
                     if again is not None:
                         self.enqueue_after(key, max(0.05, again))
+            except OwnerGone:
+                pass  # deleted under our feet: its DELETED event brings `gone`
             except Exception as exc:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = min(10.0, 0.1 * 2 ** min(failures, 10))
@@ -296,9 +163,23 @@ class OwnerController:
         """The owner `key` no longer exists (what it owns goes with the API server's garbage collector)."""
 
     # ------------------------------------------------------------------ writes
+    async def ensure_alive(self, owner: Obj) -> None:
+        """Before making dependents: is the owner still there (an uncached read, once per reconcile)?
+        The cache may trail a deletion, and a dependent created after its owner is gone would never be
+        collected (kube-controller-manager rechecks the same way before adopting)."""
+        meta = owner["metadata"]
+        key = (str(meta.get("namespace") or ""), str(meta["name"]))
+        if key in self._alive:
+            return
+        live = await self.kube.get_or_none(self.resource, meta["name"], meta.get("namespace"))
+        if live is None or live["metadata"].get("uid") != meta.get("uid") or terminating(live):
+            raise OwnerGone(f"{self.resource.kind} {key[0]}/{key[1]} is gone")
+        self._alive.add(key)
+
     async def create_pod(self, owner: Obj, body: Obj) -> Obj:
         """Create a pod (through admission); `SuccessfulCreate`, or a `FailedCreate` Warning with the
         API's message (a webhook's or a policy's denial, say) on the owner, as kubectl describe shows."""
+        await self.ensure_alive(owner)
         try:
             pod = await self.kube.create(PODS, body, owner["metadata"]["namespace"])
         except KubeError as exc:

@@ -151,6 +151,7 @@ class DeploymentController(OwnerController):
             "spec": {"replicas": replicas, "minReadySeconds": int(spec.get("minReadySeconds") or 0),
                      "selector": selector, "template": template},
         }
+        await self.ensure_alive(owner)
         try:
             rs = await self.kube.create(REPLICASETS, body, meta["namespace"])
         except AlreadyExists:  # ours from a run that did not see it yet, or a hash collision

@@ -157,6 +157,7 @@ class StatefulSetController(OwnerController):
         policy = spec.get("persistentVolumeClaimRetentionPolicy") or {}
         if policy.get("whenDeleted") == "Delete":
             body["metadata"]["ownerReferences"] = [owner_reference(owner)]
+        await self.ensure_alive(owner)
         with contextlib.suppress(AlreadyExists):
             await self.kube.create(PVCS, body, meta["namespace"])
         return claim_name

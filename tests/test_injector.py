@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import jsonpatch
@@ -422,3 +423,10 @@ def test_without_spec_fuse_the_sidecar_keeps_the_operators_settings() -> None:
     [sidecar] = sidecars(plain.pod)
     assert sidecar["image"] == NATIVE.image
     assert sidecar["resources"] == sidecar_resources(PROFILES["eci"], {})[0]
+
+
+def test_a_read_write_dataset_is_injected_with_a_warning() -> None:
+    ds = seed_dataset()
+    ds = dataclasses.replace(ds, access_modes=("ReadWriteMany",))
+    result = inject(seed_pod("deployment-eci.yaml"), "default", {"serverless-data": ds}, NATIVE)
+    assert result.changed and any("read-only" in w and "EROFS" in w for w in result.warnings)

@@ -279,6 +279,9 @@ def inject(
             profile, annotations, runtime.fuse.resources if runtime else None)
         warnings += [w for w in resource_warnings if w not in warnings]
         warnings += fuse_arg_warnings(runtime) if runtime else []
+        if dataset.read_write_requested:
+            warnings.append(f"Dataset {key} asks for {', '.join(dataset.access_modes)}, but Eddy's cache is "
+                            "read-only: writes under its mount fail with EROFS")
         sidecar, extra_volumes = _sidecar(
             name,
             dataset,

@@ -103,6 +103,19 @@ async def _new_network(**kwargs: Any) -> PodNetwork:
     return await PodNetwork.start_in_free_range(bridge=f"etn{secrets.token_hex(4)}", **kwargs)
 
 
+async def _stop_all(*parts: Any) -> None:
+    """`stop()` every part, newest first as given, even when one fails (then raise the first error):
+    a failing stop must not leave the next network's bridge behind."""
+    errors: list[BaseException] = []
+    for part in parts:
+        try:
+            await part.stop()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
 @pytest_asyncio.fixture
 async def kube(kube_api: KubeApiServer) -> AsyncIterator[Kube]:
     client = await Kube.connect(url=kube_api.url)
@@ -252,8 +265,7 @@ async def test_pods_talk_by_ip_name_and_vip_and_reach_nothing_else(kube_api: Kub
         if server_proc is not None and server_proc.returncode is None:
             server_proc.kill()
             await server_proc.wait()
-        await dns.stop()
-        await network.stop()
+        await _stop_all(dns, network)
     left = await _leftovers(network.bridge, ["uid-server", "uid-client"], network)
     assert not left, f"stop() left {left}"
     assert not (await run_ip("-o", "addr", "show", "to", str(network.service_net))).strip()
@@ -279,8 +291,7 @@ async def test_detach_frees_and_reuses_addresses() -> None:
             await network.attach("pod-9")
         await network.detach("unknown")  # nothing to do
     finally:
-        await network.stop()
-        await outer.stop()
+        await _stop_all(network, outer)
     assert not await _leftovers(network.bridge, uids, network)
 
 
@@ -309,8 +320,7 @@ async def test_overlapping_cidr_is_refused() -> None:
         with pytest.raises(NetworkError, match="overlaps"):
             await other.start()
     finally:
-        await other.stop()
-        await first.stop()
+        await _stop_all(other, first)
     assert not await _leftovers(other.bridge, [], other)
 
 
@@ -386,8 +396,7 @@ async def test_a_smaller_network_nests_inside_a_larger_one() -> None:
         await outer.start()
         assert (await outer.attach("out-0")).ip == str(pods[2])
     finally:
-        await inner.stop()
-        await outer.stop()
+        await _stop_all(inner, outer)
     assert not await _leftovers(inner.bridge, ["in-a"], inner)
     assert not await _leftovers(outer.bridge, [f"out-{n}" for n in range(15)], outer)
 
@@ -481,9 +490,5 @@ async def test_rollouts_with_the_pod_runner_reusing_addresses(kube: Kube, tmp_pa
             await asyncio.sleep(0.05)
         assert conditions.get("Complete") == "True", job.get("status")
     finally:
-        await runner.stop()
-        await controllers.stop()
-        await dns.stop()
-        await network.stop()
-        await outer.stop()
+        await _stop_all(runner, controllers, dns, network, outer)
     assert not await _leftovers(network.bridge, [], network)

@@ -30,7 +30,8 @@ HONOURED: dict[str, dict[str, str]] = {
     "JindoRuntime": {
         "spec.replicas": "number of cache workers; the scale subresource",
         "spec.tieredstore.levels[].mediumtype": "tier order MEM, SSD, HDD",
-        "spec.tieredstore.levels[].path": "tier directories; comma-separated for several disks",
+        "spec.tieredstore.levels[].path":
+            "tier directory; several (comma-separated) are mounted, the worker uses the first",
         "spec.tieredstore.levels[].quota": "tier capacity (optional with quotaList)",
         "spec.tieredstore.levels[].quotaList": "one quota per comma-separated path",
         "spec.tieredstore.levels[].volumeType": "`hostPath` (default) or `emptyDir` for the worker volume",

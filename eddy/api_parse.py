@@ -493,7 +493,10 @@ def _level(c: _Checker, raw: Mapping[str, Any]) -> TierLevel:
     if not bad and low >= high:
         c.fail("low", f"{_show(raw.get('low', low))} must be below high ({_show(raw.get('high', high))})")
     quota_text = str(raw.get("quota")) if raw.get("quota") not in (None, "") else str(raw.get("quotaList"))
-    return TierLevel(medium, paths[0] if paths else path, quota, quota_text, high, low, volume_type,
+    # `path`/`quota` are what Eddy's worker uses: the first directory and its quota (the controller
+    # mounts every directory; the worker's tier store takes one directory per level).
+    first_quota = quotas[0] if len(quotas) > 1 else quota
+    return TierLevel(medium, paths[0] if paths else path, first_quota, quota_text, high, low, volume_type,
                      tuple(paths), tuple(quotas))
 
 

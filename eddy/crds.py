@@ -66,11 +66,9 @@ def _at(schema: Schema, path: str) -> Schema:
     return node
 
 
-def _rule(rule: str, message: str, field_path: str = "") -> dict[str, str]:
-    out = {"rule": rule, "message": message}
-    if field_path:
-        out["fieldPath"] = field_path
-    return out
+def _rule(rule: str, message: str) -> dict[str, str]:
+    # No `fieldPath`/`reason`: API servers before 1.28 do not know them (the rule's object is the path).
+    return {"rule": rule, "message": message}
 
 
 def _dataset_rules(s: Schema) -> None:
@@ -116,12 +114,10 @@ def _runtime_rules(s: Schema) -> None:
         _rule(
             "!has(self.quotaList) || size(self.quotaList.split(',')) == size(self.path.split(','))",
             "quotaList needs one quota per comma-separated path",
-            ".quotaList",
         ),
         _rule(
             "double(has(self.low) ? self.low : '0.7') < double(has(self.high) ? self.high : '0.95')",
             "low must be below high (defaults: low 0.7, high 0.95)",
-            ".low",
         ),
     ]
 
@@ -138,7 +134,6 @@ def _dataload_rules(s: Schema) -> None:
     spec["x-kubernetes-validations"] = [_rule(
         "!has(self.policy) || self.policy != 'Cron' || (has(self.schedule) && size(self.schedule) > 0)",
         'a Cron DataLoad needs a schedule (e.g. "0 * * * *")',
-        ".schedule",
     )]
 
 

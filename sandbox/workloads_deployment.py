@@ -13,10 +13,12 @@ maxUnavailable` pods stay available, unavailable ones first), `Recreate` (old po
 new ReplicaSet grows), `minReadySeconds`, `revisionHistoryLimit`, `ScalingReplicaSet` Events, and
 status `replicas`, `updatedReplicas`, `readyReplicas`, `availableReplicas`, `unavailableReplicas`,
 `observedGeneration` and the `Available` / `Progressing` conditions that `kubectl rollout status`
-reads, plus `ReplicaFailure` while the new ReplicaSet cannot create pods. Not modelled: `paused`,
-`progressDeadlineSeconds` (no ProgressDeadlineExceeded), rollback (`kubectl rollout undo` re-uses an
-old ReplicaSet's revision), proportional scaling of several ReplicaSets during a rollout, the
-Deployment's own revision annotation.
+reads (`Progressing` turns False with `ProgressDeadlineExceeded` when a rollout makes no progress for
+`progressDeadlineSeconds`, and Unknown with `DeploymentPaused` under `paused`, which stops the
+rollout), plus `ReplicaFailure` while the new ReplicaSet cannot create pods. Not modelled: rollback
+(`kubectl rollout undo` re-uses an old ReplicaSet's revision), scaling a paused Deployment,
+proportional scaling of several ReplicaSets during a rollout, the Deployment's own revision
+annotation.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from typing import Any
 
 from eddy.kube.client import Kube
@@ -33,7 +36,9 @@ from sandbox.workloads import (
     OwnedIndex,
     OwnerController,
     controller_of,
+    now_iso,
     owner_reference,
+    parse_time,
     set_condition,
     terminating,
 )
@@ -114,6 +119,8 @@ class DeploymentController(OwnerController):
         if not recreate and surge == 0 and unavailable == 0:
             unavailable = 1
         old_total = sum(_replicas(rs) for rs in olds)
+        if spec.get("paused"):  # `kubectl rollout pause`: no rollout, only the status
+            return await self._status(owner, desired, unavailable, hash_)
         if new is None:
             if recreate:
                 initial = 0 if old_total or self._old_pods(olds) else desired
@@ -246,13 +253,32 @@ class DeploymentController(OwnerController):
             conditions = set_condition(conditions, "Available", "False", "MinimumReplicasUnavailable",
                                        "Deployment does not have minimum availability.", update_time=True)
         rs_name = f"{meta['name']}-{hash_}"
-        if updated == desired == replicas and available == desired:
+        spec = owner.get("spec") or {}
+        previous = next((c for c in conditions if c.get("type") == "Progressing"), {})
+        counts = (replicas, updated, available)
+        moved = counts != tuple(int(old_status.get(k) or 0) for k in (
+            "replicas", "updatedReplicas", "availableReplicas"))
+        since = parse_time(previous.get("lastUpdateTime")) or time.time()
+        deadline = int(spec.get("progressDeadlineSeconds", 600))
+        again: float | None = None
+        status_word = "True"
+        if spec.get("paused"):
+            status_word, reason, message = "Unknown", "DeploymentPaused", "Deployment is paused"
+        elif updated == desired == replicas and available == desired:
             reason, message = "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.'
         elif not old_status.get("conditions"):
             reason, message = "NewReplicaSetCreated", f'Created new replica set "{rs_name}"'
+        elif not moved and previous.get("reason") != "DeploymentPaused" and (
+                previous.get("reason") == "ProgressDeadlineExceeded" or time.time() - since > deadline):
+            status_word, reason = "False", "ProgressDeadlineExceeded"
+            message = f'ReplicaSet "{rs_name}" has timed out progressing.'
         else:
             reason, message = "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.'
-        conditions = set_condition(conditions, "Progressing", "True", reason, message, update_time=True)
+            again = deadline - (0 if moved else time.time() - since) + 0.5  # look again at the deadline
+        if moved and reason == "ReplicaSetUpdated":  # progress: the deadline starts over
+            conditions = [c for c in conditions if c.get("type") != "Progressing"]
+            conditions.append({**previous, "type": "Progressing", "lastUpdateTime": now_iso()})
+        conditions = set_condition(conditions, "Progressing", status_word, reason, message, update_time=True)
         failure = next((c for c in ((new or {}).get("status") or {}).get("conditions") or []
                         if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
         if failure is not None:  # the new ReplicaSet cannot create pods: say so on the Deployment
@@ -272,7 +298,7 @@ class DeploymentController(OwnerController):
         if "collisionCount" in old_status:
             status["collisionCount"] = old_status["collisionCount"]
         await self.write_status(owner, status)
-        return None
+        return again
 
 
 def _labels(obj: Obj) -> dict[str, str]:

@@ -514,3 +514,32 @@ async def _gone(kube: Kube, pv: str) -> bool | None:
 
 async def _phase_is(kube: Kube, pv: str, phase: str) -> bool | None:
     return True if ((await kube.get(PVS, pv)).get("status") or {}).get("phase") == phase else None
+
+
+async def test_deployment_paused_and_progress_deadline(cluster: Any) -> None:
+    kube, _ = cluster
+    await kube.create(DEPLOYMENTS, {"metadata": {"name": "slow"}, "spec": {
+        "replicas": 1, "progressDeadlineSeconds": 1, "selector": {"matchLabels": {"app": "slowd"}},
+        "template": template("slowd")}}, NS)
+
+    async def progressing(reason: str) -> Obj | None:
+        status = (await kube.get(DEPLOYMENTS, "slow", NS)).get("status") or {}
+        found = next((c for c in status.get("conditions") or [] if c["type"] == "Progressing"), None)
+        return found if found and found["reason"] == reason else None
+
+    # Its pod never becomes ready: after the deadline the rollout is reported stuck.
+    stuck = await eventually(lambda: progressing("ProgressDeadlineExceeded"), timeout=8)
+    assert stuck["status"] == "False" and "timed out progressing" in stuck["message"]
+
+    # Paused: a new template makes no new ReplicaSet until it is resumed.
+    paused_spec = {"paused": True, "template": template("slowd", "busybox:2")}
+    await kube.patch(DEPLOYMENTS, "slow", {"spec": paused_spec}, NS)
+    paused = await eventually(lambda: progressing("DeploymentPaused"))
+    assert paused["status"] == "Unknown"
+    assert len((await kube.list(REPLICASETS, NS))[0]) == 1
+    await kube.patch(DEPLOYMENTS, "slow", {"spec": {"paused": False}}, NS)
+
+    async def two_sets() -> bool | None:
+        return True if len((await kube.list(REPLICASETS, NS))[0]) == 2 else None
+
+    await eventually(two_sets)

@@ -51,7 +51,8 @@ RETRIED_REASONS = ("ListingFailed", "WorkersUnreachable", "BlocksFailed")
 
 
 def backoff_limit(obj: Mapping[str, Any], from_options: int = DEFAULT_BACKOFF_LIMIT) -> int:
-    """Retries allowed: `spec.backoffLimit` when present and valid, else the option (default 3)."""
+    """Retries allowed: the option `backoffLimit` (default 3). A `spec.backoffLimit` is honoured too when
+    an object carries one (Fluid's CRD has none and Eddy's validation rejects it, but a future API may)."""
     value = (obj.get("spec") or {}).get("backoffLimit")
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value

@@ -7,7 +7,7 @@
   has no "re-fetch" mode, so cached blocks are still kept (see docs/preloader.md).
 - `batchSize`: blocks per warm request (default 16).
 - `backoffLimit`: how many times a failed attempt is retried before the DataLoad is `Failed` (default 3,
-  Fluid's: its loader Job's `backoffLimit`). `spec.backoffLimit`, when the object carries it, wins.
+  Fluid's: its loader Job's `backoffLimit`; Fluid's DataLoad CRD has no `spec.backoffLimit`).
 
 Unknown keys and malformed values do not fail the load: each becomes a warning, which the preloader
 surfaces as a condition and an Event.

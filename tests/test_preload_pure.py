@@ -278,3 +278,18 @@ async def test_token_bucket_paces_bytes() -> None:
     now[0] += 10  # idle: refills to the burst, not beyond
     await bucket.acquire(1000)
     assert slept == [pytest.approx(0.5)]
+
+
+def test_backoff_limit_option_and_default() -> None:
+    from preloader.consumer import RETRIED_REASONS, backoff_limit
+    from preloader.options import DEFAULT_BACKOFF_LIMIT
+
+    assert DEFAULT_BACKOFF_LIMIT == 3  # Fluid's dataloader chart: the loader Job's backoffLimit
+    assert parse_options({}).backoff_limit == 3
+    assert parse_options({"backoffLimit": "0"}).backoff_limit == 0
+    bad = parse_options({"backoffLimit": "-1"})
+    assert bad.backoff_limit == 3 and "backoffLimit" in bad.warnings[0]
+    assert backoff_limit({"spec": {}}, 5) == 5
+    assert backoff_limit({"spec": {"backoffLimit": 1}}, 5) == 1
+    assert backoff_limit({"spec": {"backoffLimit": True}}, 5) == 5
+    assert "NoObjects" not in RETRIED_REASONS and "ListingFailed" in RETRIED_REASONS

@@ -268,7 +268,7 @@ class DeploymentController(OwnerController):
             reason, message = "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.'
         elif not old_status.get("conditions"):
             reason, message = "NewReplicaSetCreated", f'Created new replica set "{rs_name}"'
-        elif previous.get("reason") == "NewReplicaSetAvailable" and f'"{rs_name}"' in str(
+        elif not moved and previous.get("reason") == "NewReplicaSetAvailable" and f'"{rs_name}"' in str(
                 previous.get("message")):
             # The rollout was done; pods lost since do not reopen it (nor its deadline), as in
             # kube-controller-manager.

@@ -35,6 +35,7 @@ from eddy.api import API_VERSION, Dataset, JindoRuntime, ValidationError, parse_
 from eddy.kube.events import EventRecorder
 from eddy.objectstore import ObjectStore, ObjectStoreError, RetryPolicy
 from eddy.secrets import SecretError, SecretSource, secret_values
+from eddy.wire import TOKEN_READ_KEY
 from eddy.workerclient import WorkerClient, WorkerError
 
 log = logging.getLogger("eddy.controller")
@@ -147,7 +148,7 @@ class Reconciler:
         sts = live[-1]
         ready = int((sts.get("status") or {}).get("readyReplicas") or 0)
         ufs = await self._ufs_total(ds_doc, ds)
-        cached = await self._cached(ds, rt, ready)
+        cached = await self._cached(ds, rt, ready, _worker_token(live))
         capacity = rt.capacity_per_worker * rt.replicas
         if ufs.error:
             cond = Condition("Ready", False, "UfsUnavailable", ufs.error)
@@ -311,14 +312,14 @@ class Reconciler:
         self._ufs[key] = result
         return result
 
-    async def _cached(self, ds: Dataset, rt: JindoRuntime, ready: int) -> int:
+    async def _cached(self, ds: Dataset, rt: JindoRuntime, ready: int, token: str = "") -> int:
         """Sum of `cached_bytes` over the workers that answer; 0 while no worker is ready."""
         if ready <= 0:
             return 0
         total = 0
         for url in self.worker_urls(ds, rt.replicas, self.settings.worker_port):
             try:
-                stats = await self.workers.stats(url, timeout=3.0)
+                stats = await self.workers.stats(url, timeout=3.0, token=token or None)
             except (WorkerError, OSError, TimeoutError) as exc:
                 log.debug("worker %s has no stats: %s", url, exc)
                 continue
@@ -385,3 +386,11 @@ class Reconciler:
         if sidecars:
             log.info("pod %s/%s: app containers ended; stopping sidecars %s", namespace, name, sidecars)
             await self.kube.patch(kubeio.PODS, name, stop_patch(), namespace)
+
+
+def _worker_token(live: list[dict[str, Any]]) -> str:
+    """The read token from the applied worker-token Secret (the workers' stats need it); "" if none."""
+    for obj in live:
+        if obj.get("kind") == "Secret" and obj["metadata"]["name"].endswith("-eddy-token"):
+            return secret_values(obj, obj["metadata"]["name"]).get(TOKEN_READ_KEY, "")
+    return ""

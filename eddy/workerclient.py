@@ -324,8 +324,11 @@ class WorkerClient:
             raise WorkerUnavailable(f"{where}: {_describe(exc)}") from None
 
     # -------------------------------------------------------------------------------------- control
-    async def stats(self, url: str, *, timeout: float | None = None) -> dict[str, Any]:
-        return await self._json("GET", url, STATS_PATH, f"{url} stats", timeout=timeout)
+    async def stats(
+        self, url: str, *, timeout: float | None = None, token: str | None = None
+    ) -> dict[str, Any]:
+        """The worker's `/v1/stats`; `token` overrides the client's (a client shared across datasets)."""
+        return await self._json("GET", url, STATS_PATH, f"{url} stats", timeout=timeout, token=token)
 
     async def purge(self, url: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Drop every cached block of the dataset; returns `{"blocks": n, "bytes": n}` removed."""
@@ -342,12 +345,13 @@ class WorkerClient:
 
     async def _json(
         self, method: str, url: str, path: str, where: str, *, json_body: Any = None,
-        data: bytes | None = None, timeout: float | None = None,
+        data: bytes | None = None, timeout: float | None = None, token: str | None = None,
     ) -> dict[str, Any]:
+        headers = {AUTH_HEADER: f"Bearer {token}"} if token else None
         try:
             async with self._http().request(
                 method, url + path, params=self._params(), json=json_body, data=data,
-                timeout=self._timeout(timeout),
+                timeout=self._timeout(timeout), headers=headers,
             ) as resp:
                 if resp.status >= 300:
                     raise await _error(resp, where)

@@ -154,6 +154,8 @@ async def test_tokens_and_roles(env: Env) -> None:
         with pytest.raises(WorkerBadRequest) as refused:
             await anonymous.get_block(env.url, env.ref)
         assert refused.value.status == 401 and refused.value.code == "unauthorized"
+        # A client shared across datasets (the controller's) passes each dataset's token per request.
+        assert (await anonymous.stats(env.url, token=READ))["dataset"] == "default/serverless-data"
 
 
 async def test_every_malformed_request_gets_a_4xx(env: Env) -> None:

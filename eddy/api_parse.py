@@ -645,8 +645,13 @@ _PARSERS: dict[str, Callable[[_Checker, Mapping[str, Any], ObjectMeta], Model]] 
 }
 
 
-def parse_object(doc: Mapping[str, Any], default_namespace: str = "default") -> Model:
-    """Parse one manifest of a Fluid kind; raises ValidationError naming every bad field."""
+def parse_object(doc: Mapping[str, Any], default_namespace: str = "default", *, check_schema: bool = True
+                 ) -> Model:
+    """Parse one manifest of a Fluid kind; raises ValidationError naming every bad field.
+
+    `check_schema=False` skips the CRD schema (for documents already checked: the runtime config the
+    controller wrote, read by every sidecar and worker at start, which then need not load jsonschema
+    and CEL)."""
     c = _Checker()
     if not isinstance(doc, Mapping):
         raise ValidationError([FieldError("", f"{_show(doc)} is not an object")])
@@ -659,7 +664,7 @@ def parse_object(doc: Mapping[str, Any], default_namespace: str = "default") -> 
     c.fields(doc, _TOP_FIELDS)
     meta = _meta(c, doc, default_namespace)
     model = _PARSERS[str(kind)](c, doc, meta)
-    errors = _merge(c.errors, _schema_errors(str(kind), doc))
+    errors = _merge(c.errors, _schema_errors(str(kind), doc) if check_schema else [])
     if errors:
         raise ValidationError(errors, kind=str(kind), name=meta.name)
     return replace(model, ignored=tuple(unacted(str(kind), doc)))
@@ -684,15 +689,17 @@ def _merge(own: list[FieldError], schema: list[FieldError]) -> list[FieldError]:
     return own + [e for e in schema if not any(_overlaps(e.path, o.path) for o in own)]
 
 
-def parse_dataset(doc: Mapping[str, Any], default_namespace: str = "default") -> Dataset:
-    model = parse_object(doc, default_namespace)
+def parse_dataset(doc: Mapping[str, Any], default_namespace: str = "default", *, check_schema: bool = True
+                  ) -> Dataset:
+    model = parse_object(doc, default_namespace, check_schema=check_schema)
     if not isinstance(model, Dataset):
         raise ValidationError([FieldError("kind", f"{_show(doc.get('kind'))} must be Dataset")])
     return model
 
 
-def parse_runtime(doc: Mapping[str, Any], default_namespace: str = "default") -> JindoRuntime:
-    model = parse_object(doc, default_namespace)
+def parse_runtime(doc: Mapping[str, Any], default_namespace: str = "default", *, check_schema: bool = True
+                  ) -> JindoRuntime:
+    model = parse_object(doc, default_namespace, check_schema=check_schema)
     if not isinstance(model, JindoRuntime):
         raise ValidationError([FieldError("kind", f"{_show(doc.get('kind'))} must be JindoRuntime")])
     return model

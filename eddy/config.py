@@ -99,8 +99,9 @@ def build_config(
     """A config from manifests; replicas default to the runtime's."""
     ds_doc = _strip_status(dataset_doc)
     rt_doc = _strip_status(runtime_doc) if runtime_doc is not None else None
-    dataset = parse_dataset(ds_doc)
-    runtime = parse_runtime(rt_doc) if rt_doc is not None else None
+    # The config holds manifests the controller (or `eddy demo`) already checked against the schema.
+    dataset = parse_dataset(ds_doc, check_schema=False)
+    runtime = parse_runtime(rt_doc, check_schema=False) if rt_doc is not None else None
     replicas = worker_replicas if worker_replicas is not None else (runtime.replicas if runtime else 0)
     return RuntimeConfig(
         dataset, ds_doc, runtime, rt_doc, tuple(worker_urls), replicas, worker_port, block_size

@@ -55,7 +55,7 @@ class PySpy:
             raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
         self.proc = await asyncio.create_subprocess_exec(
             exe, "record", "--pid", str(self.pid), "--format", "raw", "--output", str(self.out),
-            "--rate", str(RATE), "--nonblocking", "--subprocesses",
+            "--rate", str(RATE), "--nonblocking",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         await asyncio.sleep(0.5)  # attached before the measured step starts
@@ -108,7 +108,7 @@ def summarise(raw: str, top: int = 15) -> dict[str, object]:
     def share(c: Counter[str]) -> list[list[object]]:
         return [[name, round(n / total, 3)] for name, n in c.most_common(top)] if total else []
     return {"samples": total, "rate_hz": RATE, "self": share(own), "total": share(inclusive),
-            "waiting_in_epoll": round(waiting / total, 3) if total else 0.0}
+            "idle_share": round(waiting / total, 3) if total else 0.0}
 
 
 # in every stack of an asyncio program: left out of the inclusive ranking, which would say nothing
@@ -116,13 +116,14 @@ GENERIC = {"Runner.run (asyncio/runners.py)", "main (eddy_cli/main.py)", "run (a
            "BaseEventLoop.run_until_complete (asyncio/base_events.py)",
            "BaseEventLoop.run_forever (asyncio/base_events.py)",
            "BaseEventLoop._run_once (asyncio/base_events.py)", "Handle._run (asyncio/events.py)"}
-# epoll_wait: a thread py-spy saw as running while the kernel had it wait for I/O (little CPU)
-WAITING = ("EpollSelector.select", "_PollLikeSelector.select")
+# Idle, though py-spy sampled it as running: a loop in epoll_wait, and a thread-pool thread waiting on
+# its queue (`_worker` as the innermost frame: work in progress would add `_WorkItem.run` below it).
+WAITING = ("EpollSelector.select", "_PollLikeSelector.select", "_worker (concurrent/futures/thread.py)")
 
 
 def as_text(title: str, summary: dict[str, object]) -> str:
     lines = [f"## {title}", f"samples: {summary['samples']} at {summary['rate_hz']} Hz (busy threads only); "
-             f"in epoll_wait: {summary['waiting_in_epoll']:.1%}",
+             f"idle (epoll_wait, pool threads waiting for work): {summary['idle_share']:.1%}",
              "", "self share | function"]
     lines += [f"{s:>10.1%} | {name}" for name, s in summary["self"]]  # type: ignore[attr-defined]
     lines += ["", "total share | function"]

@@ -34,8 +34,9 @@ from bench.cpu import cpu_seconds
 
 # Runs the webhook (`eddy ...` argv after the first two arguments) while recording its GC pauses to a
 # JSON file every 0.2 s: [[wall start, seconds, generation], ...]. `off` disables the collector.
+# (No ";" in the code: py-spy's collapsed stacks name the process by its command line, split on ";".)
 GC_WRAPPER = """
-import gc, json, sys, threading, time
+import gc, json, os, sys, threading, time
 mode, path = sys.argv[1], sys.argv[2]
 sys.argv = ["eddy", *sys.argv[3:]]
 pauses, started = [], [0.0, 0.0]
@@ -55,7 +56,7 @@ def dump():
             written = len(pauses)
             with open(path + ".tmp", "w") as f:
                 json.dump(list(pauses), f)
-            import os; os.replace(path + ".tmp", path)
+            os.replace(path + ".tmp", path)
 threading.Thread(target=dump, daemon=True).start()
 from eddy_cli.main import main
 sys.exit(main())

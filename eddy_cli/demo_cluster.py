@@ -94,6 +94,7 @@ class ClusterDemo:
         banner("The seed's DataLoad (the preloader's watch warms the workers)")
         await run.kubectl("apply", "-f", str(self.seed_dir / "dataload.yaml"))
         await run.wait_dataload("serverless-data-warmup")
+        await run.wait_cached(DATASET)
         await run.kubectl("get", "dataload")
         await run.kubectl("get", "dataset", DATASET)
         app_file = "deployment-acs.yaml" if self.acs else "deployment-eci.yaml"

@@ -119,7 +119,8 @@ class Sandbox:
         self.webhooks = MutatingWebhooks(self.api, resolve_service=self.dns.resolve_service)
         self.api.admission.extend([self.webhooks, ValidatingPolicies(self.api)])
         self._stops.append(self.webhooks.close)
-        self.workloads = WorkloadControllers(self.kube)
+        # volume_root: a hostPath provisioner, so StatefulSet claims bind (and the runner can mount them).
+        self.workloads = WorkloadControllers(self.kube, volume_root=self.root / "volumes")
         await self.workloads.start()
         self._stops.append(self.workloads.stop)
         self.runner = PodRunner(

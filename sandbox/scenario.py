@@ -128,6 +128,15 @@ class Scenario:
             return {**load, "phases": phases} if phase == "Complete" else None
         return await self.wait_until(f"DataLoad {namespace}/{name} Complete", check, timeout)
 
+    async def wait_cached(self, name: str, namespace: str = "default", percentage: str = "100.0%",
+                          timeout: float = 120) -> Obj:
+        """The Dataset once its status shows `percentage` cached (what `kubectl get dataset` prints)."""
+        async def check() -> Obj | None:
+            ds = await self.kube.get_or_none(kube.DATASETS, name, namespace) or {}
+            states = (ds.get("status") or {}).get("cacheStates") or {}
+            return ds if states.get("cachedPercentage") == percentage else None
+        return await self.wait_until(f"Dataset {namespace}/{name} {percentage} cached", check, timeout)
+
     async def wait_pod(self, selector: str, namespace: str = "default", *, phase: str = "Running",
                        timeout: float = 180) -> Obj:
         """The first pod matching `selector` in `phase` (Running means Running and Ready)."""

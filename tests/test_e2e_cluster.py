@@ -87,6 +87,7 @@ async def seeded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         await run.kubectl("apply", "-f", str(SEED / "dataload.yaml"))
         load = await run.wait_dataload("serverless-data-warmup")
         assert load["phases"][-1] == "Complete"
+        await run.wait_cached("serverless-data")  # the status kubectl shows: the controller reads workers
         yield Seeded(cluster, run, data, native=request.param == "v1.30.0")
     finally:
         await cluster.stop()

@@ -209,6 +209,10 @@ async def test_every_malformed_request_gets_a_4xx(env: Env) -> None:
         ("warm: blocks not a list", post("/v1/warm", b'{"blocks": "x"}'), 400),
         ("warm: too many blocks", post("/v1/warm", json.dumps({"blocks": [{}] * 10_001}).encode()), 400),
         ("warm: another dataset", post("/v1/warm", b'{"blocks": [], "dataset": "x/y"}'), 404),
+        ("warm: body over 4 MiB", post("/v1/warm", b"[" + b" " * (5 << 20) + b"]"), 413),
+        ("warm: chunked body over 4 MiB", b"POST /v1/warm HTTP/1.1\r\nHost: w\r\nAuthorization: Bearer "
+         + ADMIN.encode() + b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+         + b"".join(b"100000\r\n" + b" " * (1 << 20) + b"\r\n" for _ in range(5)) + b"0\r\n\r\n", 413),
         ("meta: bad name", post("/v1/meta/..", b"x", method="PUT"), 400),
         ("meta: lying length", post("/v1/meta/ok", b"", method="PUT").replace(
             b"Content-Length: 0", b"Content-Length: 99999999999"), 413),

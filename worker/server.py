@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 MAX_WARM_BLOCKS = 10_000
+WARM_MAX_BYTES = 4 << 20  # 10 000 references fit in ~3 MiB; parsed JSON costs ~10x its size in memory
 
 
 @dataclass
@@ -211,14 +212,23 @@ class WorkerServer:
         return app
 
     # -------------------------------------------------------------------------------------- helpers
-    async def _body(self, request: web.Request) -> bytes:
-        """The request body, within `body_timeout` (408 after) and aiohttp's size cap (413)."""
+    async def _body(self, request: web.Request, limit: int) -> bytes:
+        """The request body: at most `limit` bytes (413 beyond, before reading when the length is
+        announced) and within `body_timeout` (408 after)."""
+        too_big = _HTTPError(413, ERR_TOO_LARGE, f"this request's body may hold at most {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_big
+        buf = bytearray()
         try:
             async with asyncio.timeout(self.settings.body_timeout):
-                return await request.read()
+                async for chunk in request.content.iter_chunked(1 << 20):
+                    buf += chunk
+                    if len(buf) > limit:
+                        raise too_big
         except TimeoutError:
-            limit = self.settings.body_timeout
-            raise _HTTPError(408, ERR_TIMEOUT, f"the request body did not arrive within {limit:g}s") from None
+            late = f"the request body did not arrive within {self.settings.body_timeout:g}s"
+            raise _HTTPError(408, ERR_TIMEOUT, late) from None
+        return bytes(buf)
 
     def _check_meta_total(self, name: str, size: int) -> None:
         total = self.meta.total_bytes() - len(self.meta.peek(name)) + size
@@ -321,7 +331,7 @@ class WorkerServer:
         t0 = time.perf_counter()
         service = self._service()
         self._check_dataset(request.query.get(DATASET_PARAM))
-        body = _parse_json(await self._body(request), "warm body")
+        body = _parse_json(await self._body(request, WARM_MAX_BYTES), "warm body")
         if not isinstance(body, dict) or not isinstance(body.get("blocks"), list):
             raise BadRequest('warm body must be {"blocks": [block reference, ...]}')
         self._check_dataset(body.get(DATASET_PARAM))
@@ -356,7 +366,7 @@ class WorkerServer:
         if request.content_length is not None and request.content_length > cap:
             raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {cap} bytes")
         self._check_meta_total(name, request.content_length or 0)
-        data = await self._body(request)
+        data = await self._body(request, cap)
         if len(data) > cap:
             raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {cap} bytes")
         self._check_meta_total(name, len(data))

@@ -278,6 +278,18 @@ class WorkerServer:
             self.metrics.misses.inc()
             fetched = await service.fetch(ref)
             headers = {HEADER_CACHE: "miss", HEADER_TIER: fetched.tier, HEADER_CRC: str(fetched.crc)}
+            if fetched.tier and self.settings.serve_mode == "sendfile":
+                # Serve the block file just written, not the bytes in memory: a slow reader of a miss
+                # then holds a file descriptor, not a block-sized buffer, for as long as it reads.
+                del fetched
+                kept = await service.read_hit(ref)
+                if kept is not None and kept.file is not None:
+                    return await self._send_file(
+                        request, kept.file, kept.hit.header.header_len, ref, rng, headers
+                    )
+                if kept is not None and kept.data is not None:
+                    return await self._send_bytes(request, kept.data, rng, headers)
+                fetched = await service.fetch(ref)  # evicted meanwhile: read it through again
             return await self._send_bytes(request, fetched.data, rng, headers)
         except BaseException:
             result = "error"

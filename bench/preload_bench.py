@@ -401,7 +401,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # CPU-seconds per GiB moved, per process group: `bench` is this process (the preloader's
         # run_load for the value; the aiobotocore readers, with their child processes, for the ceiling)
         "cpu_s_per_gib": {k: per_gib(v, moved["preload"]) for k, v in cpu["preload"].items()},
-        "ceiling_cpu_s_per_gib": {k: per_gib(v, moved[best]) for k, v in cpu[best].items()},
+        "ceiling_cpu_s_per_gib": {k: per_gib(v, moved[best]) for k, v in cpu[best].items() if k != "workers"},
         "cpu_s_per_gib_by_setting": {name: {k: per_gib(v, moved[name]) for k, v in c.items()}
                                      for name, c in cpu.items() if name != "preload"},
         "profile": profile,

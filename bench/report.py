@@ -69,7 +69,8 @@ def cpu_table(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["", "## CPU-seconds per GiB delivered (user + system, /proc/<pid>/stat)", "",
-            "| benchmark | side | process | large file | small-file tree |", "|---|---|---|---|---|", *rows]
+            "| benchmark | side | process | large file (preload: its mix) | small-file tree |",
+            "|---|---|---|---|---|", *rows]
 
 
 def write_report(latest: Path, out_dir: Path) -> Path:

@@ -143,8 +143,9 @@ class FastBlockClient:
         params = ref_to_params(ref)
         if self.dataset:
             params[DATASET_PARAM] = self.dataset
+        auth = "".join(f"{name}: {value}\r\n" for name, value in self.fallback.auth_headers.items())
         raw = (f"GET {parts.path.rstrip('/')}{BLOCK_PATH}?{urlencode(params)} HTTP/1.1\r\n"
-               f"Host: {parts.netloc}\r\nAccept-Encoding: identity\r\n\r\n").encode()
+               f"Host: {parts.netloc}\r\n{auth}Accept-Encoding: identity\r\n\r\n").encode()
         proto = await self._connection(host, port)
         ok = False
         try:

@@ -158,6 +158,28 @@ async def test_tokens_and_roles(env: Env) -> None:
         assert (await anonymous.stats(env.url, token=READ))["dataset"] == "default/serverless-data"
 
 
+class CountingClient(WorkerClient):
+    """The sidecar's slow path, counted: the fast path must not need it when it holds a valid token."""
+
+    delegated = 0
+
+    async def get_block(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+        self.delegated += 1
+        return await super().get_block(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_the_sidecars_fast_path_sends_its_token(env: Env) -> None:
+    from sidecar.blockclient import FastBlockClient
+
+    async with CountingClient(token=READ) as fallback:
+        fast = FastBlockClient(fallback)
+        try:
+            block = await fast.get_block(env.url, env.ref)
+        finally:
+            await fast.close()
+    assert block == env.data[BS: 2 * BS] and fallback.delegated == 0
+
+
 async def test_every_malformed_request_gets_a_4xx(env: Env) -> None:
     size = len(env.data)
     last = env.ref.length

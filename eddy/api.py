@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 GROUP = "data.fluid.io"
 VERSION = "v1alpha1"
@@ -296,8 +296,19 @@ class DataLoad:
 Model = Dataset | JindoRuntime | DataLoad
 
 
-# The parsers live in eddy/api_parse.py (they import the models above); re-exported as part of this API.
-from eddy.api_parse import parse_dataload as parse_dataload  # noqa: E402
-from eddy.api_parse import parse_dataset as parse_dataset  # noqa: E402
-from eddy.api_parse import parse_object as parse_object  # noqa: E402
-from eddy.api_parse import parse_runtime as parse_runtime  # noqa: E402
+# The parsers live in eddy/api_parse.py (they import the models above); re-exported as part of this API,
+# loaded on first use so that any of the api modules can be imported first.
+_PARSERS = ("parse_dataload", "parse_dataset", "parse_object", "parse_runtime")
+if TYPE_CHECKING:
+    from eddy.api_parse import parse_dataload as parse_dataload
+    from eddy.api_parse import parse_dataset as parse_dataset
+    from eddy.api_parse import parse_object as parse_object
+    from eddy.api_parse import parse_runtime as parse_runtime
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PARSERS:
+        from eddy import api_parse
+
+        return getattr(api_parse, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,16 +1,14 @@
 """Parsing and validation of Fluid manifests into the models of `eddy.api`.
 
-One `_Checker` walks a document, tracking the field path, and collects every problem before
-`ValidationError` is raised, so a user fixes a manifest in one pass. Fluid's defaults are filled here.
+One `_Checker` (eddy/api_check.py) walks a document, tracking the field path, and collects every
+problem before `ValidationError` is raised, so a user fixes a manifest in one pass. Fluid's defaults are
+filled here; JindoRuntime's parsing is in eddy/api_parse_runtime.py. The CRD schema (Fluid's plus
+Eddy's rules, eddy/crds.py) is checked too, so `eddy validate` agrees with `kubectl apply`.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
-import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -21,9 +19,7 @@ from eddy.api import (
     API_VERSION,
     KINDS,
     LOAD_POLICIES,
-    MEDIUM_TYPES,
     MOUNT_SCHEMES,
-    VOLUME_TYPES,
     CacheStates,
     DataLoad,
     DataLoadStatus,
@@ -31,28 +27,33 @@ from eddy.api import (
     DatasetStatus,
     EncryptOption,
     FieldError,
-    FuseSpec,
     JindoRuntime,
     LoadTarget,
     Model,
     Mount,
     ObjectMeta,
     RunAfter,
-    RuntimeStatus,
     SecretKeyRef,
-    TierLevel,
     ValidationError,
-    WorkerSpec,
+)
+from eddy.api_check import (
+    _BUCKET,
+    _DNS_LABEL,
+    _DNS_SUBDOMAIN,
+    _PLACEHOLDER,
+    _SECRET_KEY,
+    _Checker,
+    _declared,
+    _int_of,
+    _mapping_of,
+    _objects,
+    _show,
+    placeholder_message,
 )
 from eddy.api_fields import unacted
-from eddy.quantity import parse_quantity
+from eddy.api_parse_runtime import _runtime
 
-_PLACEHOLDER = re.compile(r"<[^<>]*>")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_BUCKET = re.compile(r"^[A-Za-z0-9._-]+$")
-
+__all__ = ["parse_dataload", "parse_dataset", "parse_object", "parse_runtime", "placeholder_message"]
 
 # Field names per section: `handled` ones Eddy reads here; the other fields Fluid's schema declares in
 # the section (`_declared`) are accepted and, unless eddy/api_fields.py says another part acts on them,
@@ -64,178 +65,10 @@ _MOUNT = frozenset({"mountPoint", "name", "path", "options", "encryptOptions", "
 _ENCRYPT_OPTION = frozenset({"name", "valueFrom"})
 _VALUE_FROM = frozenset({"secretKeyRef"})
 _SECRET_KEY_REF = frozenset({"name", "key"})
-_RUNTIME_SPEC = frozenset({"replicas", "tieredstore", "fuse", "worker"})
-_TIEREDSTORE = frozenset({"levels"})
-_LEVEL = frozenset({"mediumtype", "volumeType", "path", "quota", "quotaList", "high", "low"})
 _DATALOAD_SPEC = frozenset({"dataset", "loadMetadata", "target", "policy", "schedule", "options",
                             "ttlSecondsAfterFinished", "runAfter"})
 _TARGET_DATASET = frozenset({"name", "namespace"})
 _TARGET = frozenset({"path", "replicas"})
-
-
-@functools.cache
-def _declared(kind: str, path: str) -> frozenset[str]:
-    """Property names Eddy's CRD schema (Fluid's) declares at `spec.mounts[]`-style `path`."""
-    from eddy.crds import object_schema
-
-    node: Any = object_schema(kind)
-    for part in path.split("."):
-        node = node["properties"][part.removesuffix("[]")]
-        if part.endswith("[]"):
-            node = node["items"]
-    return frozenset(node.get("properties") or {})
-
-
-def _show(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-def placeholder_message(value: str) -> str:
-    """`"oss://<oss_bucket>/<dir>" is a placeholder to fill in: replace <oss_bucket>, <dir>`."""
-    tokens = ", ".join(dict.fromkeys(_PLACEHOLDER.findall(value)))
-    return f"{_show(value)} is a placeholder to fill in: replace {tokens} with the real value"
-
-
-class _Checker:
-    """Collects errors while walking a document, tracking the current field path."""
-
-    def __init__(self) -> None:
-        self.errors: list[FieldError] = []
-        self.ignored: list[str] = []
-        self._path: list[str] = []
-
-    def fields(
-        self, doc: Mapping[str, Any], handled: frozenset[str], ignored: frozenset[str] = frozenset()
-    ) -> None:
-        """Refuse fields Fluid's schema does not declare here (`ignored`: declared, read elsewhere)."""
-        for key in doc:
-            name = str(key)
-            if name in handled:
-                continue
-            if name in ignored:
-                continue  # declared by Fluid's schema, which checks it (see schema_errors)
-            close = difflib.get_close_matches(name, sorted(handled | ignored), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            self.fail(name, f"unknown field{hint}")
-
-    @contextmanager
-    def at(self, part: str | int) -> Iterator[None]:
-        self._path.append(f"[{part}]" if isinstance(part, int) else part)
-        try:
-            yield
-        finally:
-            self._path.pop()
-
-    def path(self, leaf: str = "") -> str:
-        text = ""
-        for part in [*self._path, leaf] if leaf else self._path:
-            text += part if part.startswith("[") or not text else f".{part}"
-        return text
-
-    def fail(self, leaf: str, message: str) -> None:
-        self.errors.append(FieldError(self.path(leaf), message))
-
-    def mapping(self, doc: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:
-        value = doc.get(key)
-        if value is None:
-            if required:
-                self.fail(key, "is required")
-            return {}
-        if not isinstance(value, Mapping):
-            self.fail(key, f"{_show(value)} must be an object")
-            return {}
-        return dict(value)
-
-    def sequence(self, doc: Mapping[str, Any], key: str, *, required: bool = False) -> list[Any]:
-        value = doc.get(key)
-        if value is None:
-            if required:
-                self.fail(key, "is required")
-            return []
-        if not isinstance(value, list):
-            self.fail(key, f"{_show(value)} must be a list")
-            return []
-        return value
-
-    def string(
-        self, doc: Mapping[str, Any], key: str, *, required: bool = False, default: str = ""
-    ) -> str:
-        value = doc.get(key)
-        if value is None or value == "":
-            if required:
-                self.fail(key, "is required")
-            return default
-        if not isinstance(value, str):
-            self.fail(key, f"{_show(value)} must be a string")
-            return default
-        if _PLACEHOLDER.search(value):
-            self.fail(key, placeholder_message(value))
-        return value
-
-    def boolean(self, doc: Mapping[str, Any], key: str, default: bool) -> bool:
-        value = doc.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(key, f"{_show(value)} must be true or false")
-            return default
-        return value
-
-    def integer(self, doc: Mapping[str, Any], key: str, default: int, minimum: int = 0) -> int:
-        value = doc.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"{_show(value)} must be an integer")
-            return default
-        if value < minimum:
-            self.fail(key, f"{value} must be at least {minimum}")
-            return default
-        return value
-
-    def choice(self, doc: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
-        value = doc.get(key)
-        if value is None or value == "":
-            return default
-        if value not in choices:
-            self.fail(key, f"{_show(value)} is not one of {', '.join(choices)}")
-            return default
-        return str(value)
-
-    def string_map(self, doc: Mapping[str, Any], key: str) -> dict[str, str]:
-        raw = self.mapping(doc, key)
-        out: dict[str, str] = {}
-        with self.at(key):
-            for k, v in raw.items():
-                leaf = f"[{k}]" if "." in str(k) or "/" in str(k) else str(k)
-                if isinstance(v, bool) or not isinstance(v, str | int | float):
-                    self.fail(leaf, f"{_show(v)} must be a string")
-                    continue
-                if isinstance(v, str) and _PLACEHOLDER.search(v):
-                    self.fail(leaf, placeholder_message(v))
-                out[str(k)] = str(v)
-        return out
-
-
-# --------------------------------------------------------------------------------------------- parsing
-def _mapping_of(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _objects(value: Any) -> tuple[Mapping[str, Any], ...]:
-    """The objects of a list of Kubernetes objects (tolerations, env); the schema checked their shape."""
-    return tuple(dict(v) for v in value if isinstance(v, Mapping)) if isinstance(value, list) else ()
-
-
-def _strings(value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
-
-
-def _int_of(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _meta(c: _Checker, doc: Mapping[str, Any], default_namespace: str) -> ObjectMeta:
@@ -398,167 +231,6 @@ def _dataset(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> Dataset:
                 cache_capacity=str(cache.get("cacheCapacity") or "0.00B"),
                 cached_percentage=str(cache.get("cachedPercentage") or "0.0%"),
             ),
-        ),
-    )
-
-
-def _watermark(c: _Checker, raw: Mapping[str, Any], key: str) -> float | None:
-    """A fraction in (0, 1], given as a string ("0.95") or a number; None if absent or bad."""
-    value = raw.get(key)
-    if value is None or value == "":
-        return None
-    try:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ValueError
-        number = float(value)
-    except ValueError:
-        c.fail(key, f"{_show(value)} is not a number between 0 and 1")
-        return None
-    if not 0 < number <= 1:  # also refuses nan
-        c.fail(key, f"{_show(value)} must be greater than 0 and at most 1")
-        return None
-    return number
-
-
-def _quota(c: _Checker, raw: Mapping[str, Any]) -> int:
-    value = raw.get("quota")
-    if value is None or value == "":
-        c.fail("quota", "is required (a quantity such as 5Gi)")
-        return 0
-    if isinstance(value, str) and _PLACEHOLDER.search(value):
-        c.fail("quota", placeholder_message(value))
-        return 0
-    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-        c.fail("quota", f"{_show(value)} must not be negative")
-        return 0
-    try:
-        quota = parse_quantity(value)
-    except (TypeError, ValueError):
-        if isinstance(value, str) and value.strip().startswith("-"):
-            c.fail("quota", f"{_show(value)} must not be negative")
-        else:
-            c.fail("quota", f"{_show(value)} is not a quantity (e.g. 5Gi, 500Mi, 10G, 1073741824)")
-        return 0
-    if quota <= 0:
-        c.fail("quota", f"{_show(value)} must be greater than zero")
-    return quota
-
-
-def _quota_list(c: _Checker, raw: Mapping[str, Any], count: int) -> list[int]:
-    text = c.string(raw, "quotaList")
-    quotas: list[int] = []
-    for part in text.split(","):
-        try:
-            quotas.append(parse_quantity(part.strip()))
-        except (TypeError, ValueError):
-            c.fail("quotaList", f"{_show(text)}: {_show(part)} is not a quantity (e.g. 5Gi)")
-            return []
-    if any(q <= 0 for q in quotas):
-        c.fail("quotaList", f"{_show(text)}: every quota must be greater than zero")
-        return []
-    if len(quotas) != count:
-        c.fail("quotaList", f"{_show(text)} has {len(quotas)} quotas for {count} path(s) in path")
-        return []
-    return quotas
-
-
-def _level(c: _Checker, raw: Mapping[str, Any]) -> TierLevel:
-    c.fields(raw, _LEVEL, _declared("JindoRuntime", "spec.tieredstore.levels[]"))
-    medium = c.choice(raw, "mediumtype", MEDIUM_TYPES, "")
-    if raw.get("mediumtype") in (None, ""):
-        c.fail("mediumtype", f"is required (one of {', '.join(MEDIUM_TYPES)})")
-    volume_type = c.choice(raw, "volumeType", VOLUME_TYPES, "hostPath")
-    path = c.string(raw, "path", required=True)
-    paths = [p.strip() for p in path.split(",")] if path else []
-    if any(not p.startswith("/") for p in paths):
-        c.fail("path", f"{_show(path)} must be an absolute path (or several, comma-separated)")
-    quotas: list[int] = []
-    if raw.get("quotaList") not in (None, ""):
-        quotas = _quota_list(c, raw, len(paths))
-        quota = sum(quotas)
-        if raw.get("quota") not in (None, ""):
-            _quota(c, raw)
-    elif raw.get("quota") in (None, ""):
-        c.fail("quota", "is required (a quantity such as 5Gi), or quotaList")
-        quota = 0
-    else:
-        quota = _quota(c, raw)
-        # Fluid splits a level's quota evenly over its directories.
-        quotas = [quota // len(paths)] * len(paths) if paths else []
-    high = _watermark(c, raw, "high")
-    low = _watermark(c, raw, "low")
-    bad = any(raw.get(k) not in (None, "") and v is None for k, v in (("high", high), ("low", low)))
-    high = 0.95 if high is None else high
-    low = 0.7 if low is None else low
-    if not bad and low >= high:
-        c.fail("low", f"{_show(raw.get('low', low))} must be below high ({_show(raw.get('high', high))})")
-    quota_text = str(raw.get("quota")) if raw.get("quota") not in (None, "") else str(raw.get("quotaList"))
-    # `path`/`quota` are what Eddy's worker uses: the first directory and its quota (the controller
-    # mounts every directory; the worker's tier store takes one directory per level).
-    first_quota = quotas[0] if len(quotas) > 1 else quota
-    return TierLevel(medium, paths[0] if paths else path, first_quota, quota_text, high, low, volume_type,
-                     tuple(paths), tuple(quotas))
-
-
-def _fuse(spec: Mapping[str, Any]) -> FuseSpec:
-    raw = _mapping_of(spec.get("fuse"))
-    args = raw.get("args")
-    return FuseSpec(
-        image=str(raw.get("image") or ""),
-        image_tag=str(raw.get("imageTag") or ""),
-        image_pull_policy=str(raw.get("imagePullPolicy") or ""),
-        resources=dict(_mapping_of(raw.get("resources"))),
-        env=_strings(raw.get("env")),
-        args=tuple(str(a) for a in args) if isinstance(args, list) else (),
-    )
-
-
-def _worker(spec: Mapping[str, Any]) -> WorkerSpec:
-    raw = _mapping_of(spec.get("worker"))
-    pod_meta = _mapping_of(raw.get("podMetadata"))
-    return WorkerSpec(
-        resources=dict(_mapping_of(raw.get("resources"))),
-        node_selector=_strings(raw.get("nodeSelector")),
-        tolerations=_objects(raw.get("tolerations")),
-        env=_strings(raw.get("env")),
-        labels={**_strings(pod_meta.get("labels")), **_strings(raw.get("labels"))},
-        annotations=_strings(pod_meta.get("annotations")),
-    )
-
-
-def _runtime(c: _Checker, doc: Mapping[str, Any], meta: ObjectMeta) -> JindoRuntime:
-    spec = c.mapping(doc, "spec", required=True)
-    levels: list[TierLevel] = []
-    with c.at("spec"):
-        c.fields(spec, _RUNTIME_SPEC, _declared("JindoRuntime", "spec"))
-        replicas = c.integer(spec, "replicas", 1, minimum=0)
-        store = c.mapping(spec, "tieredstore")
-        with c.at("tieredstore"):
-            c.fields(store, _TIEREDSTORE)
-            for i, raw in enumerate(c.sequence(store, "levels")):
-                with c.at("levels"), c.at(i):
-                    if not isinstance(raw, Mapping):
-                        c.fail("", f"{_show(raw)} must be an object")
-                        continue
-                    levels.append(_level(c, raw))
-            mediums = [level.mediumtype for level in levels]
-            for i, medium in enumerate(mediums):
-                if medium and mediums.index(medium) != i:
-                    c.fail(f"levels[{i}].mediumtype", f"{_show(medium)} appears twice")
-    order = {m: i for i, m in enumerate(MEDIUM_TYPES)}
-    levels.sort(key=lambda level: order.get(level.mediumtype, 99))
-    status = _mapping_of(doc.get("status"))
-    return JindoRuntime(
-        meta=meta,
-        replicas=replicas,
-        levels=tuple(levels),
-        fuse=_fuse(spec),
-        worker=_worker(spec),
-        status=RuntimeStatus(
-            master_phase=str(status.get("masterPhase") or ""),
-            worker_phase=str(status.get("workerPhase") or ""),
-            fuse_phase=str(status.get("fusePhase") or ""),
-            worker_number_ready=_int_of(status.get("workerNumberReady")),
         ),
     )
 

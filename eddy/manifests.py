@@ -43,13 +43,19 @@ class LoadResult:
         ]
 
 
+# libyaml's safe loader where PyYAML was built with it (about 7x faster on large files), else PyYAML's.
+SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _documents(path: str) -> list[Any]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not a text manifest (not UTF-8 at byte {exc.start})") from None
     try:
-        docs = [json.loads(text)] if path.endswith(".json") else list(yaml.safe_load_all(text))
+        docs = [json.loads(text)] if path.endswith(".json") else list(yaml.load_all(text, Loader=SAFE_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

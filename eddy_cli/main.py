@@ -38,7 +38,12 @@ COMMAND_MODULES = {
     "demo": "eddy_cli.demo",
     "sandbox": "sandbox.cli",
 }
-GLOBAL_OPTIONS_WITH_VALUE = ("--log-level",)
+GLOBAL_OPTIONS_WITH_VALUE = ("--log-level", "--log-format")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Errors a user can cause (a missing or unreadable file, a bad value, a bad kubeconfig): one line on
+# stderr and exit 1. Anything else is a bug and keeps its traceback; --debug shows one for every error.
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, LookupError)
+USER_ERROR_NAMES = ("ConfigException",)  # kubernetes-asyncio's, without importing it here
 
 
 def command_of(argv: Sequence[str]) -> str | None:
@@ -54,14 +59,43 @@ def command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+def add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes, before or after the subcommand's name (`eddy worker --debug`).
+
+    On subcommands they default to SUPPRESS, so a value given before the name is not reset after it."""
+    level: str = "INFO" if defaults else argparse.SUPPRESS
+    fmt: str = "text" if defaults else argparse.SUPPRESS
+    debug: bool | str = False if defaults else argparse.SUPPRESS
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=level, help="log verbosity (default INFO)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=fmt,
+                        help="log lines as text (default) or one JSON object each, for cluster log pipelines")
+    parser.add_argument("--debug", action="store_true", default=debug, help="show the traceback of any error")
+
+
+def _add_to_subcommands(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:  # argparse keeps subparsers here; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                add_global_options(sub, defaults=False)
+                _add_to_subcommands(sub)
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as dist_version
+
+        return f"eddy {dist_version('eddy')}"
+    except Exception:  # not installed as a distribution (a plain checkout on PYTHONPATH)
+        return "eddy (version unknown: not installed)"
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eddy",
         description="Eddy: a Fluid-compatible object-store cache for serverless pods.",
     )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity"
-    )
+    parser.add_argument("--version", action="version", version=version())
+    add_global_options(parser, defaults=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = [COMMAND_MODULES[command]] if command else list(SUBCOMMAND_MODULES)
     for name in modules:
@@ -72,24 +106,49 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 raise
             continue  # a part this installation does not carry (the image has no sandbox/)
         module.register(subparsers)
+    _add_to_subcommands(parser)
     return parser
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler], force=True)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, USER_ERRORS) or type(exc).__name__ in USER_ERROR_NAMES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_of(words))
     args = parser.parse_args(words)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    result = args.func(args)
-    if inspect.iscoroutine(result):
-        try:
+    setup_logging(args.log_level, args.log_format)
+    try:
+        result = args.func(args)
+        if inspect.iscoroutine(result):
             result = asyncio.run(result)
-        except KeyboardInterrupt:
-            return 130
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug or not is_user_error(exc):
+            raise
+        print(f"eddy {args.command}: {exc or type(exc).__name__} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -4,7 +4,8 @@
 v1alpha1 schema with Eddy's rules, eddy/crds.py) and Eddy's own rules, so what this command accepts is
 what `kubectl apply` accepts on a cluster running Eddy, placeholders aside. Fields Fluid declares that
 Eddy does not act on are noted; other Fluid kinds (AlluxioRuntime, DataProcess, ...) and unknown kinds
-of the `data.fluid.io` group are errors; documents of other groups (Secret, Deployment) are skipped.
+of the `data.fluid.io` group are errors; Kubernetes' own kinds (Secret, Deployment) are skipped; a kind
+of any other group is an error (this command cannot check it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ FLUID_KINDS = (
     "DataProcess", "Dataset", "EFCRuntime", "JindoRuntime", "JuiceFSRuntime", "ThinRuntime",
     "ThinRuntimeProfile", "VineyardRuntime", "GooseFSRuntime",
 )
+# Kubernetes' own API groups: their documents (a Secret, the app's Deployment) sit beside Fluid's in the
+# same files and are skipped; a document of any other group is a kind this command cannot check.
+BUILTIN_GROUPS = ("", "apps", "batch", "policy", "autoscaling")
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +52,8 @@ def kind_error(doc: Any) -> str:
     if not isinstance(doc, dict):
         return "not an object"
     kind = str(doc.get("kind") or "")
-    group = str(doc.get("apiVersion") or "").partition("/")[0]
+    api_version = str(doc.get("apiVersion") or "")
+    group = api_version.split("/")[0] if "/" in api_version else ""  # "v1" is the core group
     if not kind:
         return "no kind"
     if kind in KINDS:
@@ -56,6 +61,9 @@ def kind_error(doc: Any) -> str:
     served = ", ".join(KINDS)
     if kind in FLUID_KINDS:
         return f"{kind} is a Fluid kind Eddy does not serve (Eddy serves {served}); install Fluid for it"
+    if group != GROUP and group not in BUILTIN_GROUPS and not group.endswith(".k8s.io"):
+        return (f"{kind} ({doc.get('apiVersion')}) is not a kind eddy validate knows: it checks Fluid's "
+                f"{served} and skips Kubernetes' own kinds")
     if group == GROUP:
         return f"{kind} is not a kind of {GROUP} (Eddy serves {served})"
     return ""

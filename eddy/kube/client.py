@@ -41,8 +41,17 @@ async def make_api_client(url: str | None = None, kubeconfig: str | None = None)
     elif kubeconfig is None and _in_cluster():
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
+        _check_kubeconfig(kubeconfig)
         await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     return k8s.ApiClient(configuration)
+
+
+def _check_kubeconfig(kubeconfig: str | None) -> None:
+    """A clear error for a missing kubeconfig (the client library's is about a missing YAML key)."""
+    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if not os.path.exists(path.split(os.pathsep)[0]):
+        raise FileNotFoundError(f"no kubeconfig at {path} and not running in a pod (give --kubeconfig, "
+                                "set KUBECONFIG, or run in-cluster)")
 
 
 def _in_cluster() -> bool:

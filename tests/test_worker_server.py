@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,48 @@ async def test_flipped_byte_is_detected_and_refetched(env: Env, verify: str) -> 
     assert env.server.store.corrupt == 1
     again = await env.client.get_block_reply(env.url, ref)
     assert again.cache == "hit" and again.data == env.expected("a.bin", 0)
+
+
+async def test_reverify_after_time_on_disk_levels_not_on_mem(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """`--reverify-after` re-checks a block whose file stamp did not change (bit rot on a disk) on the
+    SSD level; on MEM (tmpfs) only a changed stamp makes a hit re-check (docs/worker.md "Verification").
+    Bit rot is simulated by flipping a byte and then recording the flipped file's stamp as checked."""
+    data = os.urandom(2 * BS)
+    etag = s3_server.put_object(s3_bucket, "data/rot.bin", data)
+    for medium in ("SSD", "MEM"):
+        gen = _start(s3_server, s3_bucket, fault_proxy, tmp_path / medium,
+                     [LevelConfig(medium, tmp_path / medium / "level", 64 * BS)])
+        url, server = await gen.__anext__()
+        client = WorkerClient(timeout=10)
+        try:
+            assert server.service is not None
+            server.service.reverify_after = 60.0
+            ref = BlockRef("demo", "rot.bin", etag, 0, len(data), BS)
+            assert (await client.get_block_reply(url, ref)).tier == medium
+            hit = server.store.lookup(ref)
+            assert hit is not None
+            _flip_byte(hit.path, hit.header.header_len + 77)
+            st = os.stat(hit.path)
+            long_ago = time.monotonic() - 3600  # checked an hour ago, with today's (flipped) stamp
+            hit.entry.verified = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), long_ago)
+            if medium == "SSD":  # caught by the time-based re-check, refetched, never served
+                reply = await client.get_block_reply(url, ref)
+                assert reply.cache == "miss" and reply.data == data[:BS]
+                assert server.store.corrupt == 1
+            else:  # MEM: not re-checked on time alone; the client's CRC check is what catches it
+                with pytest.raises(WorkerUnavailable, match="CRC32C mismatch"):
+                    await client.get_block_reply(url, ref)
+                assert server.store.corrupt == 0
+                # ... and any write to the file (a changed stamp) is still caught on the next hit
+                _flip_byte(hit.path, hit.header.header_len + 78)
+                again = await client.get_block_reply(url, ref)
+                assert again.cache == "miss" and again.data == data[:BS]
+                assert server.store.corrupt == 1
+        finally:
+            await client.close()
+            await gen.aclose()
 
 
 async def test_bad_inputs(env: Env) -> None:

@@ -93,22 +93,43 @@ def block_path(root: Path, digest: str) -> Path:
     return root / digest[:2] / digest
 
 
-def write_block(root: Path, ref: BlockRef, data: bytes, data_crc: int) -> BlockHeader:
+def _create(path: str) -> int:
+    """Create a new file for writing; its fan-out directory is made only when it is missing (once per
+    directory, not a `mkdir` per block)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, flags, 0o644)
+
+
+def write_block(root: Path, ref: BlockRef, data: bytes | bytearray, data_crc: int) -> BlockHeader:
     """Write a block file atomically (temp file + rename); returns its header."""
     header = encode_header(ref, len(data), data_crc)
-    final = block_path(root, ref.digest)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{ref.digest}.{os.getpid()}.{id(data):x}{TEMP_SUFFIX}")
+    digest = ref.digest
+    sub = os.path.join(root, digest[:2])
+    final = os.path.join(sub, digest)
+    tmp = os.path.join(sub, f".{digest}.{os.getpid()}.{id(data):x}{TEMP_SUFFIX}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(data)
+        fd = _create(tmp)
+        try:
+            _write_all(fd, header)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
     return BlockHeader(ref, len(data), data_crc, len(header))
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def read_header_file(path: Path) -> BlockHeader:
@@ -235,9 +256,12 @@ def copy_block(src: Path, dest_root: Path, digest: str) -> None:
 def move_block(src: Path, dest_root: Path, digest: str) -> None:
     """Move a block file to another level: a rename on one filesystem, else copy + unlink."""
     final = block_path(dest_root, digest)
-    final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.rename(src, final)
+        try:
+            os.rename(src, final)
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)  # (or the source is gone: raised again)
+            os.rename(src, final)
         return
     except OSError as exc:
         if exc.errno != 18:  # EXDEV: different filesystems

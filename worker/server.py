@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from eddy.api import Dataset
 from eddy.blocks import DEFAULT_BLOCK_SIZE, BlockRef
@@ -309,7 +309,8 @@ class WorkerServer:
         return resp
 
     async def _send_bytes(
-        self, request: web.Request, data: bytes, rng: tuple[int, int] | None, headers: dict[str, str]
+        self, request: web.Request, data: bytes | bytearray, rng: tuple[int, int] | None,
+        headers: dict[str, str],
     ) -> web.StreamResponse:
         start, stop = rng if rng is not None else (0, len(data))
         resp = self._response(stop - start, len(data), rng, headers)
@@ -424,7 +425,9 @@ class WorkerServer:
         return web.json_response({"status": "ready", "dataset": self.dataset.meta.key})
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
-        body = generate_latest(self.metrics.registry)
+        # The worker's own registry, then the process-wide one: the object store's request, retry and
+        # byte counters (eddy/objectstore.py) and the process collectors live there.
+        body = generate_latest(self.metrics.registry) + generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

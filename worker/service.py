@@ -25,12 +25,12 @@ from eddy.wire import ERR_CACHE_FULL, BadBlockRef
 from worker.blockfile import (
     BlockFileError,
     Stamp,
-    crc32c,
     fd_stamp,
     open_block,
     read_verified,
     verify_fd,
 )
+from worker.crc import crc32c_of
 from worker.errors import UnknownMount, describe
 from worker.eviction import CacheFull
 from worker.metrics import WorkerMetrics
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 class Fetched:
     """A block read through from the object store; `tier` is where it was kept ("" if it was not)."""
 
-    data: bytes
+    data: bytes | bytearray
     crc: int
     tier: str
     keep_error: str = ""
@@ -72,6 +72,7 @@ class BlockService:
         serve_mode: str = "sendfile",
         verify: str = "changed",
         reverify_after: float = 60.0,
+        reverify_mem: bool = False,
     ) -> None:
         if serve_mode not in ("memory", "sendfile"):
             raise ValueError(f"serve mode {serve_mode!r} is not 'memory' or 'sendfile'")
@@ -79,6 +80,7 @@ class BlockService:
             raise ValueError(f"verify policy {verify!r} is not 'always' or 'changed'")
         self.verify = verify
         self.reverify_after = reverify_after
+        self.reverify_mem = reverify_mem  # re-check MEM-level blocks on time too (see _still_good)
         self.dataset = dataset
         self.store = store
         self.object_stores = dict(object_stores)
@@ -108,8 +110,9 @@ class BlockService:
 
         `verify="always"` checks the data's CRC32C on every hit. `"changed"` (the default) checks it on
         the first hit after the block was found or written, again whenever the file's inode, size, mtime
-        or ctime changed (any write to it), and again once `reverify_after` seconds have passed since the
-        last check (a rolling scrub of hot blocks); between checks, clients check `X-Eddy-Crc32c`.
+        or ctime changed (any write to it), and, on disk levels (SSD, HDD), again once `reverify_after`
+        seconds have passed since the last check (a rolling scrub of hot blocks against bit rot; not on
+        MEM, see `_still_good`); between checks, clients check `X-Eddy-Crc32c`.
         """
         for attempt in range(2):
             hit = self.store.lookup(ref)
@@ -157,11 +160,19 @@ class BlockService:
         await self.store.discard(hit)
 
     def _still_good(self, hit: Hit, fd: int) -> bool:
-        """Under `verify="changed"`: checked recently, and the file is untouched since (an fstat)."""
+        """Under `verify="changed"`: checked, and the file is untouched since (an fstat); on a disk
+        level also checked within `reverify_after` seconds.
+
+        The MEM level (tmpfs) is not re-checked on time alone: its "disk" is the page cache, with no
+        medium to rot underneath an unchanged file, and any write to the file through the filesystem
+        changes its stamp (ctime cannot be set back), which makes the next hit check it again. The
+        time-based re-check cost 36% of a worker's CPU on re-reads a minute apart (docs/benchmarks.md).
+        """
         if not isinstance(hit.entry.verified, tuple):
             return False
         stamp, when = hit.entry.verified
-        if time.monotonic() - when >= self.reverify_after:
+        on_time = hit.mediumtype != "MEM" or self.reverify_mem
+        if on_time and time.monotonic() - when >= self.reverify_after:
             return False
         return bool(fd_stamp(fd) == stamp)
 
@@ -189,21 +200,24 @@ class BlockService:
         store = self.object_stores[ref.mount]
         async with self._fetch_slots:
             t0 = time.perf_counter()
+            # Received straight into one block-sized buffer (no chunks joined into a second copy); the
+            # same buffer is checksummed in place and written to the block file.
+            data = bytearray(ref.length)
             try:
-                data = await store.get_range(ref.key, ref.start, ref.end, etag=ref.etag)
+                got = await store.get_range_into(ref.key, ref.start, ref.end, data, etag=ref.etag)
             except BaseException as exc:
                 self.metrics.readthrough.labels(type(exc).__name__).inc()
                 raise
             finally:
                 self.metrics.readthrough_seconds.observe(time.perf_counter() - t0)
         self.metrics.readthrough.labels("ok").inc()
-        self.metrics.readthrough_bytes.inc(len(data))
-        if len(data) != ref.length:
+        self.metrics.readthrough_bytes.inc(got)
+        if got != ref.length:
             raise BadBlockRef(
-                f"object {ref.key!r} (ETag {ref.etag}) holds {len(data)} bytes for block {ref.index}, "
+                f"object {ref.key!r} (ETag {ref.etag}) holds {got} bytes for block {ref.index}, "
                 f"not {ref.length}: the reference's size ({ref.object_size}) is wrong"
             )
-        crc = crc32c(data)
+        crc = crc32c_of(data)  # in place, GIL released
         try:
             tier = await self.store.put(ref, data, crc)
         except CacheFull as exc:

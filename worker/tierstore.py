@@ -212,7 +212,7 @@ class TierStore:
             return True
 
     # ---------------------------------------------------------------------------------------- writes
-    async def put(self, ref: BlockRef, data: bytes, data_crc: int) -> str:
+    async def put(self, ref: BlockRef, data: bytes | bytearray, data_crc: int) -> str:
         """Keep a block; returns the level it landed on. Raises CacheFull or CacheWriteError."""
         digest = ref.digest
         size = len(encode_header(ref, len(data), data_crc)) + len(data)
@@ -243,7 +243,9 @@ class TierStore:
             self.index.add(level, entry)
             return self.configs[level].mediumtype
 
-    def _write(self, level: int, ref: BlockRef, data: bytes, data_crc: int) -> tuple[BlockHeader, Stamp]:
+    def _write(
+        self, level: int, ref: BlockRef, data: bytes | bytearray, data_crc: int
+    ) -> tuple[BlockHeader, Stamp]:
         header = write_block(self.roots[level], ref, data, data_crc)
         return header, file_stamp(block_path(self.roots[level], ref.digest))
 

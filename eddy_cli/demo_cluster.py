@@ -184,15 +184,21 @@ class ClusterDemo:
         return copy
 
     async def local_copy(self, run: Scenario, pod: dict[str, Any]) -> Copy:
-        """This machine's ceiling for the same bytes: `cp -r` of the warm copy, in the same container."""
+        """This machine's ceiling for the same bytes: `cp -r` of the warm copy, in the same container,
+        memory to memory; the better of two runs (the first pays for fresh pages the second reuses)."""
         assert self.data is not None
-        container, source, dest = app_container(pod), f"{COPY_DIR}-0", f"{COPY_DIR}-ceiling"
-        await run.exec(pod, container, ["mkdir", "-p", dest])
-        print(f"$ eddy sandbox exec {pod['metadata']['name']} -c {container} -- cp -r {source}/. {dest}/  "
-              "(timed: the same bytes, memory to memory)", flush=True)
-        t0 = time.monotonic()
-        await run.exec(pod, container, ["cp", "-r", f"{source}/.", f"{dest}/"])
-        return Copy(time.monotonic() - t0, self.data.total)
+        container, source = app_container(pod), f"{COPY_DIR}-0"
+        print(f"$ eddy sandbox exec {pod['metadata']['name']} -c {container} -- cp -r {source}/. "
+              f"{COPY_DIR}-ceiling/  (timed twice, the better kept: the same bytes, memory to memory)",
+              flush=True)
+        best = float("inf")
+        for _ in range(2):
+            dest = f"{COPY_DIR}-ceiling"
+            await run.exec(pod, container, ["sh", "-c", f"rm -rf {dest} && mkdir -p {dest}"])
+            t0 = time.monotonic()
+            await run.exec(pod, container, ["cp", "-r", f"{source}/.", f"{dest}/"])
+            best = min(best, time.monotonic() - t0)
+        return Copy(best, self.data.total)
 
     @staticmethod
     def user_of(pod: dict[str, Any], container: str) -> str:

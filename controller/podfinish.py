@@ -23,14 +23,14 @@ from eddy.names import LABEL_INJECT_DONE, STOP_ANNOTATION
 
 __all__ = ["STOP_ANNOTATION", "is_sidecar", "sidecars_to_stop", "stop_patch"]
 SIDECAR_ENV = "EDDY_DATASET"
-SIDECAR_PREFIX = "eddy-"
+SIDECAR_PREFIXES = ("fluid-fuse", "eddy-")  # Fluid's name (webhook/injector.py); Eddy's before
 
 
 def is_sidecar(container: Mapping[str, Any]) -> bool:
     env = container.get("env") or []
     if any(isinstance(e, Mapping) and e.get("name") == SIDECAR_ENV for e in env):
         return True
-    return str(container.get("name", "")).startswith(SIDECAR_PREFIX)
+    return str(container.get("name", "")).startswith(SIDECAR_PREFIXES)
 
 
 def _finished(state: Mapping[str, Any], restart_policy: str) -> bool:

@@ -16,10 +16,13 @@ from hypothesis import strategies as st
 from eddy.api import Dataset, JindoRuntime, parse_dataset, parse_runtime
 from eddy.names import LABEL_ENABLE_INJECTION, LABEL_INJECT_DONE, LABEL_SIDECAR_TARGET
 from tests.support.seed import SEED
-from webhook.injector import FUSE_MOUNTPOINT, SIDECAR_PREFIX, claim_names, dns_label, inject, make_patch
+from webhook.injector import FUSE_MOUNTPOINT, SIDECAR_PREFIX, claim_names, inject, make_patch
 from webhook.profiles import (
     ANNOTATION_CPU_LIMIT,
     ANNOTATION_MEMORY_REQUEST,
+    ANNOTATION_SERVERLESS_PLATFORM,
+    LABEL_SIDECAR_POSTSTART,
+    LABEL_UNPRIVILEGED,
     PROFILES,
     InjectionDenied,
     InjectorSettings,
@@ -81,6 +84,8 @@ def test_seed_pod_is_injected_and_valid(file: str, native: bool) -> None:
     assert volumes["eddy-serverless-data-config"]["configMap"] == {"name": "serverless-data-eddy-config"}
     assert volumes["eddy-serverless-data-secret-access-key"]["secret"] == {"secretName": "access-key"}
     (sidecar,) = sidecars(patched)
+    assert sidecar["name"] == "fluid-fuse-0"  # Fluid's name: Fluid tooling finds sidecars by it
+    assert patched["metadata"]["annotations"]["fluid.io/datasets-in-use"] == "serverless-data"
     # root in the sidecar (the image's USER is 65532): FUSE needs it, and a root mount gets allow_other
     assert sidecar["securityContext"] == {"privileged": True, "runAsUser": 0, "runAsGroup": 0,
                                           "runAsNonRoot": False}
@@ -194,12 +199,123 @@ def test_name_collisions_and_long_names() -> None:
     long_name = "d" * 70
     dataset = seed_dataset(long_name)
     pod = seed_pod("deployment-eci.yaml")
-    pod["spec"]["containers"].append({"name": dns_label(SIDECAR_PREFIX + long_name), "image": "x"})
+    pod["spec"]["containers"].append({"name": "fluid-fuse-0", "image": "x"})
     pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = long_name
     patched = inject(pod, "default", {long_name: dataset}, NATIVE).pod
     validate(patched)
     names = [c["name"] for c in [*patched["spec"]["initContainers"], *patched["spec"]["containers"]]]
     assert len(names) == len(set(names)) and all(len(n) <= 63 for n in names)
+    # Fluid counts the sidecars a pod already has: the new one is fluid-fuse-1.
+    assert patched["spec"]["initContainers"][0]["name"] == "fluid-fuse-1"
+    # A Dataset name too long for a label value gets the namespace label only (the pod stays valid).
+    assert patched["metadata"]["labels"]["dataset-namespace.sidecar.fluid.io/fluid-fuse-1"] == "default"
+    assert "dataset-name.sidecar.fluid.io/fluid-fuse-1" not in patched["metadata"]["labels"]
+    volumes = [v["name"] for v in patched["spec"]["volumes"]]
+    assert len(volumes) == len(set(volumes)) and all(len(v) <= 63 for v in volumes)
+
+
+# ------------------------------------------------------------------- Fluid's per-pod switches and marks
+def _switched(labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    pod = seed_pod("deployment-eci.yaml")
+    pod["metadata"]["labels"].update(labels)
+    if annotations:
+        pod["metadata"].setdefault("annotations", {}).update(annotations)
+    return pod
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("fuse_mode", ["privileged", "sys-admin"])
+def test_unprivileged_sidecar_has_no_privilege_nor_fuse_device(native: bool, fuse_mode: str) -> None:
+    dataset = {"serverless-data": seed_dataset()}
+    config = InjectorSettings(native_sidecar=native, fuse_mode=fuse_mode)  # type: ignore[arg-type]
+    pod = _switched({LABEL_UNPRIVILEGED: "true"})
+    patched = inject(pod, "default", dataset, config).pod
+    validate(patched)
+    (sidecar,) = sidecars(patched)
+    # Fluid's unprivileged mutator: privileged false, SYS_ADMIN trimmed, host FUSE device volume removed.
+    assert sidecar["securityContext"] == {"privileged": False, "runAsUser": 0, "runAsGroup": 0,
+                                          "runAsNonRoot": False}
+    assert not any("hostPath" in v for v in patched["spec"]["volumes"])
+    assert all(m["mountPath"] != "/dev/fuse" and "mountPropagation" not in m for m in sidecar["volumeMounts"])
+    # The rest is the usual sidecar: config, secrets, read token, mount check, app's HostToContainer.
+    assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {FUSE_MOUNTPOINT, "/etc/eddy/config"}
+    assert ("startupProbe" in sidecar) is native and ("lifecycle" in sidecar) is not native
+    app = next(c for c in patched["spec"]["containers"] if c["name"] == "serving")
+    assert app["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
+    assert inject(patched, "default", dataset, config).pod == patched
+    # The platform's own FUSE device, when the operator names its resource, is still requested.
+    plugin = InjectorSettings(native_sidecar=native, fuse_mode=fuse_mode,  # type: ignore[arg-type]
+                              fuse_device_resource="smarter-devices/fuse")
+    (sidecar,) = sidecars(inject(pod, "default", dataset, plugin).pod)
+    assert sidecar["resources"]["limits"]["smarter-devices/fuse"] == "1"
+    assert "capabilities" not in sidecar["securityContext"]
+    # Only "true" switches it (Fluid compares the exact value); "false" or "True" keep the default.
+    for value in ("false", "True"):
+        (sidecar,) = sidecars(inject(_switched({LABEL_UNPRIVILEGED: value}), "default", dataset, config).pod)
+        assert sidecar["securityContext"].get("privileged") is (fuse_mode == "privileged")
+
+
+def test_platform_annotation_picks_default_or_unprivileged_and_refuses_others() -> None:
+    dataset = {"serverless-data": seed_dataset()}
+    oss = {"serverless.fluid.io/inject": "true"}
+
+    def security(labels: dict[str, str], platform: str) -> dict[str, Any]:
+        pod = _switched(labels, {ANNOTATION_SERVERLESS_PLATFORM: platform})
+        del pod["metadata"]["labels"][LABEL_SIDECAR_TARGET]
+        patched = inject(pod, "default", dataset, NATIVE).pod
+        validate(patched)
+        assert patched["metadata"]["annotations"][ANNOTATION_SERVERLESS_PLATFORM] == platform  # kept
+        return dict(sidecars(patched)[0]["securityContext"])
+
+    assert security(oss, "unprivileged")["privileged"] is False
+    assert security(oss, "default")["privileged"] is True
+    # As in Fluid, the unprivileged label wins over the annotation.
+    assert security({**oss, LABEL_UNPRIVILEGED: "true"}, "default")["privileged"] is False
+    with pytest.raises(InjectionDenied, match=r'serverless\.fluid\.io/platform="gke".*default, unprivileged'):
+        security(oss, "gke")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_poststart_false_drops_the_mount_check_only(native: bool) -> None:
+    dataset = {"serverless-data": seed_dataset()}
+    config = InjectorSettings(native_sidecar=native)
+    checked = inject(seed_pod("deployment-eci.yaml"), "default", dataset, config).pod
+    pod = _switched({LABEL_SIDECAR_POSTSTART: "false"})
+    patched = inject(pod, "default", dataset, config).pod
+    validate(patched)
+    (sidecar,) = sidecars(patched)
+    (with_check,) = sidecars(checked)
+    assert "lifecycle" not in sidecar and "startupProbe" not in sidecar
+    # Everything else is the same sidecar: in classic mode it still learns when to leave (--stop-file).
+    assert {k: v for k, v in with_check.items() if k not in ("lifecycle", "startupProbe")} == sidecar
+    if native:
+        assert sidecar["restartPolicy"] == "Always"
+    else:
+        assert sidecar["command"][-2:] == ["--stop-file", "/etc/eddy/podinfo/annotations"]
+    assert inject(patched, "default", dataset, config).pod == patched
+    # "true" (or anything but "false") keeps the check.
+    kept = inject(_switched({LABEL_SIDECAR_POSTSTART: "true"}), "default", dataset, config).pod
+    assert sidecars(kept) == [with_check]
+
+
+def test_fluid_names_and_marks_for_several_datasets() -> None:
+    pod = seed_pod("deployment-eci.yaml")
+    pod["metadata"]["annotations"] = {"fluid.io/datasets-in-use": "zeta, ds-b"}  # an earlier round's
+    pod["spec"]["volumes"] = [{"name": "b", "persistentVolumeClaim": {"claimName": "ds-b"}},
+                              {"name": "a", "persistentVolumeClaim": {"claimName": "ds-a"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "b", "mountPath": "/b"},
+                                                    {"name": "a", "mountPath": "/a"}]
+    datasets = {n: seed_dataset(n, "team-a", secret=f"{n}-keys") for n in ("ds-a", "ds-b")}
+    patched = inject(pod, "team-a", datasets, CLASSIC).pod
+    validate(patched)
+    cars = sidecars(patched)
+    assert [c["name"] for c in cars] == ["fluid-fuse-0", "fluid-fuse-1"]  # the volumes' order
+    assert [c["env"][-1]["value"] for c in cars] == ["team-a/ds-b", "team-a/ds-a"]
+    labels = patched["metadata"]["labels"]
+    assert labels["dataset-name.sidecar.fluid.io/fluid-fuse-0"] == "ds-b"
+    assert labels["dataset-name.sidecar.fluid.io/fluid-fuse-1"] == "ds-a"
+    assert labels["dataset-namespace.sidecar.fluid.io/fluid-fuse-1"] == "team-a"
+    assert patched["metadata"]["annotations"]["fluid.io/datasets-in-use"] == "ds-a,ds-b,zeta"
 
 
 # ------------------------------------------------------------------------------------- property tests
@@ -256,6 +372,10 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
         labels["serverless.fluid.io/inject"] = "true"
     else:
         labels[LABEL_SIDECAR_TARGET] = trigger
+    if draw(st.booleans()):
+        labels[LABEL_UNPRIVILEGED] = draw(st.sampled_from(["true", "false"]))
+    if draw(st.booleans()):
+        labels[LABEL_SIDECAR_POSTSTART] = draw(st.sampled_from(["true", "false"]))
     metadata: dict[str, Any] = {"labels": labels}
     metadata.update(draw(st.sampled_from([{"name": "p"}, {"generateName": "job-"}])))
     if draw(st.booleans()):
@@ -323,13 +443,22 @@ def test_generated_pods(pod: dict[str, Any], native: bool) -> None:
     assert sorted(result.injected) == sorted(f"team-a/{d}" for d in used)
     # A second admission of the output changes nothing.
     assert inject(patched, "team-a", DATASETS, config).pod == patched
-    # Metadata: only the done label and the platform annotation are added; namespace untouched.
+    # Metadata: only the done label, Fluid's container -> Dataset labels, the platform and Fluid's
+    # datasets-in-use annotations are added; namespace untouched.
     meta, old_meta = patched["metadata"], original["metadata"]
     assert meta.get("namespace") == old_meta.get("namespace")
-    assert {k: v for k, v in meta["labels"].items() if k != LABEL_INJECT_DONE} == old_meta["labels"]
+    cars = sidecars(patched)
+    fluid_labels = {f"dataset-{kind}.sidecar.fluid.io/{c['name']}": value
+                    for c in cars for kind, value in zip(("namespace", "name"),
+                                                         c["env"][-1]["value"].split("/"), strict=True)}
+    assert meta["labels"] == {**old_meta["labels"], **fluid_labels, LABEL_INJECT_DONE: "true"}
+    assert meta["annotations"].pop("fluid.io/datasets-in-use") == ",".join(sorted(used))
     assert {k: v for k, v in meta["annotations"].items() if k != "eddy.io/platform"} == old_meta.get(
         "annotations", {}
     )
+    meta["annotations"]["fluid.io/datasets-in-use"] = ",".join(sorted(used))
+    # Fluid's names: fluid-fuse-0, -1, ... in the order the volumes claim the Datasets.
+    assert sorted(c["name"] for c in cars) == [f"fluid-fuse-{i}" for i in range(len(used))]
     assert {
         k: v for k, v in patched["spec"].items() if k not in ("volumes", "containers", "initContainers")
     } == {k: v for k, v in original["spec"].items() if k not in ("volumes", "containers", "initContainers")}
@@ -344,7 +473,6 @@ def test_generated_pods(pod: dict[str, Any], native: bool) -> None:
         else:
             assert v["name"] not in new_volumes
     # Containers: one sidecar per dataset; the user's containers keep everything but the propagation.
-    cars = sidecars(patched)
     assert len(cars) == len(used)
     assert sorted(c["env"][0]["value"] for c in cars) == sorted(f"team-a/{d}" for d in used)
     users = [c for c in patched["spec"]["containers"] if not c["name"].startswith(SIDECAR_PREFIX)]
@@ -356,7 +484,12 @@ def test_generated_pods(pod: dict[str, Any], native: bool) -> None:
     for car in cars:
         fuse_volume = car["volumeMounts"][0]["name"]
         assert new_volumes[fuse_volume] == {"name": fuse_volume, "emptyDir": {}}
-        assert car["volumeMounts"][0]["mountPropagation"] == "Bidirectional"
+        unprivileged = original["metadata"]["labels"].get(LABEL_UNPRIVILEGED) == "true"
+        check = original["metadata"]["labels"].get(LABEL_SIDECAR_POSTSTART) != "false"
+        assert car["volumeMounts"][0].get("mountPropagation") == (None if unprivileged else "Bidirectional")
+        assert car["securityContext"]["privileged"] is not unprivileged
+        assert ("startupProbe" in car) is (check and native)
+        assert ("lifecycle" in car) is (check and not native)
         assert car["resources"]["limits"]["cpu"] == meta["annotations"].get(
             "eddy.io/sidecar-cpu-limit", car["resources"]["limits"]["cpu"]
         )

@@ -188,10 +188,10 @@ def test_seed_pods_over_https(webhook: Webhook, file: str) -> None:
     out = patched(pod, response)
     kubernetes_validate.validate(out, "1.30", strict=True)
     names = [c["name"] for c in [*out["spec"].get("initContainers", []), *out["spec"]["containers"]]]
-    assert "eddy-serverless-data" in names
+    assert "fluid-fuse-0" in names
     native = webhook.mode == "native"  # type: ignore[attr-defined]
     sidecar_list = out["spec"].get("initContainers", []) if native else out["spec"]["containers"][:1]
-    assert sidecar_list[0]["name"] == "eddy-serverless-data"
+    assert sidecar_list[0]["name"] == "fluid-fuse-0"
     assert ("restartPolicy" in sidecar_list[0]) == native
     assert out["spec"]["volumes"][0] == {"name": "data", "emptyDir": {}}
     assert out["metadata"]["labels"]["done.sidecar.fluid.io/inject"] == "true"

@@ -269,7 +269,7 @@ async def test_cluster_webhook_admits_from_caches(api: KubeApiServer, tmp_path: 
                     if "initContainers" not in out["spec"]:
                         break
                     await asyncio.sleep(0.3)
-            assert out["spec"]["containers"][0]["name"] == "eddy-serverless-data"
+            assert out["spec"]["containers"][0]["name"] == "fluid-fuse-0"
             kubernetes_validate.validate(out, "1.30", strict=True)
             async with session.get(f"{url}/metrics", ssl=ctx) as r:
                 text = await r.text()
@@ -308,7 +308,7 @@ async def test_cluster_webhook_learns_image_and_namespace_from_its_pod(
             response = (await r.json())["response"]
         out = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
         sidecars = [c for c in [*out["spec"].get("initContainers", []), *out["spec"]["containers"]]
-                    if c["name"].startswith("eddy-")]
+                    if c["name"].startswith("fluid-fuse")]
         assert sidecars and {c["image"] for c in sidecars} == {"registry.example/eddy:1.2.3"}
     finally:
         proc.terminate()

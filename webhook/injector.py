@@ -4,7 +4,9 @@ the patched Pod (and the JSON patch between the two).
 No I/O and no clock: everything hard about injection (ordering, native sidecars, mount propagation,
 idempotency) lives here and is tested without a server. Per Dataset the pod gets:
 
-- one sidecar (`eddy sidecar mount ...`), privileged (or SYS_ADMIN + /dev/fuse), with the dataset's
+- one sidecar `fluid-fuse-N` (Fluid's name: N counts the pod's sidecars, in the order its volumes claim
+  the Datasets) running `eddy sidecar mount ...`, privileged (or SYS_ADMIN + /dev/fuse, or neither
+  with Fluid's `unprivileged.sidecar.fluid.io/inject: "true"`), with the dataset's
   ConfigMap at /etc/eddy/config and its Secrets at /etc/eddy/secrets/<secret> (references only);
 - the workers' *read* token only (the `read` key of `<dataset>-eddy-token`, a Secret volume with
   `items`) at /etc/eddy/worker-token/read: it reads blocks, it cannot purge, warm or write metadata;
@@ -15,6 +17,10 @@ idempotency) lives here and is tested without a server. Per Dataset the pod gets
   `containers` with a `postStart` that waits for the mount, and the pod's annotations (a downwardAPI
   volume) at /etc/eddy/podinfo, where it sees the controller's stop request once the app containers
   have ended (controller/podfinish.py) so that a Job's pod can complete.
+
+The pod keeps Fluid's marks, which Fluid tooling reads: `done.sidecar.fluid.io/inject`, the
+`dataset-namespace.sidecar.fluid.io/<container>` / `dataset-name.sidecar.fluid.io/<container>` labels
+and the `fluid.io/datasets-in-use` annotation.
 """
 
 from __future__ import annotations
@@ -39,9 +45,21 @@ from eddy.names import (
     config_map_name,
 )
 from eddy.wire import TOKEN_DIR, TOKEN_READ_KEY, token_secret_name
-from webhook.profiles import InjectorSettings, PlatformProfile, select_profile, sidecar_resources
+from webhook.profiles import (
+    InjectorSettings,
+    PlatformProfile,
+    PodSwitches,
+    pod_switches,
+    select_profile,
+    sidecar_resources,
+)
 
-SIDECAR_PREFIX = "eddy-"
+# Fluid's container name (common.FuseContainerName): Fluid tooling finds sidecars by this prefix.
+SIDECAR_PREFIX = "fluid-fuse"
+VOLUME_PREFIX = "eddy-"  # the sidecar's own volumes: eddy-<dataset>-config, -secret-<name>, -token
+LABEL_CONTAINER_DATASET_NAMESPACE = "dataset-namespace.sidecar.fluid.io/"  # + container name
+LABEL_CONTAINER_DATASET_NAME = "dataset-name.sidecar.fluid.io/"
+ANNOTATION_DATASETS_IN_USE = "fluid.io/datasets-in-use"  # sorted, comma-separated Dataset names
 PODINFO_VOLUME = "eddy-podinfo"
 FUSE_MOUNTPOINT = "/eddy/mnt"
 FUSE_DEVICE = "/dev/fuse"
@@ -123,11 +141,13 @@ def _sidecar(
     podinfo_volume: str,
     token_volume: str = "",
     fuse: FuseSpec | None = None,
+    switches: PodSwitches = PodSwitches(),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The sidecar container and any extra volume it needs (the /dev/fuse hostPath).
 
     `fuse` (the JindoRuntime's `spec.fuse`) sets the image, pull policy, extra environment and extra
     `eddy sidecar mount` flags; `resources` already holds its resources merged under the annotations.
+    `switches` are Fluid's per-pod switches (unprivileged sidecar, no mount check).
     """
     fuse = fuse or FuseSpec()
     command = ["eddy", "sidecar", "mount", "--config", f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE_KEY}"]
@@ -152,8 +172,17 @@ def _sidecar(
     # at exec), and a root mount gets `allow_other`, so app containers of any uid can read /data. The
     # privilege is the container's, which this mode grants anyway; the app containers keep theirs.
     root = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
-    if settings.fuse_mode == "privileged":
-        security: dict[str, Any] = {"privileged": True, **root}
+    if switches.unprivileged:
+        # Fluid's unprivileged sidecar: not privileged, no SYS_ADMIN, no hostPath /dev/fuse. The mount
+        # works only where the platform gives unprivileged containers FUSE (its device resource, if the
+        # operator named one, is still requested); no Bidirectional propagation (privileged only).
+        mounts[0].pop("mountPropagation")
+        security: dict[str, Any] = {"privileged": False, **root}
+        if settings.fuse_device_resource:
+            res["requests"][settings.fuse_device_resource] = "1"
+            res["limits"][settings.fuse_device_resource] = "1"
+    elif settings.fuse_mode == "privileged":
+        security = {"privileged": True, **root}
     else:
         # Kubernetes allows Bidirectional propagation only to privileged containers: in this mode the
         # sidecar's mount reaches the app containers only where the platform shares it (docs/webhook.md).
@@ -182,16 +211,18 @@ def _sidecar(
     }
     if settings.native_sidecar:
         container["restartPolicy"] = "Always"
+    if settings.native_sidecar and switches.mount_check:
         container["startupProbe"] = {
             "exec": {"command": _check_mount_cmd(2)},
             "periodSeconds": 1,
             "timeoutSeconds": 5,
             "failureThreshold": max(1, settings.mount_timeout_s),
         }
-    else:
+    if not settings.native_sidecar and switches.mount_check:
         # The kubelet starts the next container only when postStart returns: the app sees a ready mount.
         check = _check_mount_cmd(settings.mount_timeout_s)
         container["lifecycle"] = {"postStart": {"exec": {"command": check}}}
+    if not settings.native_sidecar:
         command += ["--stop-file", PODINFO_ANNOTATIONS]
         mounts.append({"name": podinfo_volume, "mountPath": PODINFO_DIR, "readOnly": True})
     command += sidecar_flags(fuse.args)
@@ -222,12 +253,14 @@ def inject(
     """The pod with one sidecar per Dataset its volumes claim (`datasets`: claim name -> Dataset).
 
     `namespace` is the AdmissionReview request's (pods made by controllers often have none). Raises
-    InjectionDenied when the trigger label holds an unknown target. `runtimes` (Dataset key ->
+    InjectionDenied when the trigger label holds an unknown target or the `serverless.fluid.io/platform`
+    annotation an unknown platform. `runtimes` (Dataset key ->
     JindoRuntime) gives each sidecar its runtime's `spec.fuse`; per-pod annotations win over it.
     """
     profile = requested_profile(pod)
     if profile is None:
         return Injection(dict(pod), (), ())
+    switches = pod_switches(labels_of(pod), (pod.get("metadata") or {}).get("annotations") or {})
     out: Pod = json.loads(json.dumps(pod))  # JSON data: a round trip copies it faster than deepcopy
     spec = out.setdefault("spec", {})
     volumes: list[dict[str, Any]] = spec.get("volumes") or []
@@ -257,6 +290,9 @@ def inject(
     classic_sidecars: list[dict[str, Any]] = []
     podinfo_volume = "" if settings.native_sidecar else _unique(PODINFO_VOLUME, taken_volumes)
     by_dataset_done: list[str] = []
+    # Fluid numbers sidecars after those a pod already has (multi-round injection): fluid-fuse-N.
+    index = sum(1 for n in taken_containers if n.startswith(SIDECAR_PREFIX))
+    container_labels: dict[str, str] = {}
     for key, (dataset, indexes) in by_dataset.items():
         primary = str(volumes[indexes[0]]["name"])
         duplicates = {str(volumes[i]["name"]) for i in indexes[1:]}
@@ -267,13 +303,19 @@ def inject(
                 if mount.get("name") in dataset_volumes:
                     mount["name"] = primary  # one FUSE mount per dataset serves every alias volume
                     mount["mountPropagation"] = "HostToContainer"
-        name = _unique(dns_label(SIDECAR_PREFIX + dataset.meta.name), taken_containers)
-        config_volume = _unique(dns_label(name, "config"), taken_volumes)
+        while f"{SIDECAR_PREFIX}-{index}" in taken_containers:
+            index += 1
+        name = f"{SIDECAR_PREFIX}-{index}"
+        taken_containers.add(name)
+        index += 1
+        container_labels.update(_dataset_labels(name, dataset))
+        base = dns_label(VOLUME_PREFIX + dataset.meta.name)
+        config_volume = _unique(dns_label(base, "config"), taken_volumes)
         secret_volumes = [
-            (_unique(dns_label(name, "secret", secret), taken_volumes), secret)
+            (_unique(dns_label(base, "secret", secret), taken_volumes), secret)
             for secret in dataset.secret_names
         ]
-        token_volume = _unique(dns_label(name, "token"), taken_volumes)
+        token_volume = _unique(dns_label(base, "token"), taken_volumes)
         runtime = (runtimes or {}).get(key)
         resources, resource_warnings = sidecar_resources(
             profile, annotations, runtime.fuse.resources if runtime else None)
@@ -294,6 +336,7 @@ def inject(
             podinfo_volume,
             token_volume,
             runtime.fuse if runtime else None,
+            switches,
         )
         by_dataset_done.append(key)
         for vol in extra_volumes:
@@ -328,10 +371,24 @@ def inject(
     if init_containers:
         spec["initContainers"] = init_containers
     meta = out.setdefault("metadata", {})
-    meta.setdefault("labels", {})[LABEL_INJECT_DONE] = "true"
-    if profile.pod_annotations:
-        meta["annotations"] = {**annotations, **profile.pod_annotations}
+    labels = meta.setdefault("labels", {})
+    labels.update(container_labels)
+    labels[LABEL_INJECT_DONE] = "true"
+    in_use = {d.strip() for d in str(annotations.get(ANNOTATION_DATASETS_IN_USE, "")).split(",") if d.strip()}
+    in_use |= {dataset.meta.name for dataset, _ in by_dataset.values()}
+    meta["annotations"] = {
+        **annotations, **profile.pod_annotations, ANNOTATION_DATASETS_IN_USE: ",".join(sorted(in_use)),
+    }
     return Injection(out, tuple(by_dataset), tuple(warnings))
+
+
+def _dataset_labels(container: str, dataset: Dataset) -> dict[str, str]:
+    """Fluid's container -> Dataset labels (`dataset-name.sidecar.fluid.io/fluid-fuse-0: <name>`). A
+    Dataset name longer than a label value allows (63) gets no name label rather than an invalid pod."""
+    labels = {LABEL_CONTAINER_DATASET_NAMESPACE + container: dataset.meta.namespace}
+    if len(dataset.meta.name) <= 63:
+        labels[LABEL_CONTAINER_DATASET_NAME + container] = dataset.meta.name
+    return labels
 
 
 def make_patch(original: Mapping[str, Any], patched: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -6,6 +6,10 @@ platform is a field of `PlatformProfile`; the injector reads fields and never te
 
 Per-pod resource overrides are annotations (`eddy.io/sidecar-cpu-request` ...); a malformed value is
 ignored with a warning (the pod still gets the defaults), never a rejection.
+
+Fluid's per-pod switches (`pod_switches`) use Fluid's keys and meanings (pkg/common/constants.go,
+pkg/utils/annotations.go of fluid-cloudnative/fluid): the `unprivileged.sidecar.fluid.io/inject` and
+`fuse.sidecar.poststart.fluid.io/inject` labels and the `serverless.fluid.io/platform` annotation.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ RESOURCE_ANNOTATIONS = {
 ANNOTATION_PLATFORM = "eddy.io/platform"
 
 OPEN_SOURCE_PROFILE = "serverless"
+
+# Fluid's per-pod switches. Fluid reads the two switches from the pod's labels and the platform from its
+# annotations; Eddy also takes a switch given as an annotation (the label wins), since nothing else
+# would tell the user it was not read.
+LABEL_UNPRIVILEGED = "unprivileged.sidecar.fluid.io/inject"  # "true": no privileged, no SYS_ADMIN
+LABEL_SIDECAR_POSTSTART = "fuse.sidecar.poststart.fluid.io/inject"  # "false": no mount check
+ANNOTATION_SERVERLESS_PLATFORM = "serverless.fluid.io/platform"  # "default" | "unprivileged"
+PLATFORM_DEFAULT = "default"
+PLATFORM_UNPRIVILEGED = "unprivileged"
+FLUID_PLATFORMS = (PLATFORM_DEFAULT, PLATFORM_UNPRIVILEGED)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,47 @@ class InjectorSettings:
 
 class InjectionDenied(Exception):
     """The pod asks for injection in a way Eddy cannot honour; the message tells the user what to fix."""
+
+
+@dataclass(frozen=True)
+class PodSwitches:
+    """Fluid's per-pod switches, as read from one pod.
+
+    `unprivileged`: the sidecar gets neither `privileged` nor `SYS_ADMIN` nor a hostPath `/dev/fuse`;
+    the platform must provide FUSE to it (docs/webhook.md says what still works).
+    `mount_check`: False drops the sidecar's wait for its mount (classic `postStart`, native startup
+    probe), so the app starts without waiting for the data.
+    """
+
+    unprivileged: bool = False
+    mount_check: bool = True
+
+
+def _switch(labels: Mapping[str, str], annotations: Mapping[str, str], key: str) -> str | None:
+    value = labels.get(key, annotations.get(key))
+    return None if value is None else str(value)
+
+
+def pod_switches(labels: Mapping[str, str], annotations: Mapping[str, Any]) -> PodSwitches:
+    """Fluid's switches on a pod asking for injection; InjectionDenied for a platform Fluid has not.
+
+    As Fluid's GetServerlessPlatform: `unprivileged.sidecar.fluid.io/inject: "true"` wins; otherwise the
+    `serverless.fluid.io/platform` annotation names the platform (`default` or `unprivileged`; any other
+    value is refused, as Fluid's webhook refuses a platform it has no mutator for); otherwise `default`.
+    Values match exactly (`"true"`, `"false"`), as in Fluid.
+    """
+    notes = {str(k): str(v) for k, v in annotations.items()}
+    unprivileged = _switch(labels, notes, LABEL_UNPRIVILEGED) == "true"
+    if not unprivileged and ANNOTATION_SERVERLESS_PLATFORM in notes:
+        platform = notes[ANNOTATION_SERVERLESS_PLATFORM]
+        if platform not in FLUID_PLATFORMS:
+            raise InjectionDenied(
+                f'annotation {ANNOTATION_SERVERLESS_PLATFORM}="{platform}" is not a platform Eddy knows; '
+                f"valid values: {', '.join(FLUID_PLATFORMS)}"
+            )
+        unprivileged = platform == PLATFORM_UNPRIVILEGED
+    mount_check = _switch(labels, notes, LABEL_SIDECAR_POSTSTART) != "false"
+    return PodSwitches(unprivileged=unprivileged, mount_check=mount_check)
 
 
 def select_profile(labels: Mapping[str, str]) -> PlatformProfile | None:

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import uuid
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -18,6 +20,7 @@ from controller.objects import Settings
 from controller.reconciler import Reconciler
 from eddy.fluidcheck import FluidInstalled, refuse_beside_fluid
 from eddy.kube import own_image
+from eddy.kube.leader import LeaderElector, Timing
 from eddy.names import WORKER_PORT
 
 log = logging.getLogger("eddy.controller")
@@ -44,6 +47,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--worker-port", type=int, default=WORKER_PORT, help="workers' HTTP port")
     parser.add_argument("--metrics-port", type=int, default=9090,
                         help="serve /metrics on this port (0: off)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        help="run as one of several replicas: act only while holding the Lease "
+                             "(namespace $POD_NAMESPACE, identity $POD_NAME); exit 1 when it is lost")
+    parser.add_argument("--lease-name", default="eddy-controller", metavar="NAME",
+                        help="the Lease's name (default eddy-controller)")
+    parser.add_argument("--lease-duration", type=float, default=15.0, metavar="S",
+                        help="a standby takes over this long after the leader's last renewal (default 15)")
     parser.add_argument("--allow-fluid", action="store_true",
                         help="start even where Fluid is installed (two controllers would act on Datasets)")
     parser.set_defaults(func=run)
@@ -65,16 +75,51 @@ async def run(args: argparse.Namespace) -> int:
     reconciler = Reconciler(kube, Settings(image=image, worker_port=args.worker_port),
                             ufs_period=args.ufs_period)
     controller = Controller(kube, reconciler, namespace=args.namespace, resync=args.resync)
-    task = asyncio.create_task(controller.run())
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop.set)
     log.info("controller started (namespace=%s, image=%s)", args.namespace or "*", image)
+    kept = True
     try:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if args.leader_elect:
+            elector = leader_elector(kube, args.lease_name, args.lease_duration)
+            log.info("leader election on Lease %s/%s as %s", elector.namespace, elector.name,
+                     elector.identity)
+            kept = await elector.run(controller.run, stop)
+        else:
+            await until_stopped(controller.run(), stop)
     finally:
         await reconciler.close()
         await kube.close()
+    if not kept:
+        log.error("controller lost leadership: exiting so that it restarts as a standby")
+        return 1
     log.info("controller stopped")
     return 0
+
+
+def leader_elector(kube: Kube, name: str, lease_duration: float) -> LeaderElector:
+    """The Lease lives in the pod's namespace ($POD_NAMESPACE, downward API); identity is $POD_NAME.
+    Renew deadline and retry period scale with the duration as client-go's defaults do (15/10/2)."""
+    namespace = os.environ.get("POD_NAMESPACE") or "eddy-system"
+    timing = Timing(lease_duration=lease_duration, renew_deadline=lease_duration * 2 / 3,
+                    retry_period=lease_duration * 2 / 15)
+    # client-go's identity: pod name + a per-process suffix. A container restarted in the same pod is a
+    # new candidate, so it cannot "renew" the Lease its dead predecessor held and skip the wait.
+    identity = f"{os.environ.get('POD_NAME') or os.uname().nodename}_{uuid.uuid4().hex[:8]}"
+    return LeaderElector(kube, namespace, name, identity, timing=timing)
+
+
+async def until_stopped(work: Any, stop: asyncio.Event) -> None:
+    """Run `work` (a coroutine) until it returns or `stop` is set (then cancel it)."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, waiter):
+            t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        waiter.cancel()

@@ -299,6 +299,12 @@ class Consumer:
                     scheduled: datetime | None) -> None:
         self.runs_started += 1
         started = self.clock.now()
+        before = obj.get("status") or {}
+        if before.get("phase") == st.EXECUTING and not scheduled:
+            # Left Executing by a preloader that died (or lost its Lease): this run resumes it. Blocks
+            # already warm answer "cached" and are not fetched again; the original startTime stays.
+            started = st.parse_time(before.get("startTime")) or started
+            log.info("DataLoad %s/%s was Executing: resuming it", *_key(obj))
         cron: dict[str, Any] = {"lastScheduleTime": st.rfc3339(scheduled)} if scheduled else {}
         options = parse_options(dl.options)
         conditions[:] = [c for c in conditions if c.get("type") != st.COND_OPTIONS]

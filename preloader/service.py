@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import uuid
+
+from prometheus_client import REGISTRY, start_http_server
 
 from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.kube import Kube
+from eddy.kube.leader import LeaderElector, Timing
 from eddy.secrets import SecretSource
 from preloader.consumer import Consumer, ConsumerSettings
 from preloader.kubeapi import KubeApi, dataload_informer
+from preloader.metrics import MeteredApi, PreloaderMetrics, observed
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +34,53 @@ def settings_from_args(args: argparse.Namespace) -> ConsumerSettings:
 async def run_consumer(args: argparse.Namespace) -> int:
     kube = await Kube.connect(args.kube_url, args.kubeconfig)
     namespace = None if args.namespace in ("", "all") else args.namespace
-    consumer = Consumer(KubeApi(kube), settings_from_args(args))
-    informer = dataload_informer(kube, consumer.on_event, namespace)
+    # The process-wide registry: it also holds the object store's counters (eddy/objectstore.py).
+    metrics = PreloaderMetrics(REGISTRY)
+    consumer = Consumer(MeteredApi(KubeApi(kube), metrics), settings_from_args(args))
+    metrics.watch(consumer)
+    if getattr(args, "metrics_port", 0):
+        start_http_server(args.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    informer.start()
-    log.info("preloader watching DataLoads in %s", namespace or "all namespaces")
+
+    async def consume() -> None:
+        """Watch and load until cancelled (stop, or leadership lost)."""
+        informer = dataload_informer(kube, observed(consumer.on_event, metrics), namespace)
+        informer.start()
+        log.info("preloader watching DataLoads in %s", namespace or "all namespaces")
+        try:
+            await stop.wait()
+        finally:
+            await informer.stop()
+            await consumer.close()
+
+    kept = True
     try:
-        await stop.wait()
+        if getattr(args, "leader_elect", False):
+            elector = leader_elector(kube, args.lease_name, args.lease_duration)
+            log.info("leader election on Lease %s/%s as %s", elector.namespace, elector.name,
+                     elector.identity)
+            kept = await elector.run(consume, stop)
+        else:
+            await consume()
     finally:
-        await informer.stop()
         await consumer.close()
         await kube.close()
+    if not kept:
+        log.error("preloader lost leadership: exiting so that it restarts as a standby")
+        return 1
     return 0
+
+
+def leader_elector(kube: Kube, name: str, lease_duration: float) -> LeaderElector:
+    """The Lease lives in the pod's namespace ($POD_NAMESPACE); identity is $POD_NAME. Renew deadline
+    and retry period scale with the duration as client-go's defaults do (15/10/2)."""
+    namespace = os.environ.get("POD_NAMESPACE") or "eddy-system"
+    timing = Timing(lease_duration=lease_duration, renew_deadline=lease_duration * 2 / 3,
+                    retry_period=lease_duration * 2 / 15)
+    # client-go's identity: pod name + a per-process suffix. A container restarted in the same pod is a
+    # new candidate, so it cannot "renew" the Lease its dead predecessor held and skip the wait.
+    identity = f"{os.environ.get('POD_NAME') or os.uname().nodename}_{uuid.uuid4().hex[:8]}"
+    return LeaderElector(kube, namespace, name, identity, timing=timing)

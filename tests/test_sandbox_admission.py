@@ -91,7 +91,7 @@ async def cluster() -> AsyncIterator[Cluster]:
 def injected(pod: dict[str, Any]) -> bool:
     names = [c["name"] for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]]
     labelled = pod["metadata"]["labels"].get("done.sidecar.fluid.io/inject") == "true"
-    return labelled and "eddy-serverless-data" in names
+    return labelled and "fluid-fuse-0" in names
 
 
 def closed_port() -> int:

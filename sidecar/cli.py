@@ -34,6 +34,10 @@ def register(subparsers: Any) -> None:
     mount.add_argument("--health-port", type=int, default=SIDECAR_HEALTH_PORT,
                        help=f"127.0.0.1 port for /readyz /healthz /metrics "
                        f"(default {SIDECAR_HEALTH_PORT}; 0=off)")
+    mount.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDR",
+                       help="address the health port listens on (default 127.0.0.1: the pod only); "
+                       "0.0.0.0 lets Prometheus scrape /metrics at the pod's IP (opt-in: the sidecar "
+                       "shares the app pod's network, see docs/operations.md)")
     mount.add_argument("--uid", type=int, default=0, help="owner uid of every file (default 0)")
     mount.add_argument("--gid", type=int, default=0, help="owner gid of every file (default 0)")
     mount.add_argument("--cache-mib", type=int, default=64, help="in-sidecar block cache (MiB; default 64)")
@@ -107,6 +111,7 @@ def _mount(args: argparse.Namespace) -> Any:
         reader=reader,
         fs=FsOptions(uid=args.uid, gid=args.gid, direct_io=args.direct_io),
         health_port=args.health_port,
+        health_address=args.metrics_address,
         allow_other=not args.no_allow_other,
         kernel_readahead_kib=args.kernel_readahead_kib,
         grace=args.grace,

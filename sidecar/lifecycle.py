@@ -43,6 +43,7 @@ class MountSettings:
     reader: ReaderOptions = field(default_factory=ReaderOptions)
     fs: FsOptions = field(default_factory=FsOptions)
     health_port: int = 0
+    health_address: str = "127.0.0.1"  # 0.0.0.0: /metrics scrapeable at the pod's IP (opt-in)
     allow_other: bool = True
     kernel_readahead_kib: int = 4096
     grace: float = 20.0
@@ -52,7 +53,8 @@ class MountSettings:
 
 
 class HealthServer:
-    """`/healthz`, `/readyz` (200 once the mount answers) and `/metrics` on 127.0.0.1."""
+    """`/healthz`, `/readyz` (200 once the mount answers) and `/metrics`, on 127.0.0.1 unless told
+    otherwise (`--metrics-address`)."""
 
     def __init__(self, metrics: SidecarMetrics, reader: DatasetReader | None = None) -> None:
         self.metrics = metrics
@@ -62,17 +64,17 @@ class HealthServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, port: int) -> None:
+    async def start(self, port: int, host: str = "127.0.0.1") -> None:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        log.info("health endpoints on http://127.0.0.1:%d (/healthz /readyz /metrics)", self.port)
+        log.info("health endpoints on http://%s:%d (/healthz /readyz /metrics)", host, self.port)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n" if self.alive else "stopping\n", status=200 if self.alive else 503)
@@ -154,7 +156,7 @@ async def run_mount(settings: MountSettings) -> int:
     metrics = SidecarMetrics()
     health = HealthServer(metrics)
     if settings.health_port:
-        await health.start(settings.health_port)
+        await health.start(settings.health_port, settings.health_address)
     secrets = SecretSource.from_dir(settings.secret_dir) if settings.secret_dir else None
     reader: DatasetReader | None = None
     mounted = False

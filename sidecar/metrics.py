@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CountSince(Collector):
+    """A counter whose value is copied from a count kept elsewhere (the block cache's hits and misses),
+    so it is exposed as a counter (`<name>_total`) while the reader keeps calling `.set(n)` on it."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._value = 0.0
+        registry.register(self)
+
+    def set(self, value: float) -> None:
+        self._value = max(self._value, float(value))  # monotonic, as a counter must be
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self._value)
 
 
 class SidecarMetrics:
@@ -43,8 +64,8 @@ class SidecarMetrics:
             "eddy_sidecar_dir_lists",
             "LIST pages sent to revalidate a directory's files at once on open (coalesced)", registry=r,
         )
-        self.cache_hits = Gauge("eddy_sidecar_cache_hits", "Block cache hits since start", registry=r)
-        self.cache_misses = Gauge("eddy_sidecar_cache_misses", "Block cache misses since start", registry=r)
+        self.cache_hits = CountSince("eddy_sidecar_cache_hits", "Block cache hits", r)
+        self.cache_misses = CountSince("eddy_sidecar_cache_misses", "Block cache misses", r)
         self.cache_bytes = Gauge("eddy_sidecar_cache_bytes", "Bytes held in the block cache", registry=r)
         self.workers_down = Gauge("eddy_sidecar_workers_down", "Workers currently skipped as down",
                                   registry=r)

@@ -175,7 +175,7 @@ class TierLevel:
     low: float = 0.7
     volume_type: str = "hostPath"
     # Several disks in one level: `path: /a,/b` with `quotaList: 1Gi,2Gi` (or `quota` split evenly).
-    # `path`/`quota` above are the first directory and its quota: what Eddy's worker uses today.
+    # `path`/`quota` above are the first directory and its quota; the worker makes one store per directory.
     paths: tuple[str, ...] = ()
     quotas: tuple[int, ...] = ()
 

@@ -31,7 +31,7 @@ HONOURED: dict[str, dict[str, str]] = {
         "spec.replicas": "number of cache workers; the scale subresource",
         "spec.tieredstore.levels[].mediumtype": "tier order MEM, SSD, HDD",
         "spec.tieredstore.levels[].path":
-            "tier directory; several (comma-separated) are mounted, the worker uses the first",
+            "tier directory; several (comma-separated): one worker volume and store each",
         "spec.tieredstore.levels[].quota": "tier capacity (optional with quotaList)",
         "spec.tieredstore.levels[].quotaList": "one quota per comma-separated path",
         "spec.tieredstore.levels[].volumeType": "`hostPath` (default) or `emptyDir` for the worker volume",

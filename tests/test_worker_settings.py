@@ -65,6 +65,23 @@ def test_cluster_mode_from_config_file(tmp_path: Path) -> None:
     assert address == ("127.0.0.1", 1)
 
 
+def test_several_disks_in_one_level_are_one_store_each(tmp_path: Path) -> None:
+    runtime = copy.deepcopy(RUNTIME)
+    runtime["spec"]["tieredstore"]["levels"] = [
+        {"mediumtype": "MEM", "path": "/dev/shm", "quota": "1Gi", "high": "0.95", "low": "0.7"},
+        {"mediumtype": "SSD", "path": "/mnt/a,/mnt/b", "quotaList": "10Gi,20Gi", "high": "0.9", "low": "0.6"},
+    ]
+    path = tmp_path / "dataset.yaml"
+    path.write_text(yaml.safe_dump_all([DATASET, runtime]))
+    settings, _ = build_settings(parse(["-f", str(path), "--secret-dir", str(tmp_path)]))
+    assert [(lvl.mediumtype, str(lvl.path), lvl.quota) for lvl in settings.levels] == [
+        ("MEM", "/dev/shm/eddy/team/serverless-data", 1 << 30),
+        ("SSD", "/mnt/a/eddy/team/serverless-data", 10 << 30),
+        ("SSD.1", "/mnt/b/eddy/team/serverless-data", 20 << 30),
+    ]
+    assert all((lvl.high, lvl.low) == (0.9, 0.6) for lvl in settings.levels[1:])
+
+
 def test_no_runtime_gives_one_mem_level(tmp_path: Path) -> None:
     path = tmp_path / "dataset.yaml"
     path.write_text(yaml.safe_dump(DATASET))

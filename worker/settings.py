@@ -93,12 +93,18 @@ def _levels(args: argparse.Namespace, dataset: Dataset, runtime: JindoRuntime | 
         levels = [TierLevel("MEM", shm, parse_quantity(DEFAULT_MEM_QUOTA), DEFAULT_MEM_QUOTA)]
     out: list[LevelConfig] = []
     for level in levels:
-        if level.mediumtype in paths:
-            directory = Path(paths.pop(level.mediumtype))
-        else:
-            directory = Path(level.path) / "eddy" / dataset.meta.namespace / dataset.meta.name
-        level_quota = quotas.pop(level.mediumtype, level.quota)
-        out.append(LevelConfig(level.mediumtype, directory, level_quota, level.high, level.low))
+        # Several disks in one level (`path: /a,/b`, `quotaList`): one store per disk, in the order
+        # given, each with its own quota and the level's watermarks; blocks evicted from a full disk
+        # move on to the next, so the level holds the sum of its disks. The flags name the first disk.
+        disks = list(zip(level.paths, level.quotas, strict=False)) or [(level.path, level.quota)]
+        for index, (disk, disk_quota) in enumerate(disks):
+            name = level.mediumtype if index == 0 else f"{level.mediumtype}.{index}"
+            if index == 0 and level.mediumtype in paths:
+                directory = Path(paths.pop(level.mediumtype))
+            else:
+                directory = Path(disk) / "eddy" / dataset.meta.namespace / dataset.meta.name
+            level_quota = quotas.pop(level.mediumtype, disk_quota) if index == 0 else disk_quota
+            out.append(LevelConfig(name, directory, level_quota, level.high, level.low))
     unused = sorted(set(paths) | set(quotas))
     if unused:
         raise SettingsError(f"--level-path/--level-quota name levels the runtime does not have: {unused}")

@@ -202,6 +202,21 @@ def test_seed_pods_over_https(webhook: Webhook, file: str) -> None:
     assert patched(pod, dry) == out
 
 
+def test_fluid_switches_over_https(webhook: Webhook) -> None:
+    pod = seed_pod("deployment-eci.yaml")
+    pod["metadata"]["labels"].update({"unprivileged.sidecar.fluid.io/inject": "true",
+                                      "fuse.sidecar.poststart.fluid.io/inject": "false"})
+    out = patched(pod, admit(webhook, review(pod)))
+    kubernetes_validate.validate(out, "1.30", strict=True)
+    (sidecar,) = [c for c in [*out["spec"].get("initContainers", []), *out["spec"]["containers"]]
+                  if c["name"] == "fluid-fuse-0"]
+    security = sidecar["securityContext"]
+    assert security["privileged"] is False and "capabilities" not in security
+    assert "lifecycle" not in sidecar and "startupProbe" not in sidecar
+    assert out["metadata"]["annotations"]["fluid.io/datasets-in-use"] == "serverless-data"
+    assert out["metadata"]["labels"]["dataset-name.sidecar.fluid.io/fluid-fuse-0"] == "serverless-data"
+
+
 @settings(
     max_examples=30,
     deadline=None,
@@ -251,6 +266,12 @@ def test_bad_inputs(webhook: Webhook) -> None:
     response = admit(webhook, review(pod))
     assert response["allowed"] is False
     assert "fargate" in response["status"]["message"] and "eci, acs" in response["status"]["message"]
+    # An unknown Fluid platform: denied, the message lists Fluid's platforms.
+    pod = seed_pod("deployment-eci.yaml")
+    pod["metadata"]["annotations"] = {"serverless.fluid.io/platform": "fargate"}
+    response = admit(webhook, review(pod))
+    assert response["allowed"] is False and response["status"]["code"] == 403
+    assert "default, unprivileged" in response["status"]["message"]
     # Over the size limit (the fixture sets --max-body 256 KiB): 413.
     big = review(seed_pod("deployment-eci.yaml"))
     big["request"]["object"]["metadata"]["annotations"] = {"padding": "x" * (300 * 1024)}

@@ -1,7 +1,7 @@
 """The sandbox's pod network (sandbox/network*.py) and cluster DNS (sandbox/dns.py), for real.
 
 Real network namespaces, veths and a bridge (each test run has its own bridge name and its own /24s
-inside 10.244.0.0/16 and 10.96.0.0/16); real processes (`ip netns exec`) serve and connect. Traffic
+inside 10.244.0.0/16 and 10.96.0.0/16); real processes (`nsenter --net`) serve and connect. Traffic
 goes only to addresses inside those namespaces: the "unreachable" checks connect to addresses outside
 and expect ENETUNREACH, which the kernel returns before sending anything. Needs root and `ip`; fails
 (never skips) with what is missing.
@@ -127,7 +127,7 @@ async def kube(kube_api: KubeApiServer) -> AsyncIterator[Kube]:
 
 async def _spawn(netns: PodAddress, *argv: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", Path(netns.netns).name, *argv,
+        "nsenter", f"--net={netns.netns}", *argv,  # not `ip netns exec`: it remounts / (fails in a chroot)
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 

@@ -140,16 +140,6 @@ def test_json_lists_and_stdin(tmp_path: Path) -> None:
     assert piped.returncode == 0 and "1 object(s) valid" in piped.stdout
 
 
-def test_packaged_seed_copy_matches_the_seed() -> None:
-    """`eddy demo` ships a copy of the seed's manifests; it must not drift from the seed itself."""
-    from tests.support.seed import PACKAGED_SEED
-
-    if SEED == PACKAGED_SEED:
-        pytest.skip("only the packaged copy is here (no ../shared/seed beside this checkout)")
-    for name in ("dataset.yaml", "dataload.yaml", "deployment-eci.yaml", "deployment-acs.yaml"):
-        assert (PACKAGED_SEED / name).read_text() == (SEED / name).read_text(), name
-
-
 def test_fluid_kinds_eddy_does_not_serve_and_unknown_kinds_fail(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -38,6 +38,7 @@ BY_KIND: dict[str, Resource] = {
     "StatefulSet": STATEFULSETS,
     "Secret": SECRETS,
     "NetworkPolicy": Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+    "PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
 }
 __all__ = ["BY_KIND", "CONFIG_MAPS", "DATASETS", "PODS", "PVCS", "PVS", "RUNTIMES", "SECRETS",
            "SERVICES", "STATEFULSETS", "ApiError", "Kube", "Resource"]

@@ -239,6 +239,50 @@ def worker_network_policy(ds: Dataset, owner: dict[str, Any], settings: Settings
     }
 
 
+NONROOT_UID = 65532  # the image's unprivileged user (distroless "nonroot")
+
+
+def uses_host_path(rt: JindoRuntime) -> bool:
+    return any(level.volume_type != "emptyDir" for level in rt.levels)
+
+
+def worker_security(rt: JindoRuntime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod, container) securityContext of the workers.
+
+    emptyDir tiers (MEM, and SSD/HDD on emptyDir) run as 65532 with fsGroup 65532: the kubelet makes
+    those volumes group-writable for it. A hostPath tier is a node directory the kubelet creates as
+    root (0755) and that may hold blocks of an earlier worker, so those workers run as uid 0, still
+    with every capability dropped and no privilege escalation (docs/controller.md, "Security")."""
+    pod: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if uses_host_path(rt):
+        pod["runAsUser"] = 0
+    else:
+        pod.update({"runAsNonRoot": True, "runAsUser": NONROOT_UID, "runAsGroup": NONROOT_UID,
+                    "fsGroup": NONROOT_UID})
+    container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return pod, container
+
+
+def worker_anti_affinity(ds: Dataset) -> dict[str, Any]:
+    """Spread a Dataset's workers across nodes where possible (preferred: never blocks scheduling)."""
+    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {"labelSelector": {"matchLabels": worker_selector(ds)},
+                            "topologyKey": "kubernetes.io/hostname"},
+    }]}}
+
+
+def worker_pdb(ds: Dataset, owner: dict[str, Any]) -> dict[str, Any]:
+    """At most one worker of a Dataset evicted at a time by a drain: a cache never blocks a drain (one
+    replica can still go) but a drain does not empty it at once."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(names.worker_name(ds.meta.name), ds, owner, dataset_labels(ds)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": worker_selector(ds)}},
+    }
+
+
 def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: dict[str, Any],
                        settings: Settings) -> dict[str, Any]:
     name = names.worker_name(ds.meta.name)
@@ -260,6 +304,7 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
             volumes.append(volume)
             mounts.append({"name": volume["name"], "mountPath": path})
     env = [{"name": k, "value": v} for k, v in sorted(rt.worker.env.items())]
+    pod_security, container_security = worker_security(rt)
     container: dict[str, Any] = {
         "name": "worker",
         "image": settings.image,
@@ -276,6 +321,14 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,
         },
+        # Patient: a restart empties a MEM tier, so only a worker silent for a minute is restarted.
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "securityContext": container_security,
         "volumeMounts": mounts,
     }
     if env:
@@ -284,6 +337,8 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
     if resources:
         container["resources"] = resources
     pod_labels = {**rt.worker.labels, **labels}
+    placement = _placement(ds, rt)
+    placement["affinity"] = {**placement.get("affinity", {}), **worker_anti_affinity(ds)}
     pod_annotations = {**rt.worker.annotations, CONFIG_HASH_ANNOTATION: config_hash}
     return {
         "apiVersion": "apps/v1",
@@ -296,7 +351,8 @@ def worker_statefulset(ds: Dataset, rt: JindoRuntime, config_hash: str, owner: d
             "selector": {"matchLabels": worker_selector(ds)},
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": pod_annotations},
-                "spec": {"containers": [container], "volumes": volumes, **_placement(ds, rt)},
+                "spec": {"securityContext": pod_security, "containers": [container], "volumes": volumes,
+                         **placement},
             },
         },
     }
@@ -321,5 +377,6 @@ def desired_objects(
         token_secret(ds, owner),
         worker_service(ds, owner, settings),
         worker_network_policy(ds, owner, settings),
-        worker_statefulset(ds, rt, config_hash, owner, settings),
+        worker_pdb(ds, owner),
+        worker_statefulset(ds, rt, config_hash, owner, settings),  # last: the reconciler reads its status
     ]

@@ -191,6 +191,7 @@ class Reconciler:
             (kubeio.STATEFULSETS, names.worker_name(name)),
             (kubeio.SERVICES, names.worker_name(name)),
             (kubeio.BY_KIND["NetworkPolicy"], names.worker_name(name)),
+            (kubeio.BY_KIND["PodDisruptionBudget"], names.worker_name(name)),
             (kubeio.CONFIG_MAPS, names.config_map_name(name)),
             (kubeio.PVCS, names.pvc_name(name)),
         ):

@@ -66,7 +66,7 @@ def test_worker_env_labels_and_placement_from_the_runtime_and_the_dataset() -> N
     assert pod["spec"]["nodeSelector"] == {"disk": "nvme"}
     assert pod["spec"]["tolerations"] == [toleration, {"key": "spot", "operator": "Exists"}]
     affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
-    assert pod["spec"]["affinity"] == affinity
+    assert pod["spec"]["affinity"]["nodeAffinity"] == affinity["nodeAffinity"]  # beside the anti-affinity
     assert pod["metadata"]["labels"]["team"] == "ml" and pod["metadata"]["annotations"]["note"] == "x"
     assert pod["metadata"]["labels"].items() >= sts["spec"]["selector"]["matchLabels"].items()
     assert {"name": "GOMAXPROCS", "value": "2"} in pod["spec"]["containers"][0]["env"]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("worker", "sidecar", "preload", "webhook", "e2e")
+BENCHMARKS = ("worker", "sidecar", "preload", "webhook", "e2e", "probe")
 RESULTS = Path(__file__).parent / "results"
 LATEST = RESULTS / "latest.json"
 

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eddy.config import ConfigError
 from eddy.names import SIDECAR_HEALTH_PORT, STOP_ANNOTATION
+
+# Only what the parsers need is imported here: `check-mount` is the startup probe, run every second
+# while a pod starts, and must stay cheap (tests/test_probe.py; bench: `python -m bench --only probe`).
+# Each action imports its own modules.
 
 MiB = 1024 * 1024
 log = logging.getLogger("sidecar")
@@ -79,6 +82,7 @@ def register(subparsers: Any) -> None:
 
 
 def _mount(args: argparse.Namespace) -> Any:
+    from eddy.config import ConfigError
     from sidecar.fs import FsOptions
     from sidecar.lifecycle import MountSettings
     from sidecar.readahead import ReadaheadPolicy
@@ -122,6 +126,7 @@ def _mount(args: argparse.Namespace) -> Any:
 
 async def _run_reporting_errors(settings: Any) -> int:
     """Run the mount; a store or config problem at start is one clear line and exit 1, not a traceback."""
+    from eddy.config import ConfigError
     from eddy.objectstore import ObjectStoreError
     from eddy.secrets import SecretError
     from sidecar.lifecycle import run_mount

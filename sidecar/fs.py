@@ -42,8 +42,12 @@ class FsOptions:
     uid: int = 0
     gid: int = 0
     direct_io: bool = False
-    attr_timeout: float = 1.0
-    entry_timeout: float = 1.0
+    # An inode's attributes never change (one inode per version, sidecar/namespace.py), and a name
+    # that moves to a new inode is invalidated in the kernel at once (`_invalidate_entry`); an open
+    # of a dentry the kernel still holds is revalidated anyway (ESTALE). Long timeouts therefore only
+    # spare the kernel's LOOKUP/GETATTR round trips (one Python call each per file).
+    attr_timeout: float = 60.0
+    entry_timeout: float = 60.0
     io_size: int = 1 << 20  # st_blksize: readers such as cp size their buffers from it
 
 
@@ -61,6 +65,9 @@ class EddyFS(pyfuse3.Operations):
         self.ns = reader.namespace
         self.options = options
         self._handles: dict[int, FileHandle] = {}
+        # Attributes of file inodes, built once: a file node's size and mtime are fixed for its version
+        # (directories' mtimes move, so theirs are built per call). Keyed by inode, checked by identity.
+        self._file_attrs: dict[int, tuple[Node, pyfuse3.EntryAttributes]] = {}
         self._next_fh = 1
         self.requests = 0
         self.ns.on_retire = self._invalidate_entry
@@ -73,6 +80,15 @@ class EddyFS(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ attributes
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        cached = self._file_attrs.get(node.ino)
+        if cached is not None and cached[0] is node:
+            return cached[1]
+        attr = self._build_attributes(node)
+        if not node.is_dir:
+            self._file_attrs[node.ino] = (node, attr)
+        return attr
+
+    def _build_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
@@ -118,6 +134,7 @@ class EddyFS(pyfuse3.Operations):
         # dropped it (no lookup returns a retired inode, so this is its last forget).
         for ino, _ in inode_list:
             self.ns.forget(ino)
+            self._file_attrs.pop(ino, None)
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         self._node(inode)
@@ -157,11 +174,14 @@ class EddyFS(pyfuse3.Operations):
             raise _erofs()
         if not self.ns.is_live(inode):
             raise pyfuse3.FUSEError(errno.ESTALE)  # a replaced version: the kernel looks the name up again
-        try:
-            current = await self.reader.revalidate(node)
-        except Exception:  # never let an exception stop the FUSE main loop: open the version known
-            log.exception("unexpected error revalidating %s", node.key)
-            current = node
+        if self.reader.versions.is_fresh(node):  # confirmed within --metadata-ttl: no coroutine hop
+            current: Node | None = node
+        else:
+            try:
+                current = await self.reader.revalidate(node)
+            except Exception:  # never let an exception stop the FUSE main loop: open the version known
+                log.exception("unexpected error revalidating %s", node.key)
+                current = node
         if current is None or current.ino != inode:
             raise pyfuse3.FUSEError(errno.ESTALE)  # changed or gone just now: same
         handle = self.reader.open_file(current)

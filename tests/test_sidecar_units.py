@@ -331,3 +331,41 @@ def test_uninitialized_bytearray_is_a_writable_buffer_of_the_size() -> None:
         assert buf == b"\x5a" * size
     with pytest.raises(ValueError):
         uninitialized_bytearray(-1)
+
+
+# ------------------------------------------------------------------------------- fast block client
+async def test_fast_block_client_checks_the_crc_in_place() -> None:
+    """The raw client checks X-Eddy-Crc32c over the received bytearray (no copy): a right CRC returns
+    the body, a wrong one is a WorkerUnavailable (the reader then tries elsewhere)."""
+    import google_crc32c
+
+    from eddy.workerclient import WorkerClient, WorkerUnavailable
+    from sidecar.blockclient import FastBlockClient
+
+    body = bytes(range(256)) * 4096  # 1 MiB
+    good = int(google_crc32c.value(body))
+    crcs = [good, good ^ 1]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            crc = crcs.pop(0)
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nX-Eddy-Crc32c: {crc}\r\n\r\n"
+                         .encode() + body)
+            await writer.drain()
+            if not crcs:
+                break
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = FastBlockClient(WorkerClient(timeout=5))
+    ref = BlockRef("demo", "k", "e", 0, len(body), 8 << 20)
+    try:
+        got = await client.get_block(f"http://127.0.0.1:{port}", ref)
+        assert bytes(got) == body
+        with pytest.raises(WorkerUnavailable, match="CRC32C mismatch"):
+            await client.get_block(f"http://127.0.0.1:{port}", ref)
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()

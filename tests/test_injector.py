@@ -229,7 +229,9 @@ def test_unprivileged_sidecar_has_no_privilege_nor_fuse_device(native: bool, fus
     dataset = {"serverless-data": seed_dataset()}
     config = InjectorSettings(native_sidecar=native, fuse_mode=fuse_mode)  # type: ignore[arg-type]
     pod = _switched({LABEL_UNPRIVILEGED: "true"})
-    patched = inject(pod, "default", dataset, config).pod
+    result = inject(pod, "default", dataset, config)
+    patched = result.pod
+    assert any("platform provides FUSE" in w for w in result.warnings)
     validate(patched)
     (sidecar,) = sidecars(patched)
     # Fluid's unprivileged mutator: privileged false, SYS_ADMIN trimmed, host FUSE device volume removed.

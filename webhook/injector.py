@@ -370,6 +370,9 @@ def inject(
     spec["containers"] = [*classic_sidecars, *containers]
     if init_containers:
         spec["initContainers"] = init_containers
+    if switches.unprivileged:
+        warnings.append("unprivileged sidecar (no privileged, no SYS_ADMIN): its FUSE mount works only where "
+                        "the platform provides FUSE to unprivileged containers (docs/webhook.md)")
     meta = out.setdefault("metadata", {})
     labels = meta.setdefault("labels", {})
     labels.update(container_labels)

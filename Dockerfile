@@ -1,8 +1,14 @@
 # One image for every part of Eddy: `eddy controller|preloader|webhook|worker|sidecar ...`.
-# Build: docker build -t ghcr.io/eddy/eddy:0.1.0 .   (kustomize `images:` picks the tag)
+# Build, push, and point the manifests at it (docs/operations.md, "Building the image"):
+#   docker build -t registry.example/eddy:0.1.0 . && docker push registry.example/eddy:0.1.0
+#   cd manifests && kustomize edit set image ghcr.io/eddy/eddy=registry.example/eddy:0.1.0
+# Runtime dependencies only: the sandbox (sandbox/), the benchmarks (bench/) and the SeaweedFS wheel
+# (the `sandbox` extra) stay out; `eddy` skips subcommands whose module is absent (tests/test_image.py).
+# The base is pinned by digest (python:3.11-slim, Debian; refresh with
+# `docker buildx imagetools inspect python:3.11-slim` and update both FROM lines).
 
 # -- build stage: wheels for everything pinned in requirements.lock (pyfuse3 compiles against libfuse3)
-FROM python:3.11-slim AS build
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential pkg-config libfuse3-dev \
@@ -16,11 +22,10 @@ COPY sidecar ./sidecar
 COPY preloader ./preloader
 COPY worker ./worker
 COPY controller ./controller
-COPY bench ./bench
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -c requirements.lock .
 
 # -- runtime stage: the wheels, fuse3 for the sidecar's mount, no compiler
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fuse3 \
  && rm -rf /var/lib/apt/lists/*

@@ -51,7 +51,7 @@ LOCK_FLAGS  = --universal --python-version 3.11 --generate-hashes --exclude-newe
 # constrained to it, so the two never disagree on a version)
 define resolve
 cd $(1) && $(UV) pip compile -q $(LOCK_FLAGS) pyproject.toml -o $(LOCK) \
-  && $(UV) pip compile -q $(LOCK_FLAGS) pyproject.toml --extra dev -c $(LOCK) -o $(DEV_LOCK) \
+  && $(UV) pip compile -q $(LOCK_FLAGS) pyproject.toml --extra dev --extra sandbox -c $(LOCK) -o $(DEV_LOCK) \
   && echo '$(KUBECTL_PIN)' | $(UV) pip compile -q $(LOCK_FLAGS) --no-deps - -o $(TOOLS_LOCK)
 endef
 

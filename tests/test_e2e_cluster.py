@@ -184,6 +184,36 @@ async def test_init_container_reads_the_dataset(seeded: Seeded) -> None:
     await seeded.run.kubectl("delete", "deployment", name, "--wait=false")
 
 
+async def test_unprivileged_sidecar_says_why_it_cannot_mount(seeded: Seeded) -> None:
+    """Fluid's `unprivileged.sidecar.fluid.io/inject: "true"`: no privileged, no SYS_ADMIN, no /dev/fuse.
+    Only a platform with its own FUSE support can mount then; the sandbox (a plain node) has none, so
+    the sidecar must fail loudly and the app must never see a half-made /data."""
+    name = f"unprivileged-{'native' if seeded.native else 'classic'}"
+    app = renamed_app(seed_app("deployment-eci.yaml"), name)
+    app["spec"]["template"]["metadata"]["labels"]["unprivileged.sidecar.fluid.io/inject"] = "true"
+    await seeded.run.apply_docs([app])
+    assert seeded.cluster.runner is not None
+
+    async def failed_mount() -> dict[str, Any] | None:
+        pods, _ = await seeded.run.kube.list(kube.PODS, "default", label_selector=f"app={name}")
+        for pod in pods:
+            (sidecar,) = injected_sidecars(pod)
+            log = seeded.cluster.runner.logs("default", pod["metadata"]["name"], sidecar["name"]) \
+                if seeded.cluster.runner is not None else ""
+            if "fuse_session_mount failed" in log or "Operation not permitted" in log:
+                return dict(pod)
+        return None
+
+    pod = await seeded.run.wait_until("the unprivileged sidecar's mount failure", failed_mount, timeout=120)
+    (sidecar,) = injected_sidecars(pod)
+    security = sidecar.get("securityContext") or {}
+    assert not security.get("privileged") and "SYS_ADMIN" not in str(security.get("capabilities"))
+    status = pod.get("status") or {}
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    assert not ready or ready[0]["status"] != "True", "the app must not run without its data"
+    await seeded.run.kubectl("delete", "deployment", name, "--wait=false")
+
+
 async def test_job_pod_completes_after_reading(seeded: Seeded) -> None:
     script = ("mkdir -p /tmp/copy && cp -r /data/. /tmp/copy/ && cd /tmp/copy && "
               "find . -type f -exec sha256sum {} +")

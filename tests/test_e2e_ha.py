@@ -28,7 +28,7 @@ from eddy_cli.demo_data import DataSet, upload
 from sandbox.cluster import Sandbox
 from sandbox.link import Link
 from sandbox.s3server import LocalS3, start_seaweedfs
-from sandbox.scenario import ObjectStoreAccess, Scenario, filled_dataset, filled_secret
+from sandbox.scenario import MANIFESTS, ObjectStoreAccess, Scenario, filled_dataset, filled_secret
 from tests.support.seed import SEED
 from tests.test_e2e_cluster import leftover_mounts, need_cluster_capabilities
 
@@ -193,6 +193,7 @@ async def test_controller_standby_finishes_a_reconcile_cut_short(installed: Inst
     assert (ds.get("status") or {}).get("phase") != "Bound", "killed too late: the reconcile had ended"
     took = await take_over(installed, "eddy-controller", leader, killed_at)
     assert took <= LEASE_DURATION + 2 * RETRY_PERIOD + 1, f"the standby took {took:.1f}s to lead"
+    print(f"controller: leader {leader} killed mid-reconcile; a new leader after {took:.1f}s")
     await installed.run.wait_dataset("ha-data")
     for resource in (kube.STATEFULSETS, kube.PVCS, kube.SERVICES, kube.SECRETS, kube.CONFIGMAPS):
         names = [o["metadata"]["name"] for o in await items(k, resource, "default")
@@ -234,5 +235,53 @@ async def test_preloader_standby_resumes_a_dataload(installed: Installed) -> Non
     assert progress["alreadyCachedBlocks"] >= before["progress"]["loadedBlocks"], progress
     assert progress["totalBlocks"] == progress["loadedBlocks"], progress
     counts = await worker_warm_counts(k, "ha-data")
+    print(f"preloader: leader {leader} killed after {before['progress']['loadedBlocks']} blocks; new leader "
+          f"after {took:.1f}s; final {progress['fetchedBlocks']} fetched + {progress['alreadyCachedBlocks']} "
+          f"already cached of {progress['totalBlocks']}; worker warm results {counts}")
     assert counts.get("fetched", 0) == progress["totalBlocks"], (
         f"the worker fetched {counts} blocks for a data set of {progress['totalBlocks']}: some twice")
+
+
+# ---------------------------------------------------------------------------------------- uninstall
+CLUSTER_SCOPED = ("customresourcedefinitions", "clusterroles", "clusterrolebindings",
+                  "mutatingwebhookconfigurations", "validatingadmissionpolicies",
+                  "validatingadmissionpolicybindings", "persistentvolumes")
+NAMESPACED = ("pods", "deployments", "replicasets", "statefulsets", "services", "configmaps", "secrets",
+              "serviceaccounts", "roles", "rolebindings", "leases", "poddisruptionbudgets",
+              "networkpolicies", "persistentvolumeclaims")
+
+
+async def names(run: Scenario, kinds: tuple[str, ...], *flags: str) -> list[str]:
+    out = await run.kubectl("get", ",".join(kinds), "-o", "name", "--ignore-not-found", *flags, show=False)
+    return out.split()
+
+
+def eddy_named(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in ("eddy", "fluid.io", "serverless-data", "ha-data"))
+
+
+async def test_documented_uninstall_leaves_nothing(installed: Installed) -> None:
+    """docs/operations.md, "Uninstall": DataLoads, then Datasets (the controller tears down), then
+    `kubectl delete -k manifests`. Nothing of Eddy stays, and nothing hangs on a finalizer."""
+    run = installed.run
+    started = time.monotonic()
+    await run.kubectl("delete", "dataload", "--all", "-A", "--timeout=120s")
+    await run.kubectl("delete", "dataset", "--all", "-A", "--wait=true", "--timeout=120s")
+    await run.kubectl("delete", "-k", str(MANIFESTS), "--ignore-not-found", "--timeout=180s")
+    took = time.monotonic() - started
+
+    async def leftovers() -> list[str]:
+        found = await names(run, ("namespaces/eddy-system",))
+        found += [n for n in await names(run, CLUSTER_SCOPED) if eddy_named(n)]
+        found += [n for n in await names(run, NAMESPACED, "-A") if eddy_named(n)]
+        return found + await names(run, ("pods",), "-A")  # no app pods in this module: none at all
+
+    deadline = time.monotonic() + 60  # garbage collection of owned objects and pods is asynchronous
+    left = await leftovers()
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        left = await leftovers()
+    assert not left, f"left behind after the documented uninstall: {left}"
+    assert took < 300, f"the uninstall took {took:.0f}s"
+    print(f"uninstall: documented order done in {took:.1f}s, nothing left")

@@ -222,7 +222,7 @@ class _CachedClient:
 
 async def _plan_rss(objects: int, total: int) -> dict[str, Any]:
     from eddy.api import DataLoad, ObjectMeta, parse_dataset
-    from eddy.objectstore import ObjectInfo
+    from eddy.listing import ObjectInfo
     from preloader.dispatch import Dispatcher, Progress
     from preloader.plan import Selection, plan_blocks, resolve_targets
 

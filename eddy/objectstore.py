@@ -52,6 +52,7 @@ from prometheus_client import Counter
 from yarl import URL
 
 from eddy.api import Mount
+from eddy.listing import ObjectInfo
 from eddy.secrets import Credentials, SecretSource, credentials_for
 
 log = logging.getLogger(__name__)
@@ -124,14 +125,6 @@ class _ShortBody(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- model
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str  # relative to the mount prefix; "dir/" markers keep their trailing "/"
-    size: int
-    etag: str  # without quotes
-    mtime: float  # seconds since the epoch
-
-
 DEFAULT_RETRY_BUDGET = 60.0
 RETRY_BUDGET_OPTION = "fs.eddy.retry-budget-seconds"
 

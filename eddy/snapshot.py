@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from eddy.objectstore import ObjectInfo
+from eddy.listing import ObjectInfo
 
 SNAPSHOT_VERSION = 1
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from eddy.api import DataLoad, Dataset, Mount
 from eddy.blocks import DEFAULT_BLOCK_SIZE
-from eddy.objectstore import ObjectInfo, ObjectStore, ObjectStoreError
+from eddy.listing import ObjectInfo
+from eddy.objectstore import ObjectStore, ObjectStoreError
 from eddy.secrets import SecretError, SecretSource
 from eddy.snapshot import encode_snapshot
 from eddy.wire import LISTING_SNAPSHOT

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from eddy.api import DataLoad, Dataset, Mount
 from eddy.blocks import DEFAULT_BLOCK_SIZE, BlockRef, blocks_of, owners
-from eddy.objectstore import ObjectInfo
+from eddy.listing import ObjectInfo
 
 
 class PlanError(ValueError):

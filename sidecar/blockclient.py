@@ -18,10 +18,10 @@ import contextlib
 from urllib.parse import urlencode, urlsplit
 
 from eddy.blocks import BlockRef
+from eddy.crc import crc32c_of
 from eddy.wire import BLOCK_PATH, DATASET_PARAM, HEADER_CRC, ref_to_params
 from eddy.workerclient import WorkerClient, WorkerUnavailable
 from sidecar.buffers import uninitialized_bytearray
-from worker.crc import crc32c_of  # ctypes over google_crc32c's native library; imports nothing else
 
 _HEAD_CHUNK = 64 * 1024
 _MAX_HEAD = 64 * 1024

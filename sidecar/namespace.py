@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from eddy.objectstore import ObjectInfo
+from eddy.listing import ObjectInfo
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from eddy.blocks import BlockRef
 from eddy.config import RuntimeConfig
-from eddy.objectstore import ObjectInfo, ObjectStore, ObjectStoreError
+from eddy.listing import ObjectInfo
+from eddy.objectstore import ObjectStore, ObjectStoreError
 from eddy.secrets import SecretSource
 from eddy.snapshot import SnapshotError, decode_snapshot
 from eddy.wire import LISTING_SNAPSHOT

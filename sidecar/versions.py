@@ -21,7 +21,8 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
-from eddy.objectstore import ObjectInfo, ObjectNotFound, ObjectStoreError
+from eddy.listing import ObjectInfo
+from eddy.objectstore import ObjectNotFound, ObjectStoreError
 from sidecar.metrics import SidecarMetrics
 from sidecar.namespace import Namespace, Node
 

@@ -393,7 +393,8 @@ async def test_no_credential_in_logs_or_errors(s3_server: S3Server, s3_bucket: s
         for fault, call in [("500", store.head("a.txt")), (None, store.head("gone")),
                             (None, store.get_range("a.txt", 0, 1, etag="0" * 32))]:
             if fault:
-                fault_proxy.fail_next(10, fault)  # type: ignore[arg-type]
+                # every call fails until clear(): the 0.3 s budget, not a fault count, ends the retries
+                fault_proxy.fail_next(10_000, fault)  # type: ignore[arg-type]
             with pytest.raises(ObjectStoreError) as caught:
                 await call
             fault_proxy.clear()

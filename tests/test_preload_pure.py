@@ -11,7 +11,7 @@ import pytest
 
 from eddy.api import DataLoad, LoadTarget, ObjectMeta, parse_dataset
 from eddy.blocks import BlockRef, owners
-from eddy.objectstore import ObjectInfo
+from eddy.listing import ObjectInfo
 from eddy.snapshot import SnapshotError, decode_snapshot, encode_snapshot
 from eddy.workerclient import WarmResult, WorkerUnavailable
 from preloader.dispatch import Dispatcher, Progress, RetryPolicy, TokenBucket

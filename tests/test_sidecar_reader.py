@@ -121,7 +121,7 @@ async def test_copy_dataset_without_fuse(
 async def test_worker_first_with_snapshot_and_next_owner(
     s3_server: Any, s3_bucket: str, small_tree: dict[str, bytes], tmp_path: Path
 ) -> None:
-    from eddy.objectstore import ObjectInfo
+    from eddy.listing import ObjectInfo
     from eddy.snapshot import encode_snapshot
     from eddy.wire import LISTING_SNAPSHOT
     from eddy.workerclient import WorkerClient

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from eddy.blocks import BlockRef
-from eddy.objectstore import ObjectInfo
+from eddy.listing import ObjectInfo
 from eddy.snapshot import SnapshotError, decode_snapshot, encode_snapshot
 from sidecar.blockcache import BlockCache
 from sidecar.namespace import ROOT_INODE, Namespace, split_key

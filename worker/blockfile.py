@@ -25,7 +25,7 @@ from pathlib import Path
 import google_crc32c
 
 from eddy.blocks import BlockRef
-from worker.crc import crc32c_of
+from eddy.crc import crc32c_of
 
 MAGIC = b"EDDYBLK1"
 _FIXED = struct.Struct("<8sIIIQQQQIII")

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from eddy.api import Dataset
 from eddy.blocks import BlockRef
+from eddy.crc import crc32c_of
 from eddy.objectstore import ObjectStore
 from eddy.wire import ERR_CACHE_FULL, BadBlockRef
 from worker.blockfile import (
@@ -30,7 +31,6 @@ from worker.blockfile import (
     read_verified,
     verify_fd,
 )
-from worker.crc import crc32c_of
 from worker.errors import UnknownMount, describe
 from worker.eviction import CacheFull
 from worker.metrics import WorkerMetrics

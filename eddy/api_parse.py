@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from croniter import croniter
-
 from eddy.api import (
     ACCESS_MODES,
     API_VERSION,
@@ -52,6 +50,7 @@ from eddy.api_check import (
 )
 from eddy.api_fields import unacted
 from eddy.api_parse_runtime import _runtime
+from eddy.cron import schedule_problem
 
 __all__ = ["parse_dataload", "parse_dataset", "parse_object", "parse_runtime", "placeholder_message"]
 
@@ -241,10 +240,8 @@ def _schedule(c: _Checker, spec: Mapping[str, Any], policy: str) -> str:
         return schedule
     if not schedule:
         c.fail("schedule", 'is required when policy is Cron (e.g. "0 * * * *")')
-    elif not _PLACEHOLDER.search(schedule) and not (
-        croniter.is_valid(schedule) and (schedule.startswith("@") or len(schedule.split()) == 5)
-    ):
-        c.fail("schedule", f"{_show(schedule)} is not a valid 5-field cron schedule")
+    elif not _PLACEHOLDER.search(schedule) and (problem := schedule_problem(schedule)) is not None:
+        c.fail("schedule", problem)
     return schedule
 
 

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from eddy.api import DataLoad, Dataset, ValidationError, parse_dataload, parse_dataset, parse_runtime
 from eddy.blocks import DEFAULT_BLOCK_SIZE
+from eddy.cron import next_run, schedule_problem
 from eddy.names import worker_url
 from eddy.quantity import parse_quantity
 from eddy.secrets import SecretSource, secret_values
@@ -40,7 +41,7 @@ from preloader import status as st
 from preloader.dispatch import Progress, RetryPolicy
 from preloader.load import LoadError, LoadJob, run_load
 from preloader.options import DEFAULT_BACKOFF_LIMIT, parse_options
-from preloader.schedule import Clock, SystemClock, backoff, next_run, validate_schedule
+from preloader.schedule import Clock, SystemClock, backoff
 from preloader.sequence import PredecessorFailed, expire, wait_run_after
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,10 @@ class Consumer:
             await self._fail(obj, "InternalError", f"the preloader failed: {exc!r}", None, conditions)
 
     async def _cron(self, dl: DataLoad, obj: dict[str, Any], conditions: list[dict[str, Any]]) -> None:
-        problem = validate_schedule(dl.schedule)
+        problem = schedule_problem(dl.schedule)
         if problem:
-            await self._fail(obj, "InvalidSpec", f"invalid DataLoad: {problem}", None, conditions)
+            await self._fail(obj, "InvalidSpec", f"invalid DataLoad: spec.schedule: {problem}", None,
+                             conditions)
             return
         status = obj.get("status") or {}
         meta = obj.get("metadata") or {}

@@ -11,8 +11,6 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from croniter import croniter
-
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
@@ -53,22 +51,6 @@ class ManualClock:
             self._changed.notify_all()
         for _ in range(5):  # let the woken tasks run
             await asyncio.sleep(0)
-
-
-def validate_schedule(schedule: str) -> str | None:
-    """None if `schedule` is a valid 5-field cron expression, else why not."""
-    if len(schedule.split()) != 5:
-        return f"spec.schedule: {schedule!r} is not a 5-field cron expression"
-    if not croniter.is_valid(schedule):
-        return f"spec.schedule: {schedule!r} is not a valid cron expression"
-    return None
-
-
-def next_run(schedule: str, after: datetime) -> datetime:
-    """The first scheduled time strictly after `after`."""
-    value = croniter(schedule, after.astimezone(UTC)).get_next(datetime)
-    assert isinstance(value, datetime)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:

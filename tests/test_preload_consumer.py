@@ -366,12 +366,18 @@ async def test_global_bound_runs_loads_one_at_a_time(
             assert running <= 1
 
 
+@pytest.mark.parametrize(("schedule", "period"), [("*/5 * * * *", timedelta(minutes=5)),
+                                                  ("@hourly", timedelta(hours=1))])
 async def test_cron_runs_on_schedule_with_injected_clock(
-    env: Env, s3_server: S3Server, s3_bucket: str, tmp_path: Path
+    env: Env, s3_server: S3Server, s3_bucket: str, tmp_path: Path, schedule: str, period: timedelta
 ) -> None:
+    """A schedule `eddy validate` and the CRD accept (macros too) runs in the consumer, on time."""
+    from eddy.api import parse_object
+
     async with bed_for(s3_server, s3_bucket, tmp_path, SMALL_FILES, workers=1) as bed:
         await env.create(bed.dataset_doc)
-        cron = _seed_dataload(loadMetadata=False, policy="Cron", schedule="*/5 * * * *")
+        cron = _seed_dataload(loadMetadata=False, policy="Cron", schedule=schedule)
+        parse_object(cron)  # what eddy validate checks: it accepts the schedule
         cron["metadata"]["name"] = "nightly"
         await env.create(cron)
         created = (await env.get("DataLoad", "nightly"))["metadata"].get("creationTimestamp")
@@ -383,7 +389,7 @@ async def test_cron_runs_on_schedule_with_injected_clock(
         consumer = await env.start(_settings(bed), clock)
         await asyncio.sleep(0.3)
         assert consumer.runs_started == 0  # nothing before the first scheduled time
-        await clock.advance(timedelta(minutes=5))
+        await clock.advance(period)
         doc = await env.until(
             "DataLoad",
             "nightly",
@@ -391,7 +397,7 @@ async def test_cron_runs_on_schedule_with_injected_clock(
         )
         first = doc["status"]["lastScheduleTime"]
         assert consumer.runs_started == 1
-        await clock.advance(timedelta(minutes=5))
+        await clock.advance(period)
         doc = await env.until(
             "DataLoad",
             "nightly",

@@ -18,11 +18,11 @@ def schedule_problem(schedule: str) -> str | None:
     """None when `schedule` is valid, else why not (without the field path: callers add theirs)."""
     text = schedule.strip()
     if text.startswith("@"):
-        return None if text in MACROS else f"{schedule!r} is not a cron macro ({', '.join(MACROS)})"
+        return None if text in MACROS else f'"{schedule}" is not a cron macro ({", ".join(MACROS)})'
     if len(text.split()) != 5:
-        return f"{schedule!r} is not a 5-field cron schedule (or a macro such as @hourly)"
+        return f'"{schedule}" is not a 5-field cron schedule (or a macro such as @hourly)'
     if not croniter.is_valid(text):
-        return f"{schedule!r} is not a valid cron schedule"
+        return f'"{schedule}" is not a valid cron schedule'
     return None
 
 

@@ -157,7 +157,7 @@ def test_controller_objects_validate() -> None:
         objects = desired_objects(dataset, rt, Settings())
         assert [o["kind"] for o in objects] == [
             "PersistentVolume", "PersistentVolumeClaim", "ConfigMap", "Secret", "Service", "NetworkPolicy",
-            "StatefulSet"]
+            "PodDisruptionBudget", "StatefulSet"]
         for obj in objects:
             kubernetes_validate.validate(obj, "1.30", strict=True)
     volumes = objects[-1]["spec"]["template"]["spec"]["volumes"]

@@ -8,8 +8,10 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Metric, start_http_server
+from prometheus_client.registry import Collector
 
 from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.kube import Kube
@@ -34,12 +36,11 @@ def settings_from_args(args: argparse.Namespace) -> ConsumerSettings:
 async def run_consumer(args: argparse.Namespace) -> int:
     kube = await Kube.connect(args.kube_url, args.kubeconfig)
     namespace = None if args.namespace in ("", "all") else args.namespace
-    # The process-wide registry: it also holds the object store's counters (eddy/objectstore.py).
-    metrics = PreloaderMetrics(REGISTRY)
+    metrics = PreloaderMetrics()
     consumer = Consumer(MeteredApi(KubeApi(kube), metrics), settings_from_args(args))
     metrics.watch(consumer)
     if getattr(args, "metrics_port", 0):
-        start_http_server(args.metrics_port)
+        start_http_server(args.metrics_port, registry=with_process_registry(metrics.registry))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,6 +73,18 @@ async def run_consumer(args: argparse.Namespace) -> int:
         log.error("preloader lost leadership: exiting so that it restarts as a standby")
         return 1
     return 0
+
+
+def with_process_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """`registry` plus the process-wide one (the object store's counters, eddy/objectstore.py, and the
+    process collectors), served together on one port."""
+
+    class Process(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from REGISTRY.collect()
+
+    registry.register(Process())
+    return registry
 
 
 def leader_elector(kube: Kube, name: str, lease_duration: float) -> LeaderElector:

@@ -173,6 +173,7 @@ class WorkerServer:
         self.meta = MetaStore(settings.meta_dir)
         self.service: BlockService | None = None
         self.ready = False
+        self._block_seconds: dict[str, Any] = {}  # request_seconds children by result, looked up once
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self, _app: web.Application | None = None) -> None:
@@ -304,7 +305,10 @@ class WorkerServer:
             result = "error"
             raise
         finally:
-            self.metrics.request_seconds.labels("block", result).observe(time.perf_counter() - t0)
+            seconds = self._block_seconds.get(result)
+            if seconds is None:
+                seconds = self._block_seconds[result] = self.metrics.request_seconds.labels("block", result)
+            seconds.observe(time.perf_counter() - t0)
 
     def _response(
         self, n: int, total: int, rng: tuple[int, int] | None, headers: dict[str, str]

@@ -146,7 +146,8 @@ class TierStore:
     # ----------------------------------------------------------------------------------------- reads
     def lookup(self, ref: BlockRef) -> Hit | None:
         """The block's file if the store holds this exact block (same sizes), marking it recently used."""
-        found = self.index.locate(ref.digest)
+        digest = ref.digest  # a hash: computed once per lookup
+        found = self.index.locate(digest)
         if found is None:
             return None
         level, entry = found
@@ -154,8 +155,8 @@ class TierStore:
         assert isinstance(header, BlockHeader)
         if header.ref != ref:
             return None  # same identity, other object/block size: the caller refetches and replaces
-        self.index.touch(ref.digest)
-        path = block_path(self.roots[level], ref.digest)
+        self.index.touch(digest)
+        path = block_path(self.roots[level], digest)
         return Hit(level, self.configs[level].mediumtype, path, header, entry)
 
     async def settled(self) -> None:

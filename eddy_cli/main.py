@@ -7,11 +7,10 @@ Each part owns its subcommand: a module exposing `register(subparsers)` that add
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import inspect
 import logging
 import sys
+import types
 from collections.abc import Sequence
 
 # Modules that register subcommands, in the order `eddy --help` lists them.
@@ -89,12 +88,21 @@ def version() -> str:
         return "eddy (version unknown: not installed)"
 
 
+class VersionAction(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs a probe's budget otherwise)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version())
+        parser.exit()
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eddy",
         description="Eddy: a Fluid-compatible object-store cache for serverless pods.",
     )
-    parser.add_argument("--version", action="version", version=version())
+    parser.add_argument("--version", action=VersionAction, nargs=0, help="print the version and exit")
     add_global_options(parser, defaults=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = [COMMAND_MODULES[command]] if command else list(SUBCOMMAND_MODULES)
@@ -139,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     try:
         result = args.func(args)
-        if inspect.iscoroutine(result):
+        if isinstance(result, types.CoroutineType):  # asyncio only for the commands that need it
+            import asyncio
+
             result = asyncio.run(result)
     except KeyboardInterrupt:
         return 130

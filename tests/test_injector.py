@@ -565,3 +565,18 @@ def test_a_read_write_dataset_is_injected_with_a_warning() -> None:
     ds = dataclasses.replace(ds, access_modes=("ReadWriteMany",))
     result = inject(seed_pod("deployment-eci.yaml"), "default", {"serverless-data": ds}, NATIVE)
     assert result.changed and any("read-only" in w and "EROFS" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("address", ["", "0.0.0.0"])
+def test_sidecar_metrics_address_is_an_operator_choice(address: str) -> None:
+    """`eddy webhook --sidecar-metrics-address 0.0.0.0` makes every sidecar scrapeable at its pod's IP
+    (the PodMonitor in manifests/monitoring); by default they serve /metrics inside the pod only."""
+    settings = InjectorSettings(sidecar_metrics_address=address)
+    result = inject(seed_pod("deployment-eci.yaml"), "default", {"serverless-data": seed_dataset()}, settings)
+    (sidecar,) = sidecars(result.pod)
+    command = sidecar["command"]
+    if address:
+        assert command[command.index("--metrics-address") + 1] == address
+    else:
+        assert "--metrics-address" not in command
+    validate(result.pod)

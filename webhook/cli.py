@@ -74,6 +74,11 @@ def register(subparsers: Any) -> None:
         "--fuse-device-resource", default="", help="sys-admin mode: device-plugin resource for /dev/fuse"
     )
     parser.add_argument("--mount-timeout", type=int, default=300, help="seconds a sidecar may take to mount")
+    parser.add_argument(
+        "--sidecar-metrics-address", default="", metavar="ADDR",
+        help="where injected sidecars serve /metrics: 0.0.0.0 makes them scrapeable at the pod's IP "
+        "(default: the sidecar's own, 127.0.0.1: inside the pod only)",
+    )
     parser.add_argument("--max-body", type=int, default=MAX_BODY, help="largest request body (bytes)")
     parser.add_argument("--allow-fluid", action="store_true",
                         help="cluster: start even where Fluid is installed (two webhooks would inject pods)")
@@ -91,6 +96,7 @@ def settings_from(args: argparse.Namespace, native: bool) -> InjectorSettings:
         fuse_mode=cast(FuseMode, args.fuse_mode),
         fuse_device_resource=args.fuse_device_resource,
         mount_timeout_s=args.mount_timeout,
+        sidecar_metrics_address=args.sidecar_metrics_address,
     )
 
 

@@ -155,6 +155,8 @@ def _sidecar(
         command += ["--secret-dir", SECRETS_MOUNT_DIR]
     # Sidecars share the pod's network namespace: each gets its own health port.
     command += ["--mountpoint", FUSE_MOUNTPOINT, "--health-port", str(health_port)]
+    if settings.sidecar_metrics_address:
+        command += ["--metrics-address", settings.sidecar_metrics_address]
     mounts: list[dict[str, Any]] = [
         {"name": volume, "mountPath": FUSE_MOUNTPOINT, "mountPropagation": "Bidirectional"},
         {"name": config_volume, "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},

@@ -105,6 +105,9 @@ class InjectorSettings:
     # `smarter-devices/fuse`) works on nodes without hostPath; empty means a hostPath CharDevice.
     fuse_device_resource: str = ""
     mount_timeout_s: int = 300
+    # Where injected sidecars serve /metrics: "" keeps their default (127.0.0.1: inside the pod only);
+    # "0.0.0.0" lets Prometheus scrape them at the pod's IP (manifests/monitoring/podmonitors.yaml).
+    sidecar_metrics_address: str = ""
 
 
 class InjectionDenied(Exception):

@@ -158,6 +158,22 @@ async def test_get_range_into_a_buffer(s3_server: S3Server, s3_bucket: str, faul
             await store.get_range_into("into.bin", 0, 10, bytearray(10), etag="f" * 32)
 
 
+async def test_get_range_chunks(s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy) -> None:
+    """The body as received, unjoined (what the worker writes with writev): same bytes as get_range,
+    through a retry; the end of the object clips it, past the end is empty, another ETag is refused."""
+    data = random.Random(12).randbytes(700 * KiB + 3)
+    etag = s3_server.put_object(s3_bucket, "chunks.bin", data)
+    async with _store(s3_server, s3_bucket, endpoint=fault_proxy.endpoint, retry=FAST_RETRY) as store:
+        fault_proxy.fail_next(1, "reset")
+        chunks = await store.get_range_chunks("chunks.bin", 5, 600 * KiB, etag=etag)
+        assert all(isinstance(c, bytes) for c in chunks) and b"".join(chunks) == data[5:600 * KiB]
+        assert b"".join(await store.get_range_chunks("chunks.bin", 512 * KiB, 1024 * KiB)) == data[512 * KiB:]
+        assert await store.get_range_chunks("chunks.bin", len(data), len(data) + 9) == []
+        assert await store.get_range_chunks("chunks.bin", 3, 3) == []
+        with pytest.raises(ObjectChanged):
+            await store.get_range_chunks("chunks.bin", 0, 10, etag="f" * 32)
+
+
 async def test_keys_with_unusual_characters(s3_server: S3Server, s3_bucket: str) -> None:
     keys = ["dir with space/ü ñ+plus%percent#hash?q=1&x;y.bin", "a~tilde/(paren)[b]{c}!'*$@,=:.txt"]
     for i, key in enumerate(keys):

@@ -104,9 +104,18 @@ def _create(path: str) -> int:
         return os.open(path, flags, 0o644)
 
 
-def write_block(root: Path, ref: BlockRef, data: bytes | bytearray, data_crc: int) -> BlockHeader:
-    """Write a block file atomically (temp file + rename); returns its header."""
-    header = encode_header(ref, len(data), data_crc)
+Body = bytes | bytearray | list[bytes]  # a block's data, whole or as the chunks it arrived in
+
+
+def body_length(data: Body) -> int:
+    return sum(len(c) for c in data) if isinstance(data, list) else len(data)
+
+
+def write_block(root: Path, ref: BlockRef, data: Body, data_crc: int) -> BlockHeader:
+    """Write a block file atomically (temp file + rename); returns its header. Chunks are written as
+    they are (`os.writev`), never joined first."""
+    length = body_length(data)
+    header = encode_header(ref, length, data_crc)
     digest = ref.digest
     sub = os.path.join(root, digest[:2])
     final = os.path.join(sub, digest)
@@ -114,8 +123,7 @@ def write_block(root: Path, ref: BlockRef, data: bytes | bytearray, data_crc: in
     try:
         fd = _create(tmp)
         try:
-            _write_all(fd, header)
-            _write_all(fd, data)
+            _write_all(fd, [header, *data] if isinstance(data, list) else [header, data])
         finally:
             os.close(fd)
         os.replace(tmp, final)
@@ -123,13 +131,23 @@ def write_block(root: Path, ref: BlockRef, data: bytes | bytearray, data_crc: in
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return BlockHeader(ref, len(data), data_crc, len(header))
+    return BlockHeader(ref, length, data_crc, len(header))
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+_IOV_MAX = 1024
+
+
+def _write_all(fd: int, pieces: list[bytes] | list[bytes | bytearray]) -> None:
+    """Write every piece in order with `writev` (IOV_MAX pieces at a time), finishing short writes."""
+    for first in range(0, len(pieces), _IOV_MAX):
+        batch = [memoryview(p) for p in pieces[first:first + _IOV_MAX] if len(p)]
+        while batch:
+            written = os.writev(fd, batch)
+            while batch and written >= len(batch[0]):
+                written -= len(batch[0])
+                batch.pop(0)
+            if batch and written:
+                batch[0] = batch[0][written:]
 
 
 def read_header_file(path: Path) -> BlockHeader:

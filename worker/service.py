@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -18,9 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import google_crc32c
+
 from eddy.api import Dataset
 from eddy.blocks import BlockRef
-from eddy.crc import crc32c_of
 from eddy.objectstore import ObjectStore
 from eddy.wire import ERR_CACHE_FULL, BadBlockRef
 from worker.blockfile import (
@@ -41,12 +43,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Fetched:
-    """A block read through from the object store; `tier` is where it was kept ("" if it was not)."""
+    """A block read through from the object store, as the chunks it arrived in; `tier` is where it was
+    kept ("" if it was not)."""
 
-    data: bytes | bytearray
+    chunks: list[bytes]
     crc: int
     tier: str
     keep_error: str = ""
+
+    @property
+    def length(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+    @functools.cached_property
+    def data(self) -> bytes:
+        """The block's bytes in one buffer: joined only when served from memory (not kept, or
+        `--serve-mode memory`); a kept block is served from its file."""
+        return b"".join(self.chunks)
 
 
 @dataclass(frozen=True)
@@ -200,16 +213,16 @@ class BlockService:
         store = self.object_stores[ref.mount]
         async with self._fetch_slots:
             t0 = time.perf_counter()
-            # Received straight into one block-sized buffer (no chunks joined into a second copy); the
-            # same buffer is checksummed in place and written to the block file.
-            data = bytearray(ref.length)
+            # Kept as the chunks aiohttp hands over: checksummed chunk by chunk and written to the block
+            # file with writev, so the body is never assembled in a block-sized buffer (one copy less).
             try:
-                got = await store.get_range_into(ref.key, ref.start, ref.end, data, etag=ref.etag)
+                data = await store.get_range_chunks(ref.key, ref.start, ref.end, etag=ref.etag)
             except BaseException as exc:
                 self.metrics.readthrough.labels(type(exc).__name__).inc()
                 raise
             finally:
                 self.metrics.readthrough_seconds.observe(time.perf_counter() - t0)
+        got = sum(len(c) for c in data)
         self.metrics.readthrough.labels("ok").inc()
         self.metrics.readthrough_bytes.inc(got)
         if got != ref.length:
@@ -217,7 +230,9 @@ class BlockService:
                 f"object {ref.key!r} (ETag {ref.etag}) holds {got} bytes for block {ref.index}, "
                 f"not {ref.length}: the reference's size ({ref.object_size}) is wrong"
             )
-        crc = crc32c_of(data)  # in place, GIL released
+        crc = 0
+        for chunk in data:
+            crc = google_crc32c.extend(crc, chunk)  # bytes: read in place
         try:
             tier = await self.store.put(ref, data, crc)
         except CacheFull as exc:
@@ -249,10 +264,10 @@ class BlockService:
                     return self._warm_error(i, exc)
             if not fetched.tier:
                 self.metrics.warmed.labels("error").inc()
-                return {"index": i, "status": "error", "tier": "", "bytes": len(fetched.data),
+                return {"index": i, "status": "error", "tier": "", "bytes": fetched.length,
                         "code": ERR_CACHE_FULL, "error": f"fetched but not kept: {fetched.keep_error}"}
             self.metrics.warmed.labels("fetched").inc()
-            return {"index": i, "status": "fetched", "tier": fetched.tier, "bytes": len(fetched.data)}
+            return {"index": i, "status": "fetched", "tier": fetched.tier, "bytes": fetched.length}
 
         return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(refs))))
 

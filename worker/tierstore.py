@@ -23,8 +23,10 @@ from typing import Any
 from eddy.blocks import BlockRef
 from worker.blockfile import (
     BlockHeader,
+    Body,
     Stamp,
     block_path,
+    body_length,
     encode_header,
     file_stamp,
     move_block,
@@ -213,10 +215,11 @@ class TierStore:
             return True
 
     # ---------------------------------------------------------------------------------------- writes
-    async def put(self, ref: BlockRef, data: bytes | bytearray, data_crc: int) -> str:
+    async def put(self, ref: BlockRef, data: Body, data_crc: int) -> str:
         """Keep a block; returns the level it landed on. Raises CacheFull or CacheWriteError."""
         digest = ref.digest
-        size = len(encode_header(ref, len(data), data_crc)) + len(data)
+        length = body_length(data)
+        size = len(encode_header(ref, length, data_crc)) + length
         async with self._lock:
             found = self.index.locate(digest)
             if found is not None:
@@ -245,7 +248,7 @@ class TierStore:
             return self.configs[level].mediumtype
 
     def _write(
-        self, level: int, ref: BlockRef, data: bytes | bytearray, data_crc: int
+        self, level: int, ref: BlockRef, data: Body, data_crc: int
     ) -> tuple[BlockHeader, Stamp]:
         header = write_block(self.roots[level], ref, data, data_crc)
         return header, file_stamp(block_path(self.roots[level], ref.digest))

@@ -31,7 +31,7 @@ class ReaderOptions:
     use_snapshot: bool = True
     # CRC32C of each block received from a worker. Off by default: the worker checks every block's
     # CRC32C before serving it and TCP checksums the transfer; checking again costs a copy per block.
-    verify_transfer: bool = False
+    verify_transfer: bool = True  # end to end: a MEM worker does not re-check blocks on time
 
     def bounded(self) -> ReaderOptions:
         """Keep read-ahead inside the cache: a prefetched block must survive until it is read."""

@@ -98,6 +98,16 @@ class S3Server:
     def delete_object(self, bucket: str, key: str) -> None:
         self.client.delete_object(Bucket=bucket, Key=key)
 
+    def delete_bucket(self, bucket: str) -> None:
+        """Empty and remove a bucket: SeaweedFS then drops its collection's volumes. Without this a long
+        session fills the volume server's slots (a few volumes per bucket) and PutObject starts to
+        answer InternalError late in the suite."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket):
+            for item in page.get("Contents") or []:
+                self.client.delete_object(Bucket=bucket, Key=item["Key"])
+        self.client.delete_bucket(Bucket=bucket)
+
     def secrets(self, scheme: str = "oss") -> SecretSource:
         """The credentials as the Secret `access-key` of the seed's secret.yaml."""
         return SecretSource.from_mapping({
@@ -175,10 +185,15 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
-    """A fresh bucket, unique per test (and per pytest process, since sessions may share a machine)."""
-    name = f"t{os.getpid()}-{next(_bucket_counter)}"
-    return s3_server.create_bucket(name)
+def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    """A fresh bucket, unique per test (and per pytest process, since sessions may share a machine),
+    removed after the test."""
+    name = s3_server.create_bucket(f"t{os.getpid()}-{next(_bucket_counter)}")
+    yield name
+    try:
+        s3_server.delete_bucket(name)
+    except Exception as exc:  # a test that broke the server must not also fail its teardown
+        print(f"could not remove bucket {name}: {exc}")
 
 
 @pytest.fixture

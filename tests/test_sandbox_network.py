@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,14 +133,28 @@ async def _spawn(netns: PodAddress, *argv: str) -> asyncio.subprocess.Process:
 
 
 async def _run_in(pod: PodAddress, *argv: str, hosts: Path | None = None) -> str:
-    """Run argv in the pod's netns (with `hosts` bind-mounted on /etc/hosts in a private mount ns)."""
-    if hosts is not None:
-        argv = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
-                'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *argv)
-    proc = await _spawn(pod, *argv)
-    out, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 0, f"{argv}: {err.decode()}"
-    return out.decode()
+    """Run argv in the pod's netns; with `hosts`, in a container of the sandbox's own runtime (its own
+    mount namespace, `hosts` bind-mounted on /etc/hosts, as the kubelet does), which also works where
+    `/` is not a mount point (a chroot such as the fresh-Debian check's)."""
+    if hosts is None:
+        proc = await _spawn(pod, *argv)
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, f"{argv}: {err.decode()}"
+        return out.decode()
+    from sandbox.kubelet.process import ContainerProcess, ProcessSpec
+
+    state = hosts.parent / f"ctr-{hosts.stem}-{time.monotonic_ns()}"
+    log = state.with_suffix(".log")
+    spec = ProcessSpec(argv=list(argv), env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, log_path=log,
+                       netns=pod.netns, hosts_file=hosts)
+    container = await ContainerProcess.start(spec, state)
+    try:
+        code = await asyncio.wait_for(container.wait(), 30)
+    finally:
+        await container.cleanup()
+    text = log.read_text()
+    assert code == 0, f"{argv}: {text}"
+    return text
 
 
 def _pod(name: str, ip: str, labels: dict[str, str], **spec: Any) -> Obj:

@@ -28,6 +28,7 @@ import yaml
 from eddy import kube
 from eddy_cli.demo_data import DataSet, upload
 from sandbox.cluster import Sandbox
+from sandbox.kubelet import PodNotFound
 from sandbox.link import Link
 from sandbox.s3server import start_seaweedfs
 from sandbox.scenario import (
@@ -196,10 +197,13 @@ async def test_unprivileged_sidecar_says_why_it_cannot_mount(seeded: Seeded) -> 
 
     async def failed_mount() -> dict[str, Any] | None:
         pods, _ = await seeded.run.kube.list(kube.PODS, "default", label_selector=f"app={name}")
+        assert seeded.cluster.runner is not None
         for pod in pods:
             (sidecar,) = injected_sidecars(pod)
-            log = seeded.cluster.runner.logs("default", pod["metadata"]["name"], sidecar["name"]) \
-                if seeded.cluster.runner is not None else ""
+            try:
+                log = seeded.cluster.runner.logs("default", pod["metadata"]["name"], sidecar["name"])
+            except PodNotFound:  # created, not yet taken by the node
+                continue
             if "fuse_session_mount failed" in log or "Operation not permitted" in log:
                 return dict(pod)
         return None

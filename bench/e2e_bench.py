@@ -52,7 +52,6 @@ from sandbox.scenario import (
     Scenario,
     app_container,
     filled_dataset,
-    filled_secret,
     injected_sidecars,
     renamed_app,
 )
@@ -208,11 +207,7 @@ async def setup(work: Path, total: int, cores: int) -> tuple[Sandbox, Scenario, 
     run = Scenario(cluster)
     await run.install_eddy()
     access = ObjectStoreAccess(fast.endpoint, BUCKET, PREFIX, s3.access_key, s3.secret_key)
-    await run.apply_docs([filled_secret(seed, access)], verb="create")
-    await run.apply_docs(filled_dataset(seed, access, workers=1))
-    await run.wait_dataset(DATASET)
-    await run.kubectl("apply", "-f", str(seed / "dataload.yaml"))
-    await run.wait_dataload("serverless-data-warmup")
+    await run.seed_dataset(seed, access)
     slow_access = ObjectStoreAccess(slow.endpoint, BUCKET, PREFIX, s3.access_key, s3.secret_key)
     await run.apply_docs(filled_dataset(seed, slow_access, name=NOCACHE, workers=0))
     app = yaml.safe_load((seed / "deployment-eci.yaml").read_text())

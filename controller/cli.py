@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
-import uuid
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -20,7 +18,7 @@ from controller.objects import Settings
 from controller.reconciler import Reconciler
 from eddy.fluidcheck import FluidInstalled, refuse_beside_fluid
 from eddy.kube import own_image
-from eddy.kube.leader import LeaderElector, Timing
+from eddy.kube.leader import add_leader_args, elector_for_this_pod
 from eddy.names import WORKER_PORT
 
 log = logging.getLogger("eddy.controller")
@@ -47,13 +45,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--worker-port", type=int, default=WORKER_PORT, help="workers' HTTP port")
     parser.add_argument("--metrics-port", type=int, default=9090,
                         help="serve /metrics on this port (0: off)")
-    parser.add_argument("--leader-elect", action="store_true",
-                        help="run as one of several replicas: act only while holding the Lease "
-                             "(namespace $POD_NAMESPACE, identity $POD_NAME); exit 1 when it is lost")
-    parser.add_argument("--lease-name", default="eddy-controller", metavar="NAME",
-                        help="the Lease's name (default eddy-controller)")
-    parser.add_argument("--lease-duration", type=float, default=15.0, metavar="S",
-                        help="a standby takes over this long after the leader's last renewal (default 15)")
+    add_leader_args(parser, "eddy-controller", "reconcile")
     parser.add_argument("--allow-fluid", action="store_true",
                         help="start even where Fluid is installed (two controllers would act on Datasets)")
     parser.set_defaults(func=run)
@@ -83,7 +75,7 @@ async def run(args: argparse.Namespace) -> int:
     kept = True
     try:
         if args.leader_elect:
-            elector = leader_elector(kube, args.lease_name, args.lease_duration)
+            elector = elector_for_this_pod(kube, args)
             log.info("leader election on Lease %s/%s as %s", elector.namespace, elector.name,
                      elector.identity)
             kept = await elector.run(controller.run, stop)
@@ -97,18 +89,6 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     log.info("controller stopped")
     return 0
-
-
-def leader_elector(kube: Kube, name: str, lease_duration: float) -> LeaderElector:
-    """The Lease lives in the pod's namespace ($POD_NAMESPACE, downward API); identity is $POD_NAME.
-    Renew deadline and retry period scale with the duration as client-go's defaults do (15/10/2)."""
-    namespace = os.environ.get("POD_NAMESPACE") or "eddy-system"
-    timing = Timing(lease_duration=lease_duration, renew_deadline=lease_duration * 2 / 3,
-                    retry_period=lease_duration * 2 / 15)
-    # client-go's identity: pod name + a per-process suffix. A container restarted in the same pod is a
-    # new candidate, so it cannot "renew" the Lease its dead predecessor held and skip the wait.
-    identity = f"{os.environ.get('POD_NAME') or os.uname().nodename}_{uuid.uuid4().hex[:8]}"
-    return LeaderElector(kube, namespace, name, identity, timing=timing)
 
 
 async def until_stopped(work: Any, stop: asyncio.Event) -> None:

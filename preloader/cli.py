@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Coroutine
 from typing import Any
 
+from eddy.kube.leader import add_leader_args
+
 
 def register(subparsers: Any) -> None:
     consumer: argparse.ArgumentParser = subparsers.add_parser(
@@ -24,13 +26,7 @@ def register(subparsers: Any) -> None:
                           help="worker base URL overriding the Dataset's workers (tests, local); repeatable")
     consumer.add_argument("--secret-dir", metavar="DIR",
                           help="Secret volumes <DIR>/<secret>/<key>; default: read Secrets from the API")
-    consumer.add_argument("--leader-elect", action="store_true",
-                          help="run as one of several replicas: load only while holding the Lease "
-                               "(namespace $POD_NAMESPACE, identity $POD_NAME); exit 1 when it is lost")
-    consumer.add_argument("--lease-name", default="eddy-preloader", metavar="NAME",
-                          help="the Lease's name (default eddy-preloader)")
-    consumer.add_argument("--lease-duration", type=float, default=15.0, metavar="S",
-                          help="a standby takes over this long after the leader's last renewal (default 15)")
+    add_leader_args(consumer, "eddy-preloader", "load")
     consumer.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                           help="serve Prometheus /metrics on this port (default 0: off)")
     consumer.add_argument("--block-size", type=int, default=0, help="block size in bytes (default 8 MiB)")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
-import uuid
 from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Metric, start_http_server
@@ -15,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.kube import Kube
-from eddy.kube.leader import LeaderElector, Timing
+from eddy.kube.leader import elector_for_this_pod
 from eddy.secrets import SecretSource
 from preloader.consumer import Consumer, ConsumerSettings
 from preloader.kubeapi import KubeApi, dataload_informer
@@ -60,7 +58,7 @@ async def run_consumer(args: argparse.Namespace) -> int:
     kept = True
     try:
         if getattr(args, "leader_elect", False):
-            elector = leader_elector(kube, args.lease_name, args.lease_duration)
+            elector = elector_for_this_pod(kube, args)
             log.info("leader election on Lease %s/%s as %s", elector.namespace, elector.name,
                      elector.identity)
             kept = await elector.run(consume, stop)
@@ -87,13 +85,3 @@ def with_process_registry(registry: CollectorRegistry) -> CollectorRegistry:
     return registry
 
 
-def leader_elector(kube: Kube, name: str, lease_duration: float) -> LeaderElector:
-    """The Lease lives in the pod's namespace ($POD_NAMESPACE); identity is $POD_NAME. Renew deadline
-    and retry period scale with the duration as client-go's defaults do (15/10/2)."""
-    namespace = os.environ.get("POD_NAMESPACE") or "eddy-system"
-    timing = Timing(lease_duration=lease_duration, renew_deadline=lease_duration * 2 / 3,
-                    retry_period=lease_duration * 2 / 15)
-    # client-go's identity: pod name + a per-process suffix. A container restarted in the same pod is a
-    # new candidate, so it cannot "renew" the Lease its dead predecessor held and skip the wait.
-    identity = f"{os.environ.get('POD_NAME') or os.uname().nodename}_{uuid.uuid4().hex[:8]}"
-    return LeaderElector(kube, namespace, name, identity, timing=timing)

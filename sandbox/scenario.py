@@ -86,6 +86,18 @@ class Scenario:
                            "--timeout=180s")
         await self.wait_until("the webhook to write its caBundle", self._ca_bundle_written)
 
+    async def seed_dataset(self, seed_dir: Path, access: ObjectStoreAccess) -> Obj:
+        """The seed's steps 2-4 after the install: its Secret (created: `apply` would copy it into an
+        annotation), Dataset and JindoRuntime, then its DataLoad; returns the DataLoad once Complete and
+        the Dataset shows it all cached."""
+        await self.apply_docs([filled_secret(seed_dir, access)], verb="create")
+        await self.apply_docs(filled_dataset(seed_dir, access))
+        await self.wait_dataset("serverless-data")
+        await self.kubectl("apply", "-f", str(seed_dir / "dataload.yaml"))
+        load = await self.wait_dataload("serverless-data-warmup")
+        await self.wait_cached("serverless-data")
+        return load
+
     async def _ca_bundle_written(self) -> bool:
         config = await self.kube.get_or_none(kube.MUTATING_WEBHOOK_CONFIGURATIONS, "eddy-webhook")
         hooks = (config or {}).get("webhooks") or []

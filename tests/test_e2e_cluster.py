@@ -35,8 +35,6 @@ from sandbox.scenario import (
     ObjectStoreAccess,
     Scenario,
     app_container,
-    filled_dataset,
-    filled_secret,
     injected_sidecars,
     renamed_app,
 )
@@ -89,13 +87,8 @@ async def seeded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         access = ObjectStoreAccess(link.endpoint, "e2e", "serverless/", s3.access_key, s3.secret_key)
         run = Scenario(cluster)
         await run.install_eddy()
-        await run.apply_docs([filled_secret(SEED, access)], verb="create")
-        await run.apply_docs(filled_dataset(SEED, access))
-        await run.wait_dataset("serverless-data")
-        await run.kubectl("apply", "-f", str(SEED / "dataload.yaml"))
-        load = await run.wait_dataload("serverless-data-warmup")
+        load = await run.seed_dataset(SEED, access)
         assert load["phases"][-1] == "Complete"
-        await run.wait_cached("serverless-data")  # the status kubectl shows: the controller reads workers
         yield Seeded(cluster, run, data, native=request.param == "v1.30.0")
     finally:
         await cluster.stop()

@@ -28,7 +28,7 @@ from eddy_cli.demo_data import DataSet, upload
 from sandbox.cluster import Sandbox
 from sandbox.link import Link
 from sandbox.s3server import LocalS3, start_seaweedfs
-from sandbox.scenario import MANIFESTS, ObjectStoreAccess, Scenario, filled_dataset, filled_secret
+from sandbox.scenario import MANIFESTS, ObjectStoreAccess, Scenario, filled_dataset
 from tests.support.seed import SEED
 from tests.test_e2e_cluster import leftover_mounts, need_cluster_capabilities
 
@@ -70,11 +70,7 @@ async def installed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[I
         access = ObjectStoreAccess(fast.endpoint, "eddy-ha", "serverless/", s3.access_key, s3.secret_key)
         run = Scenario(cluster)
         await run.install_eddy()
-        await run.apply_docs([filled_secret(SEED, access)], verb="create")
-        await run.apply_docs(filled_dataset(SEED, access))
-        await run.wait_dataset("serverless-data")
-        await run.kubectl("apply", "-f", str(SEED / "dataload.yaml"))
-        load = await run.wait_dataload("serverless-data-warmup")
+        load = await run.seed_dataset(SEED, access)
         assert load["phases"][-1] == "Complete"
         slow_access = ObjectStoreAccess(slow.endpoint, "eddy-ha", "slow/", s3.access_key, s3.secret_key)
         yield Installed(cluster, run, s3, slow_access, slow_data)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from eddy import kube
-from eddy.kube.leader import Decision, LeaderElector, Timing, decide, micro_time
+from eddy.kube.leader import Decision, LeaderElector, Timing, decide, default_identity, micro_time
 from sandbox.apiserver import KubeApiServer
 
 FAST = Timing(lease_duration=1.5, renew_deadline=1.0, retry_period=0.1)
@@ -31,6 +31,8 @@ def test_decide() -> None:
 
 
 def test_timing_must_be_ordered() -> None:
+    assert Timing.scaled(15) == Timing(15, 10, 2)  # client-go's proportions
+    assert default_identity() != default_identity()  # a restarted process is a new candidate
     with pytest.raises(ValueError):
         Timing(lease_duration=5, renew_deadline=10, retry_period=1)
 

@@ -11,12 +11,13 @@ writing the same free Lease, one gets a Conflict and goes back to waiting.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +40,11 @@ class Timing:
     def __post_init__(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
             raise ValueError("leader election needs 0 < retry_period < renew_deadline < lease_duration")
+
+    @classmethod
+    def scaled(cls, lease_duration: float) -> Timing:
+        """Renew deadline and retry period in client-go's default proportions (15 / 10 / 2)."""
+        return cls(lease_duration, lease_duration * 2 / 3, lease_duration * 2 / 15)
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,27 @@ def lease_spec(decision: Decision, identity: str, timing: Timing, now: float, sp
 
 
 def default_identity() -> str:
-    """The pod's name (downward API) when there is one, else host and pid: unique per replica."""
-    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    """client-go's identity: the pod's name (downward API, else the host's) and a per-process suffix.
+    A container restarted in the same pod is a new candidate, so it cannot "renew" the Lease its dead
+    predecessor held and skip the standby's wait."""
+    return f"{os.environ.get('POD_NAME') or os.uname().nodename}_{uuid.uuid4().hex[:8]}"
+
+
+def add_leader_args(parser: argparse.ArgumentParser, lease_name: str, acts: str) -> None:
+    """`--leader-elect`, `--lease-name`, `--lease-duration`, for a part that runs several replicas."""
+    parser.add_argument("--leader-elect", action="store_true",
+                        help=f"run as one of several replicas: {acts} only while holding the Lease "
+                             "(namespace $POD_NAMESPACE, identity $POD_NAME); exit 1 when it is lost")
+    parser.add_argument("--lease-name", default=lease_name, metavar="NAME",
+                        help=f"the Lease's name (default {lease_name})")
+    parser.add_argument("--lease-duration", type=float, default=15.0, metavar="S",
+                        help="a standby takes over this long after the leader's last renewal (default 15)")
+
+
+def elector_for_this_pod(kube: Kube, args: argparse.Namespace) -> LeaderElector:
+    """The elector `add_leader_args`' flags ask for, its Lease in the pod's namespace ($POD_NAMESPACE)."""
+    namespace = os.environ.get("POD_NAMESPACE") or "eddy-system"
+    return LeaderElector(kube, namespace, args.lease_name, timing=Timing.scaled(args.lease_duration))
 
 
 class LeaderElector:

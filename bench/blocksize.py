@@ -70,28 +70,24 @@ def _upload(local: LocalS3, size: int) -> None:
 
 
 async def read_blocks(
-    store: ObjectStore, size: int, block: int, inflight: int, into: bool = False
+    store: ObjectStore, size: int, block: int, inflight: int, chunks: bool = False
 ) -> dict[str, float]:
     """Read `[0, size)` in `block`-sized ranged GETs with `inflight` requests at a time.
 
-    `into`: `get_range_into` reusing one buffer per request slot (as a block pool would), instead of
-    `get_range` allocating a fresh `bytes` per block.
+    `chunks`: `get_range_chunks`, the body as received and never joined (the worker's fetch path),
+    instead of `get_range` joining it into one `bytes` per block (the sidecar's).
     """
     limit = asyncio.Semaphore(inflight)
-    buffers = [bytearray(block) for _ in range(inflight)] if into else []
     times: list[float] = []
 
     async def one(start: int) -> int:
         async with limit:
             t0 = time.perf_counter()
-            if into:
-                buf = buffers.pop()
-                try:
-                    n = await store.get_range_into(KEY, start, min(size, start + block), buf)
-                finally:
-                    buffers.append(buf)
+            end = min(size, start + block)
+            if chunks:
+                n = sum(len(c) for c in await store.get_range_chunks(KEY, start, end))
             else:
-                n = len(await store.get_range(KEY, start, min(size, start + block)))
+                n = len(await store.get_range(KEY, start, end))
             times.append(time.perf_counter() - t0)
             return n
 
@@ -123,8 +119,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         rows.append({"path": "loopback", "block_MiB": block // MiB, "inflight": inflight,
                                      **await read_blocks(store, size, block, inflight)})
                 for block in BLOCK_SIZES:
-                    rows.append({"path": "loopback, into buffer", "block_MiB": block // MiB, "inflight": 4,
-                                 **await read_blocks(store, size, block, 4, into=True)})
+                    rows.append({"path": "loopback, chunks", "block_MiB": block // MiB, "inflight": 4,
+                                 **await read_blocks(store, size, block, 4, chunks=True)})
             host, port = local.host, local.port
             async with Link(host, port) as link:
                 async with _store(local, link.endpoint) as store:

@@ -33,7 +33,8 @@ from controller.status import (
 from eddy import names
 from eddy.api import API_VERSION, Dataset, JindoRuntime, ValidationError, parse_dataset, parse_runtime
 from eddy.kube.events import EventRecorder
-from eddy.objectstore import ObjectStore, ObjectStoreError, RetryPolicy
+from eddy.objectstore import ObjectStore, ObjectStoreError
+from eddy.retry import RetryPolicy
 from eddy.secrets import SecretError, SecretSource, secret_values
 from eddy.wire import TOKEN_READ_KEY
 from eddy.workerclient import WorkerClient, WorkerError

@@ -11,10 +11,11 @@ request in its event/parse machinery, this path well under 1 ms (docs/objectstor
 
 Every request runs in our own retry loop (botocore's retries are off, so the budget is ours and
 testable): throttling (503 SlowDown, 429), other 5xx, connection errors, timeouts and truncated bodies
-are retried with exponential backoff and full jitter, then surface as `ObjectStoreUnavailable`. Ranged
-GETs (the data path: a reader has a worker or another copy to try) get `RetryPolicy.attempts` tries;
-LIST and HEAD — one failed LIST fails a whole DataLoad or mount — keep retrying for a time budget,
-`RetryPolicy.budget` seconds (default 60; the mount option `fs.eddy.retry-budget-seconds` sets it).
+are retried under `eddy.retry.RetryPolicy` (exponential backoff, full jitter), then surface as
+`ObjectStoreUnavailable`. Ranged GETs (the data path: a reader has a worker or another copy to try) get
+`RetryPolicy.attempts` tries; LIST and HEAD — one failed LIST fails a whole DataLoad or mount — keep
+retrying for a time budget, `RetryPolicy.budget` seconds (default 60; the mount option
+`fs.eddy.retry-budget-seconds` sets it).
 Errors are typed (`ObjectNotFound`, `ObjectChanged`, `ObjectStoreDenied`) and
 name the operation and the object, never a credential: messages are scrubbed of the key pair and no
 library exception is chained into them. botocore's DEBUG logging (which prints the Authorization
@@ -28,7 +29,6 @@ import contextlib
 import functools
 import ipaddress
 import logging
-import mmap
 import os
 import random
 import re
@@ -53,6 +53,7 @@ from yarl import URL
 
 from eddy.api import Mount
 from eddy.listing import ObjectInfo
+from eddy.retry import RetriesExhausted, RetryPolicy, retrying
 from eddy.secrets import Credentials, SecretSource, credentials_for
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,14 @@ class _ShortBody(Exception):
     """The body ended before the announced length: retryable."""
 
 
+class _Transient(Exception):
+    """A failure worth another try, already translated into the error to report if none is left."""
+
+    def __init__(self, error: ObjectStoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 # ---------------------------------------------------------------------------------------------- model
 DEFAULT_RETRY_BUDGET = 60.0
 RETRY_BUDGET_OPTION = "fs.eddy.retry-budget-seconds"
@@ -146,17 +155,9 @@ def retry_budget(options: Mapping[str, str], default: float = DEFAULT_RETRY_BUDG
     return value
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter: before retry n, sleep U(0, min(max_delay, base*2**(n-1)))."""
-
-    attempts: int = 6  # total tries per ranged GET, the first included
-    base_delay: float = 0.1
-    max_delay: float = 5.0
-    budget: float = DEFAULT_RETRY_BUDGET  # LIST and HEAD: retry until this many seconds have passed
-
-    def delay(self, retry: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** min(30, max(0, retry - 1))))
+# Ranged GETs: 6 tries, the first included; LIST and HEAD: retry until the budget is spent. Pauses are
+# uniform in [0, min(5 s, 0.1 s * 2**(n-1))] (full jitter). A policy without a budget gets this one's.
+DEFAULT_RETRY = RetryPolicy(initial=0.1, maximum=5.0, jitter=1.0, attempts=6, budget=DEFAULT_RETRY_BUDGET)
 
 
 @functools.cache
@@ -230,7 +231,7 @@ class ObjectStore:
     max_connections: int = 32
     request_timeout: float = 30.0
     connect_timeout: float = 10.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy = DEFAULT_RETRY
     rng: random.Random = field(default_factory=random.Random, repr=False)
     _client: Any = field(default=None, repr=False)
     _http: aiohttp.ClientSession | None = field(default=None, repr=False)
@@ -242,6 +243,8 @@ class ObjectStore:
             self.credentials, self.session_token = _env_credentials()
         if self.endpoint_url is None:
             self.endpoint_url = f"https://s3.{self.region}.amazonaws.com"
+        if self.retry.budget is None:
+            self.retry = replace(self.retry, budget=DEFAULT_RETRY_BUDGET)
 
     @classmethod
     def for_mount(
@@ -255,7 +258,7 @@ class ObjectStore:
     ) -> ObjectStore:
         """A store for a Dataset mount; credentials come from its options or, via `secrets`, its Secrets."""
         url, region, path_style = endpoint_settings(mount.scheme, mount.endpoint, mount.options)
-        policy = retry or RetryPolicy()
+        policy = retry or DEFAULT_RETRY
         if RETRY_BUDGET_OPTION in mount.options:
             policy = replace(policy, budget=retry_budget(mount.options))
         return cls(
@@ -331,7 +334,7 @@ class ObjectStore:
                 params["ContinuationToken"] = token
             page: dict[str, Any] = await self._call(
                 "ListObjectsV2", self.uri(prefix), functools.partial(client.list_objects_v2, **params),
-                budget=self.retry.budget,
+                budgeted=True,
             )
             for item in page.get("Contents", ()):
                 key = str(item["Key"])[len(self.prefix):]
@@ -346,7 +349,7 @@ class ObjectStore:
         client = await self._open()
         meta = await self._call(
             "HeadObject", self.uri(key),
-            lambda: client.head_object(Bucket=self.bucket, Key=self.prefix + key), budget=self.retry.budget,
+            lambda: client.head_object(Bucket=self.bucket, Key=self.prefix + key), budgeted=True,
         )
         return ObjectInfo(key, int(meta["ContentLength"]), _strip_etag(meta.get("ETag", "")),
                           meta["LastModified"].timestamp())
@@ -404,41 +407,6 @@ class ObjectStore:
         BYTES.inc(sum(len(c) for c in chunks))
         return chunks
 
-    async def get_range_into(
-        self, key: str, start: int, end: int, buffer: bytearray | memoryview | mmap.mmap,
-        etag: str | None = None,
-    ) -> int:
-        """`get_range` written straight into `buffer` (a preallocated bytearray, an mmap'd block file):
-        no intermediate copy of the body. Returns the number of bytes written (fewer at the end)."""
-        view = memoryview(buffer).cast("B")
-        if start < 0 or end < start or len(view) < end - start:
-            raise ValueError(f"bad range [{start}, {end}) for a buffer of {len(view)} bytes")
-        if end == start:
-            return 0
-        await self._open()
-
-        async def attempt() -> int:
-            async with self._ranged(key, start, end, etag) as resp:
-                if resp is None:
-                    return 0
-                content_range = resp.headers.get("Content-Range", "")
-                if not content_range:  # a server that ignored Range sent the whole object
-                    data = (await resp.read())[start:end]
-                    view[: len(data)] = data
-                    return len(data)
-                n = 0
-                async for chunk, _ in resp.content.iter_chunks():
-                    if n + len(chunk) > len(view):
-                        raise _ShortBody(f"body longer than the {end - start} bytes asked for")
-                    view[n : n + len(chunk)] = chunk
-                    n += len(chunk)
-            _check_length(content_range, start, end, n)
-            return n
-
-        written = await self._call("GetObject", self.uri(key), attempt)
-        BYTES.inc(written)
-        return written
-
     @contextlib.asynccontextmanager
     async def _ranged(
         self, key: str, start: int, end: int, etag: str | None
@@ -480,43 +448,47 @@ class ObjectStore:
 
     # --------------------------------------------------------------------------------------- retries
     async def _call(
-        self, op: str, where: str, fn: Callable[[], Awaitable[T]], *, budget: float | None = None
+        self, op: str, where: str, fn: Callable[[], Awaitable[T]], *, budgeted: bool = False
     ) -> T:
         """Run `fn` under the retry policy; translate every failure into a typed, scrubbed error.
 
-        Without `budget`: at most `retry.attempts` tries. With it: tries until the next pause would end
-        more than `budget` seconds after the first try began (at least one try, whatever the budget).
+        Not `budgeted`: at most `retry.attempts` tries. Budgeted: tries until the next pause would end
+        more than `retry.budget` seconds after the first try began (at least one try, whatever the budget).
         """
-        attempts = max(1, self.retry.attempts)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget if budget is not None else 0.0
-        n = 0
-        while True:
-            n += 1
+        policy = replace(self.retry, attempts=None) if budgeted else replace(self.retry, budget=None)
+
+        async def once() -> T:
             try:
-                result = await fn()
+                return await fn()
             except ObjectStoreError:
-                REQUESTS.labels(op, "error").inc()
                 raise
             except Exception as exc:
                 transient, error = self._translate(op, where, exc)
                 if not transient:
-                    REQUESTS.labels(op, "error").inc()
                     raise error from None
-                pause = self.retry.delay(n, self.rng)
-                spent = n >= attempts if budget is None else loop.time() + pause > deadline
-                if spent:
-                    REQUESTS.labels(op, "unavailable").inc()
-                    how = f"{n} attempts" + ("" if budget is None else f" in the {budget:g}s retry budget")
-                    raise ObjectStoreUnavailable(
-                        f"{error} (gave up after {how})", code=error.code, status=error.status
-                    ) from None
-                RETRIES.labels(op).inc()
-                log.info("%s; retry %d in %.2fs", error, n, pause)
-                await asyncio.sleep(pause)
-            else:
-                REQUESTS.labels(op, "ok").inc()
-                return result
+                raise _Transient(error) from None
+
+        def note(failures: int, pause: float, exc: BaseException) -> None:
+            RETRIES.labels(op).inc()
+            log.info("%s; retry %d in %.2fs", exc, failures, pause)
+
+        try:
+            result = await retrying(once, policy, retry_on=_Transient, rng=self.rng, on_retry=note)
+        except RetriesExhausted as gave_up:
+            REQUESTS.labels(op, "unavailable").inc()
+            assert isinstance(gave_up.last, _Transient)  # the only failure retried
+            error = gave_up.last.error
+            how = f"{gave_up.tries} attempts"
+            if budgeted:
+                how += f" in the {policy.budget:g}s retry budget"
+            raise ObjectStoreUnavailable(
+                f"{error} (gave up after {how})", code=error.code, status=error.status
+            ) from None
+        except ObjectStoreError:
+            REQUESTS.labels(op, "error").inc()
+            raise
+        REQUESTS.labels(op, "ok").inc()
+        return result
 
     def _translate(self, op: str, where: str, exc: Exception) -> tuple[bool, ObjectStoreError]:
         """(transient?, error) for a failure; the text holds no library message but the server's."""

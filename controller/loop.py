@@ -21,6 +21,7 @@ from controller import kubeio
 from controller.kubeio import ApiError, Kube, Resource
 from controller.reconciler import Reconciler
 from eddy.names import LABEL_DATASET_ID, LABEL_INJECT_DONE
+from eddy.retry import RetryPolicy
 
 log = logging.getLogger("eddy.controller")
 
@@ -29,6 +30,11 @@ RECONCILE_SECONDS = Histogram("eddy_controller_reconcile_seconds", "Time per rec
 QUEUE_DEPTH = Gauge("eddy_controller_queue_depth", "Keys waiting to be reconciled")
 
 Key = tuple[str, str, str]  # (kind "dataset" | "pod", namespace, name)
+
+# A watch that failed n times in a row restarts after 0.5-1 s, 1-2 s, 2-4 s... at most 30-60 s.
+WATCH_BACKOFF = RetryPolicy(initial=1.0, maximum=60.0, jitter=0.5, attempts=None)
+# A key whose reconcile failed n times in a row is looked at again after 1 s, 2 s, 4 s... at most 60 s.
+RECONCILE_BACKOFF = RetryPolicy(initial=1.0, maximum=60.0, jitter=0.0, attempts=None)
 
 
 def _dataset_key(obj: dict[str, Any]) -> Key | None:
@@ -54,12 +60,13 @@ def _pod_key(obj: dict[str, Any]) -> Key | None:
 
 class Controller:
     def __init__(self, kube: Kube, reconciler: Reconciler, *, namespace: str | None = None,
-                 resync: float = 60.0, concurrency: int = 4) -> None:
+                 resync: float = 60.0, concurrency: int = 4, rng: random.Random | None = None) -> None:
         self.kube = kube
         self.reconciler = reconciler
         self.namespace = namespace
         self.resync = resync
         self.concurrency = concurrency
+        self.rng = rng or random.Random()
         self.queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
@@ -126,7 +133,7 @@ class Controller:
     async def _watch(self, res: Resource, to_key: Callable[[dict[str, Any]], Key | None],
                      selector: str) -> None:
         """List, then watch from the list's resourceVersion; list again on 410 Gone or any error."""
-        delay = 0.5
+        failures = 0
         while True:
             try:
                 items, version = await self.kube.list(res, self.namespace, selector or None)
@@ -146,13 +153,13 @@ class Controller:
                         key = to_key(obj)
                         if key:
                             self.enqueue(key)
-                    delay = 0.5
+                    failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a watch must survive anything the server sends
                 log.info("watch of %s restarts after: %s", res.plural, exc)
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 30.0)
+                failures += 1
+                await asyncio.sleep(WATCH_BACKOFF.delay(failures, self.rng))
 
     async def _worker(self) -> None:
         while True:
@@ -186,7 +193,7 @@ class Controller:
             except Exception as exc:  # one bad object must not stop the controller
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
-                delay = min(0.5 * 2**failures, 60.0)
+                delay = RECONCILE_BACKOFF.delay(failures, self.rng)
                 RECONCILES.labels(kind, "error").inc()
                 log.warning("reconcile %s %s/%s failed (retry in %.1fs): %s",
                             kind, namespace, name, delay, exc)

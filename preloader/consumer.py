@@ -24,27 +24,29 @@ import dataclasses
 import functools
 import logging
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from eddy.api import DataLoad, Dataset, ValidationError, parse_dataload, parse_dataset, parse_runtime
 from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.cron import next_run, schedule_problem
 from eddy.names import worker_url
 from eddy.quantity import parse_quantity
+from eddy.retry import RetryPolicy
 from eddy.secrets import SecretSource, secret_values
 from eddy.wire import TOKEN_ADMIN_KEY, token_secret_name
 from eddy.workerclient import WorkerClient
 from preloader import status as st
-from preloader.dispatch import Progress, RetryPolicy
+from preloader.dispatch import WORKER_RETRY, Progress
 from preloader.load import LoadError, LoadJob, run_load
 from preloader.options import DEFAULT_BACKOFF_LIMIT, parse_options
-from preloader.schedule import Clock, SystemClock, backoff
+from preloader.schedule import ATTEMPT_BACKOFF, WAIT_BACKOFF, Clock, SystemClock
 from preloader.sequence import PredecessorFailed, expire, wait_run_after
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Failures another attempt may cure (a flaky store or worker); a bad target or an empty path would
 # fail the same way again, so those end the DataLoad at once.
@@ -81,12 +83,10 @@ class ConsumerSettings:
     secrets: SecretSource | None = None  # None: read the Dataset's Secrets through the API
     token: str | None = None  # the workers' admin token; None: from the Dataset's worker-token Secret
     block_size: int = DEFAULT_BLOCK_SIZE
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    wait_base: float = 1.0  # backoff while the Dataset does not exist yet
-    wait_cap: float = 30.0
+    retry: RetryPolicy = WORKER_RETRY  # each warm request to a worker
+    wait_backoff: RetryPolicy = WAIT_BACKOFF  # while the Dataset (runtime, runAfter) does not exist yet
     progress_interval: float = 1.0
-    retry_base: float = 10.0  # backoff between attempts of one DataLoad: 10 s, 20 s, 40 s... (a Job's)
-    retry_cap: float = 360.0
+    attempt_backoff: RetryPolicy = ATTEMPT_BACKOFF  # between attempts of one DataLoad (backoffLimit)
 
 
 @dataclass
@@ -180,8 +180,8 @@ class Consumer:
             if dl.policy == "Cron":
                 await self._cron(dl, obj, conditions)
             elif dl.status.phase not in (st.COMPLETE, st.FAILED):  # Once, and OnEvent as Fluid runs it
-                await wait_run_after(self.api, dl, obj, self.clock, conditions, base=self.settings.wait_base,
-                                     cap=self.settings.wait_cap, rng=self.rng)
+                await wait_run_after(self.api, dl, obj, self.clock, conditions,
+                                     backoff=self.settings.wait_backoff, rng=self.rng)
                 with contextlib.suppress(_Stop):
                     await self._run(dl, obj, conditions)
             await expire(self.api, dl, self.clock)  # ttlSecondsAfterFinished
@@ -255,7 +255,19 @@ class Consumer:
                 conditions[:] = status["conditions"]
                 await self._patch(obj, status)
                 await self._event(obj, "Warning", f"{kind}NotFound", message)
-            await asyncio.sleep(backoff(attempt, self.settings.wait_base, self.settings.wait_cap, self.rng))
+            await asyncio.sleep(self.settings.wait_backoff.delay(attempt, self.rng))
+
+    async def _dataset_object(self, dl: DataLoad, obj: dict[str, Any], conditions: list[dict[str, Any]],
+                              kind: str, parse: Callable[..., T], invalid: str) -> T:
+        """The DataLoad's Dataset (or its runtime: same name and namespace) parsed, once it exists; an
+        invalid one fails the DataLoad with reason `invalid`."""
+        ns, name = dl.dataset_namespace, dl.dataset_name
+        doc = await self._wait_for(obj, kind, ns, name, conditions)
+        try:
+            return parse(doc, default_namespace=ns)
+        except ValidationError as exc:
+            await self._fail(obj, invalid, f"{kind} {ns}/{name} is invalid: {exc}", None, conditions)
+            raise _Stop from None
 
     async def _target(self, dl: DataLoad, obj: dict[str, Any], conditions: list[dict[str, Any]],
                       ) -> tuple[Dataset, list[str], SecretSource | None]:
@@ -265,24 +277,11 @@ class Consumer:
                              f"{dl.dataset_namespace}/{dl.dataset_name} is in {dl.dataset_namespace!r}; "
                              "a DataLoad must be in its Dataset's namespace", None, conditions)
             raise _Stop
-        ds_doc = await self._wait_for(obj, "Dataset", dl.dataset_namespace, dl.dataset_name, conditions)
-        try:
-            dataset = parse_dataset(ds_doc, default_namespace=dl.dataset_namespace)
-        except ValidationError as exc:
-            await self._fail(obj, "InvalidDataset", f"Dataset {dl.dataset_namespace}/{dl.dataset_name} is "
-                             f"invalid: {exc}", None, conditions)
-            raise _Stop from None
+        dataset = await self._dataset_object(dl, obj, conditions, "Dataset", parse_dataset, "InvalidDataset")
         workers = list(self.settings.workers)
         if not workers:
-            rt_doc = await self._wait_for(
-                obj, "JindoRuntime", dl.dataset_namespace, dl.dataset_name, conditions
-            )
-            try:
-                runtime = parse_runtime(rt_doc, default_namespace=dl.dataset_namespace)
-            except ValidationError as exc:
-                await self._fail(obj, "InvalidRuntime", f"JindoRuntime {dl.dataset_namespace}/"
-                                 f"{dl.dataset_name} is invalid: {exc}", None, conditions)
-                raise _Stop from None
+            runtime = await self._dataset_object(dl, obj, conditions, "JindoRuntime", parse_runtime,
+                                                 "InvalidRuntime")
             meta = dataset.meta
             workers = [worker_url(meta.name, meta.namespace, i) for i in range(runtime.replicas)]
         secrets = self.settings.secrets
@@ -362,7 +361,7 @@ class Consumer:
                     result = dataclasses.replace(
                         result, outcome=dataclasses.replace(result.outcome, message=message))
                     break
-                delay = backoff(failures, self.settings.retry_base, self.settings.retry_cap, self.rng)
+                delay = self.settings.attempt_backoff.delay(failures, self.rng)
                 note = (f"attempt {failures} of {limit + 1} failed: {message}; retrying in {delay:.1f}s "
                         f"(backoffLimit {limit})")
                 conditions[:] = st.set_condition(conditions, st.COND_RETRYING, "True", reason, note,

@@ -5,8 +5,8 @@ batch; a full batch becomes one `POST /v1/warm`. Backpressure: the stream is rea
 slot is free (at most `concurrency` requests in flight overall, `per_worker` per worker), so memory
 stays bounded by the in-flight batches whatever the size of the plan.
 
-A request that fails because the worker is unreachable (refused, timed out, 5xx) is retried with
-exponential backoff and jitter; after `retry.attempts` tries the worker is marked failed, its pending
+A request that fails because the worker is unreachable (refused, timed out, 5xx) is retried under
+`WORKER_RETRY` (or the policy given); after `retry.attempts` tries the worker is marked failed, its pending
 and future blocks are counted as failed at once (no more requests to it), and the other workers go on.
 Warm is idempotent on the worker and answers "cached" for blocks it holds, which is what makes
 skip-if-cached and resume-after-restart cheap. Cancelling `run` cancels every request in flight and
@@ -18,57 +18,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from eddy.blocks import BlockRef
+from eddy.ratelimit import TokenBucket
+from eddy.retry import RetriesExhausted, RetryPolicy, Sleep, retrying
 from eddy.wire import ERR_CACHE_FULL
 from eddy.workerclient import WarmResult, WorkerBadRequest, WorkerClient, WorkerError, WorkerUnavailable
 from preloader.plan import Assignment
 
 MAX_ERRORS_KEPT = 10
 
-Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff before retry n: half of min(max_delay, base·2^(n-1)) plus a random part of the other half."""
-
-    attempts: int = 6
-    base_delay: float = 0.25
-    max_delay: float = 4.0
-
-    def delay(self, retry: int, rng: random.Random) -> float:
-        cap = float(min(self.max_delay, self.base_delay * 2.0 ** (retry - 1)))
-        return cap / 2 + rng.uniform(0, cap / 2)
-
-
-class TokenBucket:
-    """A bytes-per-second cap: `acquire(n)` waits until n bytes may go (bursts up to `burst`)."""
-
-    def __init__(self, rate: float, burst: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Sleep | None = None) -> None:
-        self.rate = float(rate)
-        self.burst = float(burst if burst is not None else rate)
-        self.clock = clock
-        self.sleep = sleep or asyncio.sleep
-        self.tokens = self.burst
-        self.stamp = clock()
-        self._lock = asyncio.Lock()
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    async def acquire(self, amount: float) -> None:
-        async with self._lock:  # first come, first served
-            self._refill()
-            self.tokens -= amount  # may go negative: a request bigger than the burst waits its share
-            if self.tokens < 0:
-                await self.sleep(-self.tokens / self.rate)
-                self._refill()
+# 6 tries; pauses of 0.25 s, 0.5 s, 1 s... up to 4 s, each between half and all of that.
+WORKER_RETRY = RetryPolicy(initial=0.25, maximum=4.0, jitter=0.5, attempts=6)
 
 
 @dataclass
@@ -140,7 +103,7 @@ class Dispatcher:
         self.workers = list(workers)
         self.progress = progress or Progress()
         self.batch_size = max(1, batch_size)
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or WORKER_RETRY
         self.bucket = TokenBucket(bandwidth, max(bandwidth, 64 << 20)) if bandwidth > 0 else None
         # A batch's timeout covers the worker fetching every miss: 60 s plus 1 s per 4 MiB.
         self.request_timeout = request_timeout or (lambda nbytes: 60.0 + nbytes / (4 << 20))
@@ -225,25 +188,27 @@ class Dispatcher:
         nbytes = sum(r.length for r in refs)
         if self.bucket is not None:
             await self.bucket.acquire(nbytes)
-        attempt = 0
-        while True:
-            if url in self.progress.failed_workers:
+
+        async def once() -> list[WarmResult] | str:
+            if url in self.progress.failed_workers:  # another batch gave up on it meanwhile
                 return self.progress.failed_workers[url]
-            attempt += 1
             self.progress.requests += 1
-            try:
-                return await self.client.warm(url, refs, timeout=self.request_timeout(nbytes))
-            except WorkerUnavailable as exc:
-                if attempt >= self.retry.attempts:
-                    message = f"unreachable after {attempt} attempts: {exc}"
-                    self.progress.failed_workers.setdefault(url, message)
-                    self.progress.note_error(f"worker {url} {message}")
-                    return message
-                self.progress.retries += 1
-                await self.sleep(self.retry.delay(attempt, self.rng))
-            except (WorkerBadRequest, WorkerError) as exc:
-                self.progress.note_error(str(exc))
-                return str(exc)
+            return await self.client.warm(url, refs, timeout=self.request_timeout(nbytes))
+
+        def count(failures: int, pause: float, error: BaseException) -> None:
+            self.progress.retries += 1
+
+        try:
+            return await retrying(once, self.retry, retry_on=WorkerUnavailable, rng=self.rng,
+                                  sleep=self.sleep, on_retry=count)
+        except RetriesExhausted as gave_up:
+            message = f"unreachable after {gave_up.tries} attempts: {gave_up.last}"
+            self.progress.failed_workers.setdefault(url, message)
+            self.progress.note_error(f"worker {url} {message}")
+            return message
+        except (WorkerBadRequest, WorkerError) as exc:
+            self.progress.note_error(str(exc))
+            return str(exc)
 
     def _record(self, url: str, a: Assignment, result: WarmResult) -> None:
         p = self.progress

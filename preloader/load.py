@@ -20,11 +20,12 @@ from eddy.api import DataLoad, Dataset, Mount
 from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.listing import ObjectInfo
 from eddy.objectstore import ObjectStore, ObjectStoreError
+from eddy.retry import RetriesExhausted, RetryPolicy, retrying
 from eddy.secrets import SecretError, SecretSource
 from eddy.snapshot import encode_snapshot
 from eddy.wire import LISTING_SNAPSHOT
 from eddy.workerclient import WorkerClient, WorkerError, WorkerUnavailable
-from preloader.dispatch import Dispatcher, Progress, RetryPolicy
+from preloader.dispatch import WORKER_RETRY, Dispatcher, Progress
 from preloader.options import LoadOptions, parse_options
 from preloader.plan import PlanError, Selection, Totals, is_marker, plan_blocks, resolve_targets
 from preloader.status import Outcome, Verification, judge, verify
@@ -64,7 +65,7 @@ class LoadJob:
     workers: Sequence[str]
     secrets: SecretSource | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy = WORKER_RETRY
     per_worker: int = 4
     store_factory: StoreFactory = field(default=_default_store)
     rng: random.Random = field(default_factory=random.Random)
@@ -113,15 +114,11 @@ async def _listing(
 
 
 async def _with_retries(job: LoadJob, what: Callable[[], Any]) -> Any:
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await what()
-        except WorkerUnavailable:
-            if attempt >= job.retry.attempts:
-                raise
-            await asyncio.sleep(job.retry.delay(attempt, job.rng))
+    """`what()`, retried under `job.retry` while the worker is unreachable; then its last error."""
+    try:
+        return await retrying(what, job.retry, retry_on=WorkerUnavailable, rng=job.rng)
+    except RetriesExhausted as gave_up:
+        raise gave_up.last from None
 
 
 async def _store_snapshot(job: LoadJob, client: WorkerClient, blob: bytes, progress: Progress) -> None:

@@ -1,15 +1,23 @@
-"""Time for the consumer: an injectable clock, cron schedules (`policy: Cron`) and retry backoff.
+"""Time for the consumer: an injectable clock (cron schedules wait on it) and the consumer's backoffs.
 
-Tests drive a `ManualClock` (advance it, the waiting runs wake up) so a `*/5 * * * *` schedule is
-tested without waiting five minutes.
+Tests pass a clock that moves only when told to (tests/support/clock.py), so a `*/5 * * * *` schedule
+is tested without waiting five minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
+
+from eddy.retry import RetryPolicy
+
+# Waiting for an object that does not exist yet (the Dataset, its runtime, a runAfter DataLoad):
+# 1 s, 2 s, 4 s... up to 30 s, each between half and all of that, for as long as it takes.
+WAIT_BACKOFF = RetryPolicy(initial=1.0, maximum=30.0, jitter=0.5, attempts=None)
+# Between two attempts of one DataLoad (backoffLimit counts them): 10 s, 20 s, 40 s... up to 6 min, as
+# a Job's pod replacement; jittered like the waits.
+ATTEMPT_BACKOFF = RetryPolicy(initial=10.0, maximum=360.0, jitter=0.5, attempts=None)
 
 
 class Clock(Protocol):
@@ -29,35 +37,3 @@ class SystemClock:
         while left > 0:
             await asyncio.sleep(min(left, 60.0))
             left = (when - self.now()).total_seconds()
-
-
-class ManualClock:
-    """A clock that only moves when told to: `await clock.advance(timedelta(minutes=5))`."""
-
-    def __init__(self, start: datetime) -> None:
-        self._now = start
-        self._changed = asyncio.Condition()
-
-    def now(self) -> datetime:
-        return self._now
-
-    async def sleep_until(self, when: datetime) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._now >= when)
-
-    async def advance(self, delta: timedelta) -> None:
-        async with self._changed:
-            self._now += delta
-            self._changed.notify_all()
-        for _ in range(5):  # let the woken tasks run
-            await asyncio.sleep(0)
-
-
-def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Delay before retry `attempt` (1-based): exponential with jitter, at most `cap` seconds."""
-    step = min(cap, base * 2.0 ** (attempt - 1))
-    return step / 2 + rng.uniform(0, step / 2)
-
-
-def seconds(delta: timedelta) -> float:
-    return max(0.0, delta.total_seconds())

@@ -17,8 +17,9 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from eddy.api import DataLoad
+from eddy.retry import RetryPolicy
 from preloader import status as st
-from preloader.schedule import Clock, backoff
+from preloader.schedule import WAIT_BACKOFF, Clock
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class PredecessorFailed(Exception):
 
 
 async def wait_run_after(api: SequenceApi, dl: DataLoad, obj: Mapping[str, Any], clock: Clock,
-                         conditions: list[dict[str, Any]], *, base: float = 1.0, cap: float = 30.0,
+                         conditions: list[dict[str, Any]], *, backoff: RetryPolicy = WAIT_BACKOFF,
                          rng: random.Random | None = None,
                          sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """Return once `spec.runAfter`'s DataLoad is Complete (at once without runAfter)."""
@@ -65,7 +66,7 @@ async def wait_run_after(api: SequenceApi, dl: DataLoad, obj: Mapping[str, Any],
             conditions[:] = status["conditions"]
             await api.patch_status("DataLoad", ns, name, status)
             await api.event(obj, "Normal", "WaitingForRunAfter", message)
-        await sleep(backoff(attempt, base, cap, rng or random.Random()))
+        await sleep(backoff.delay(attempt, rng or random.Random()))
 
 
 async def expire(api: SequenceApi, dl: DataLoad, clock: Clock) -> bool:

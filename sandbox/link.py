@@ -8,7 +8,8 @@ serving on plain loopback.
 
 It works at the TCP level so that it needs no knowledge of HTTP: a request is recognised as the first
 client bytes after the server has spoken (or on a new connection), and is held back by `latency_s`;
-every byte flowing back to clients draws from one token bucket shared by all connections.
+every byte flowing back to clients draws from one token bucket (`eddy.ratelimit`) shared by all
+connections, its burst 50 ms of the rate (at least one read's worth).
 """
 
 from __future__ import annotations
@@ -16,36 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
+
+from eddy.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 DEFAULT_BANDWIDTH = 50_000_000  # bytes/s: the seed's cache-less copy, 1.16 GiB in 24.966 s
 DEFAULT_LATENCY_S = 0.015
-
-
-class TokenBucket:
-    """A byte-rate limiter shared by many coroutines; `rate <= 0` means unlimited."""
-
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else max(rate * 0.05, CHUNK)
-        self._tokens = self.burst
-        self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def take(self, n: int) -> None:
-        if self.rate <= 0:
-            return
-        async with self._lock:  # FIFO: one waiter at a time, so connections share the rate fairly
-            now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= n
-            if self._tokens < 0:
-                await asyncio.sleep(-self._tokens / self.rate)
 
 
 @dataclass
@@ -76,7 +56,7 @@ class Link:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> Link:
-        self._bucket = TokenBucket(self.bandwidth)
+        self._bucket = TokenBucket(self.bandwidth, max(self.bandwidth * 0.05, CHUNK))
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
@@ -148,7 +128,7 @@ class Link:
         assert self._bucket is not None
         while data := await reader.read(CHUNK):
             turn["server_spoke"] = True
-            await self._bucket.take(len(data))
+            await self._bucket.acquire(len(data))
             self.stats.bytes_down += len(data)
             writer.write(data)
             await writer.drain()

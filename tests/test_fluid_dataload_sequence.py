@@ -12,6 +12,7 @@ import pytest
 
 from eddy.api import parse_dataload
 from eddy.kube import DATALOADS, Kube
+from eddy.retry import RetryPolicy
 from preloader import status as st
 from preloader.kubeapi import KubeApi
 from preloader.schedule import SystemClock
@@ -41,7 +42,8 @@ async def test_run_after_waits_for_the_named_dataload_to_complete(kube: Kube) ->
     dl = parse_dataload(second)
     conditions: list[dict[str, Any]] = []
     waiting = asyncio.create_task(
-        wait_run_after(api, dl, second, SystemClock(), conditions, base=0.05, cap=0.1))
+        wait_run_after(api, dl, second, SystemClock(), conditions,
+                       backoff=RetryPolicy(initial=0.05, maximum=0.1, jitter=0.5, attempts=None)))
     for _ in range(100):
         doc = await kube.get(DATALOADS, "second", NS)
         if (doc.get("status") or {}).get("waitingFor"):

@@ -8,7 +8,7 @@ import os
 import aiohttp
 from aiohttp import web
 
-from sandbox.link import Link, TokenBucket
+from sandbox.link import Link
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -59,11 +59,3 @@ async def test_link_to_a_dead_upstream_closes_the_client_connection() -> None:
             raise AssertionError("a dead upstream must not answer")
         except aiohttp.ClientError:
             pass
-
-
-async def test_token_bucket_unlimited_never_waits_and_limited_accounts_debt() -> None:
-    free = TokenBucket(0)
-    await free.take(10**12)
-    limited = TokenBucket(rate=1e9, burst=1000)
-    await limited.take(500)
-    assert limited._tokens <= 500

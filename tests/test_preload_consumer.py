@@ -22,16 +22,17 @@ from kubernetes_asyncio import client as k8s
 from eddy.api import GROUP, PLURALS, VERSION
 from eddy.blocks import owners
 from eddy.kube import Informer, Kube, make_api_client
+from eddy.retry import RetryPolicy
 from preloader.consumer import Consumer, ConsumerSettings
-from preloader.dispatch import RetryPolicy
 from preloader.kubeapi import KubeApi, dataload_informer
-from preloader.schedule import ManualClock
+from tests.support.clock import ManualClock
 from tests.support.s3 import S3Server
 from tests.support.seed import SEED
 from tests.test_preload_env import BS, SMALL_FILES, Bed, bed_for, cache_state
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+FAST_RETRY = RetryPolicy(attempts=3, initial=0.01, maximum=0.02)
+FAST_ATTEMPTS = RetryPolicy(initial=0.05, maximum=0.1, jitter=0.5, attempts=None)  # between attempts
 
 
 class RecordingApi(KubeApi):
@@ -143,11 +144,9 @@ def _settings(bed: Bed, **kw: Any) -> ConsumerSettings:
         workers=tuple(bed.urls),
         secrets=bed.s3.secrets(),
         block_size=BS,
-        wait_base=0.1,
-        wait_cap=0.3,
+        wait_backoff=RetryPolicy(initial=0.1, maximum=0.3, jitter=0.5, attempts=None),
         progress_interval=0.1,
-        retry_base=0.05,
-        retry_cap=0.1,
+        attempt_backoff=FAST_ATTEMPTS,
         **kw,
     )
 
@@ -239,8 +238,7 @@ async def test_bad_inputs_fail_with_exact_messages(
                 block_size=BS,
                 retry=FAST_RETRY,
                 progress_interval=0.1,
-                retry_base=0.05,
-                retry_cap=0.1,
+                attempt_backoff=FAST_ATTEMPTS,
             )
         )
         down = _seed_dataload(loadMetadata=False)

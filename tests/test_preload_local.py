@@ -14,17 +14,18 @@ import yaml
 
 from eddy.api import DataLoad, LoadTarget, ObjectMeta, parse_dataload
 from eddy.blocks import owners
+from eddy.retry import RetryPolicy
 from eddy.snapshot import decode_snapshot
 from eddy.wire import LISTING_SNAPSHOT
 from eddy.workerclient import WorkerClient
-from preloader.dispatch import Progress, RetryPolicy
+from preloader.dispatch import Progress
 from preloader.load import LoadError, LoadJob, run_load
 from preloader.status import COMPLETE, FAILED
 from tests.support.s3 import S3Server
 from tests.support.seed import SEED
 from tests.test_preload_env import BS, SMALL_FILES, bed_for, cache_state
 
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+FAST_RETRY = RetryPolicy(attempts=3, initial=0.01, maximum=0.02)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -151,7 +152,7 @@ async def test_worker_down_for_part_of_the_load_is_retried(
 
         back = asyncio.create_task(come_back())
         dl = _seed_dataload(loadMetadata=False, options={"batchSize": "2"})
-        retry = RetryPolicy(attempts=8, base_delay=0.05, max_delay=0.2)
+        retry = RetryPolicy(attempts=8, initial=0.05, maximum=0.2)
         result = await run_load(
             LoadJob(dl, bed.dataset, bed.urls, s3_server.secrets(), BS, retry=retry), client
         )

@@ -12,9 +12,10 @@ import pytest
 from eddy.api import DataLoad, LoadTarget, ObjectMeta, parse_dataset
 from eddy.blocks import BlockRef, owners
 from eddy.listing import ObjectInfo
+from eddy.retry import RetryPolicy
 from eddy.snapshot import SnapshotError, decode_snapshot, encode_snapshot
 from eddy.workerclient import WarmResult, WorkerUnavailable
-from preloader.dispatch import Dispatcher, Progress, RetryPolicy, TokenBucket
+from preloader.dispatch import Dispatcher, Progress
 from preloader.options import parse_options
 from preloader.plan import PlanError, Selection, Totals, plan_blocks, resolve_targets
 from preloader.status import (
@@ -227,7 +228,7 @@ async def test_dispatch_bounds_batches_and_counts() -> None:
         concurrency=3,
         per_worker=2,
         batch_size=4,  # type: ignore[arg-type]
-        retry=RetryPolicy(3, 0.001, 0.002),
+        retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002),
     )
     await d.run(_plan(20, workers, replicas=2))  # type: ignore[arg-type]
     assert progress.files_loaded == 20 and progress.blocks_loaded == 60 and progress.bytes_loaded == 200 * KiB
@@ -246,7 +247,7 @@ async def test_dispatch_retries_then_isolates_a_dead_worker() -> None:
         workers,
         progress=progress,
         batch_size=2,  # type: ignore[arg-type]
-        retry=RetryPolicy(3, 0.001, 0.002),
+        retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.002),
         rng=random.Random(1),
     )
     await d.run(_plan(10, workers))  # type: ignore[arg-type]
@@ -260,24 +261,6 @@ async def test_dispatch_retries_then_isolates_a_dead_worker() -> None:
         for a in [a async for a in _plan(10, workers)]  # type: ignore[attr-defined]
         if a.owners == ("http://w0",)
     )
-
-
-async def test_token_bucket_paces_bytes() -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    async def fake_sleep(s: float) -> None:
-        slept.append(s)
-        now[0] += s
-
-    bucket = TokenBucket(rate=1000, burst=1000, clock=lambda: now[0], sleep=fake_sleep)
-    await bucket.acquire(1000)  # the burst goes at once
-    assert slept == []
-    await bucket.acquire(500)
-    assert slept == [pytest.approx(0.5)]
-    now[0] += 10  # idle: refills to the burst, not beyond
-    await bucket.acquire(1000)
-    assert slept == [pytest.approx(0.5)]
 
 
 def test_backoff_limit_option_and_default() -> None:

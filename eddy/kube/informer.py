@@ -4,7 +4,8 @@ Transport and handling are separate tasks (as in kopf and client-go): the transp
 watches from the list's resourceVersion, keeps the store current and queues `(type, object)` events;
 the dispatcher task hands them, in order, to the async handlers. A slow or failing handler never stalls
 the watch, and a failing handler is logged, not fatal. A 410 Gone re-lists (the difference to the
-store is delivered as ADDED/MODIFIED/DELETED); other errors back off exponentially with jitter.
+store is delivered as ADDED/MODIFIED/DELETED); other errors back off exponentially with jitter
+(`eddy.retry.RetryPolicy`: 0.2 s doubling to 30 s, each pause between half and all of that).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from eddy.kube.client import Kube
 from eddy.kube.errors import Gone
 from eddy.kube.resources import Resource
+from eddy.retry import RetryPolicy
 
 log = logging.getLogger("eddy.kube.informer")
 Obj = dict[str, Any]
@@ -31,10 +33,16 @@ def object_key(obj: Obj) -> Key:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
-def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with jitter: between half and all of min(maximum, initial * 2**attempt)."""
-    ceiling: float = min(maximum, initial * 2.0 ** min(attempt, 30))
-    return ceiling * random.uniform(0.5, 1.0)
+def watch_backoff(initial: float, maximum: float) -> RetryPolicy:
+    """The informer's pauses after failed list/watch n (1-based): between half and all of
+    min(maximum, initial * 2**(n-1)), for as long as it fails."""
+    return RetryPolicy(initial=initial, maximum=maximum, jitter=0.5, attempts=None)
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:
+    """`watch_backoff(initial, maximum)`'s pause after failed try `attempt + 1`. Only `eddy.kube`'s
+    export list still names this; the Informer uses its policy directly."""
+    return watch_backoff(initial, maximum).delay(attempt + 1, rng or random.Random())
 
 
 class Informer:
@@ -52,6 +60,7 @@ class Informer:
         watch_timeout: int = 300,
         backoff_initial: float = 0.2,
         backoff_max: float = 30.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.kube = kube
         self.resource = resource
@@ -59,8 +68,8 @@ class Informer:
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.watch_timeout = watch_timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.backoff = watch_backoff(backoff_initial, backoff_max)
+        self.rng = rng or random.Random()
         self.handlers: list[EventHandler] = [on_event] if on_event else []
         self.resource_version = ""
         self.relists = 0  # lists after the first one (each 410 Gone causes one)
@@ -134,8 +143,7 @@ class Informer:
             try:
                 if not self.resource_version:
                     if gone_in_a_row > 1:  # list, watch, 410 again at once: do not hammer the server
-                        await asyncio.sleep(backoff_delay(gone_in_a_row - 2, self.backoff_initial,
-                                                          self.backoff_max))
+                        await asyncio.sleep(self.backoff.delay(gone_in_a_row - 1, self.rng))
                     await self._list()
                 async for etype, obj in self.kube.watch(
                     self.resource,
@@ -155,8 +163,8 @@ class Informer:
                 self.resource_version = ""
             except Exception as exc:  # KubeError or a bug: log, back off, carry on
                 self.errors += 1
-                delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max)
                 attempt += 1
+                delay = self.backoff.delay(attempt, self.rng)
                 log.warning("%s: list/watch failed (%s); retrying in %.2fs", self.resource.plural, exc, delay)
                 await asyncio.sleep(delay)
 

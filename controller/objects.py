@@ -378,5 +378,5 @@ def desired_objects(
         worker_service(ds, owner, settings),
         worker_network_policy(ds, owner, settings),
         worker_pdb(ds, owner),
-        worker_statefulset(ds, rt, config_hash, owner, settings),  # last: the reconciler reads its status
+        worker_statefulset(ds, rt, config_hash, owner, settings),  # last: its pods find config and token
     ]

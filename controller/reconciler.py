@@ -1,8 +1,10 @@
 """One reconcile of a Dataset (+ its same-named JindoRuntime), of a lone runtime, and of a pod.
 
-Level-triggered and idempotent: each call reads the current objects, applies what differs from
-`desired_objects(...)` and writes status only when it changed, so a second call writes nothing.
-Returns the seconds after which the key wants another look (status refresh), or None.
+Level-triggered and idempotent. The decisions are `controller/plan.py`'s, a pure function of what was
+read; this module reads (the Dataset, its runtime, the objects they stand for, and what the status
+measures: the store's size, the workers' cached bytes, the injected sidecars), asks the plan, and
+carries it out. A second call writes nothing. Returns the seconds after which the key wants another
+look (status refresh), or None.
 """
 
 from __future__ import annotations
@@ -16,36 +18,39 @@ from typing import Any
 
 from controller import kubeio
 from controller.kubeio import ApiError, Kube
-from controller.objects import Settings, desired_objects, owner_reference
-from controller.podfinish import sidecars_to_stop, stop_patch
-from controller.status import (
-    BOUND,
-    FAILED,
-    NOT_BOUND,
-    Condition,
-    dataset_status,
-    differs,
-    merge_conditions,
-    read_only_condition,
-    runtime_status,
-    setup_duration,
+from controller.objects import Settings
+from controller.plan import (
+    FINALIZER,
+    STATUS_PERIOD,
+    WAIT_PODS_PERIOD,
+    Bound,
+    DatasetPlan,
+    Measured,
+    Ref,
+    Seen,
+    StatusWrite,
+    awaits_cleanup,
+    bound_statuses,
+    count_sidecars,
+    owned_refs,
+    plan_dataset,
 )
+from controller.podfinish import sidecars_to_stop, stop_patch
 from eddy import names
-from eddy.api import API_VERSION, Dataset, JindoRuntime, ValidationError, parse_dataset, parse_runtime
+from eddy.api import Dataset, JindoRuntime
 from eddy.kube.events import EventRecorder
 from eddy.objectstore import ObjectStore, ObjectStoreError
 from eddy.retry import RetryPolicy
 from eddy.secrets import SecretError, SecretSource, secret_values
-from eddy.wire import TOKEN_READ_KEY
 from eddy.workerclient import WorkerClient, WorkerError
 
 log = logging.getLogger("eddy.controller")
 
-FINALIZER = "data.fluid.io/eddy-controller"
 COMPONENT = "eddy-controller"
-STATUS_PERIOD = 30.0  # worker stats and readiness are looked at again this often
-WAIT_PODS_PERIOD = 5.0
 WorkerUrls = Callable[[Dataset, int, int], list[str]]
+RESOURCES: dict[str, kubeio.Resource] = {**kubeio.BY_KIND, "Dataset": kubeio.DATASETS,
+                                         "JindoRuntime": kubeio.RUNTIMES}
+__all__ = ["COMPONENT", "FINALIZER", "STATUS_PERIOD", "WAIT_PODS_PERIOD", "Reconciler"]
 
 
 def _default_worker_urls(ds: Dataset, replicas: int, port: int) -> list[str]:
@@ -63,20 +68,6 @@ class _UfsTotal:
     error: str
     at: float
     files: int | None = None
-
-
-def _uses_dataset(pod: dict[str, Any], ds_key: str, pvc: str) -> bool:
-    spec = pod.get("spec") or {}
-    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-        return False
-    for volume in spec.get("volumes") or []:
-        if ((volume or {}).get("persistentVolumeClaim") or {}).get("claimName") == pvc:
-            return True
-    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
-        for env in container.get("env") or []:
-            if env.get("name") == "EDDY_DATASET" and env.get("value") == ds_key:
-                return True
-    return False
 
 
 class Reconciler:
@@ -102,181 +93,79 @@ class Reconciler:
 
     # ------------------------------------------------------------------ datasets
     async def reconcile_dataset(self, namespace: str, name: str) -> float | None:
+        seen = await self._read(namespace, name)
+        plan = plan_dataset(seen, self.settings)
+        await self._carry_out(plan)
+        if plan.bound is not None:  # the objects are in place: measure, then write the status
+            await self._write_statuses(bound_statuses(plan.bound, await self._measure(plan.bound), _now()))
+        if plan.release is not None:
+            self._ufs.pop(f"{namespace}/{name}", None)
+        return plan.requeue
+
+    async def _read(self, namespace: str, name: str) -> Seen:
         ds_doc = await self.kube.get_or_none(kubeio.DATASETS, name, namespace)
         rt_doc = await self.kube.get_or_none(kubeio.RUNTIMES, name, namespace)
-        if ds_doc is None:
-            if rt_doc is not None:
-                cond = Condition("Ready", False, "DatasetNotFound",
-                                 f"waiting for Dataset {namespace}/{name}")
-                await self._runtime_status(rt_doc, applied=False, ready=0, fuse=False, cond=cond)
-            return None
-        meta = ds_doc["metadata"]
-        if meta.get("deletionTimestamp"):
-            return await self._finalize(ds_doc)
-        if FINALIZER not in (meta.get("finalizers") or []):
-            ds_doc = await self.kube.patch(kubeio.DATASETS, name, {
-                "metadata": {"finalizers": [*(meta.get("finalizers") or []), FINALIZER],
-                             "resourceVersion": meta.get("resourceVersion")}}, namespace)
-        try:
-            ds = parse_dataset(ds_doc)
-        except ValidationError as exc:
-            cond = Condition("Ready", False, "InvalidSpec", str(exc))
-            await self._dataset_status(ds_doc, FAILED, None, 0, 0, cond)
-            if rt_doc is not None:
-                await self._runtime_status(rt_doc, applied=False, ready=0, fuse=False,
-                                           cond=Condition("Ready", False, "DatasetInvalid", str(exc)))
-            log.warning("dataset %s/%s is invalid: %s", namespace, name, exc)
-            return None
-        if rt_doc is None:
-            if await self._tear_down(ds_doc):
-                cond = Condition("Ready", False, "RuntimeDeleted",
-                                 f"JindoRuntime {namespace}/{name} was deleted: workers, PV and PVC removed")
-            else:
-                cond = Condition("Ready", False, "RuntimeNotFound",
-                                 f"waiting for JindoRuntime {namespace}/{name}")
-            await self._dataset_status(ds_doc, NOT_BOUND, None, 0, 0, cond)
-            return None
-        rt_doc = await self._own_runtime(ds_doc, rt_doc)
-        try:
-            rt = parse_runtime(rt_doc)
-            objects = desired_objects(ds_doc, rt_doc, self.settings)
-        except ValidationError as exc:
-            cond = Condition("Ready", False, "RuntimeInvalid", str(exc))
-            await self._dataset_status(ds_doc, NOT_BOUND, None, 0, 0, cond)
-            await self._runtime_status(rt_doc, applied=False, ready=0, fuse=False, cond=cond)
-            return None
-        live = [await self.apply(obj) for obj in objects]
-        sts = live[-1]
-        ready = int((sts.get("status") or {}).get("readyReplicas") or 0)
-        ufs = await self._ufs_total(ds_doc, ds)
-        cached = await self._cached(ds, rt, ready, _worker_token(live))
-        capacity = rt.capacity_per_worker * rt.replicas
-        if ufs.error:
-            cond = Condition("Ready", False, "UfsUnavailable", ufs.error)
+        live: dict[tuple[str, str], dict[str, Any]] = {}
+        pods: list[dict[str, Any]] = []
+        if ds_doc is not None:
+            for ref in owned_refs(namespace, name):
+                obj = await self.kube.get_or_none(RESOURCES[ref.kind], ref.name, ref.namespace)
+                if obj is not None:
+                    live[(ref.kind, ref.name)] = obj
+            if awaits_cleanup(ds_doc):
+                pods, _ = await self.kube.list(kubeio.PODS, namespace)
+        return Seen(namespace, name, ds_doc, rt_doc, live, _now(), pods)
+
+    async def _carry_out(self, plan: DatasetPlan) -> None:
+        for patch in plan.patches:
+            await self.kube.patch(RESOURCES[patch.ref.kind], patch.ref.name, patch.body, patch.ref.namespace)
+        for obj in plan.creates:
+            log.info("creating %s %s", obj["kind"], obj["metadata"]["name"])
+            await self.kube.create(RESOURCES[obj["kind"]], obj, obj["metadata"].get("namespace"))
+        for patch in plan.updates:
+            log.info("updating %s %s", patch.ref.kind, patch.ref.name)
+            await self.kube.patch(RESOURCES[patch.ref.kind], patch.ref.name, patch.body, patch.ref.namespace)
+        for ref in plan.deletes:
+            await self._delete(ref)
+        if plan.release is not None:
+            ref = plan.release.ref
+            await self.kube.patch(RESOURCES[ref.kind], ref.name, plan.release.body, ref.namespace)
+        await self._write_statuses(plan.statuses)
+        for level, message in plan.logs:
+            log.log(level, "%s", message)
+
+    async def _delete(self, ref: Ref) -> None:
+        if ref.namespace is None:
+            await self.kube.delete(RESOURCES[ref.kind], ref.name, missing_ok=True)
         else:
-            cond = Condition("Ready", True, "Bound", "PV, PVC, config and workers are in place")
-        extra = [read_only_condition(ds)] if ds.read_write_requested else []
-        await self._dataset_status(ds_doc, BOUND, ufs.total, cached, capacity, cond, extra=extra,
-                                   files=ufs.files, runtime=rt)
-        rt_cond = Condition("Ready", ready >= rt.replicas > 0, "Workers",
-                            f"{ready}/{rt.replicas} workers ready")
-        fuses = await self._fuse_counts(ds)
-        current = int((sts.get("status") or {}).get("replicas") or 0)
-        await self._runtime_status(rt_doc, applied=True, ready=ready, fuse=True, cond=rt_cond, rt=rt,
-                                   current=current, fuses=fuses)
-        return STATUS_PERIOD
+            await self.kube.delete(RESOURCES[ref.kind], ref.name, ref.namespace, propagation="Background",
+                                   missing_ok=True)
 
-    async def _own_runtime(self, ds_doc: dict[str, Any], rt_doc: dict[str, Any]) -> dict[str, Any]:
-        """The runtime gets an owner reference to its Dataset, as Fluid gives it (deleting the Dataset
-        deletes the runtime)."""
-        uid = (ds_doc.get("metadata") or {}).get("uid")
-        refs = (rt_doc.get("metadata") or {}).get("ownerReferences") or []
-        if not uid or any(r.get("uid") == uid for r in refs):
-            return rt_doc
-        meta = rt_doc["metadata"]
-        owner = {**owner_reference(ds_doc), "apiVersion": API_VERSION}
-        return await self.kube.patch(kubeio.RUNTIMES, meta["name"], {"metadata": {
-            "ownerReferences": [*refs, owner], "resourceVersion": meta.get("resourceVersion")}},
-            meta.get("namespace"))
+    async def _write_statuses(self, writes: tuple[StatusWrite, ...]) -> None:
+        for write in writes:
+            ref = write.ref
+            if write.write:
+                await self.kube.patch_status(RESOURCES[ref.kind], ref.name, {"status": write.status},
+                                             ref.namespace)
+            for event in write.events:
+                await self.events.record(write.doc, event.reason, event.message, event.type)
 
-    async def _tear_down(self, ds_doc: dict[str, Any]) -> bool:
-        """The runtime is gone: remove what it stood for (workers, config, PVC, PV), as Fluid does.
-        False when there was nothing to remove (the runtime has not been created yet)."""
-        meta = ds_doc["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        sts = await self.kube.get_or_none(kubeio.STATEFULSETS, names.worker_name(name), ns)
-        pv = await self.kube.get_or_none(kubeio.PVS, names.pv_name(ns, name))
-        if sts is None and pv is None:
-            return False
-        for res, obj_name in (
-            (kubeio.STATEFULSETS, names.worker_name(name)),
-            (kubeio.SERVICES, names.worker_name(name)),
-            (kubeio.BY_KIND["NetworkPolicy"], names.worker_name(name)),
-            (kubeio.BY_KIND["PodDisruptionBudget"], names.worker_name(name)),
-            (kubeio.CONFIG_MAPS, names.config_map_name(name)),
-            (kubeio.PVCS, names.pvc_name(name)),
-        ):
-            await self.kube.delete(res, obj_name, ns, propagation="Background", missing_ok=True)
-        await self.kube.delete(kubeio.PVS, names.pv_name(ns, name), missing_ok=True)
-        log.info("runtime %s/%s deleted: workers, PV and PVC removed", ns, name)
-        return True
+    # ------------------------------------------------------------------ measurements
+    async def _measure(self, bound: Bound) -> Measured:
+        ufs = await self._ufs_total(bound.dataset)
+        cached = await self._cached(bound.dataset, bound.runtime, bound.ready, bound.token)
+        fuses = await self._fuse_counts(bound.dataset)
+        return Measured(ufs.total, ufs.files, ufs.error, cached, fuses)
 
     async def _fuse_counts(self, ds: Dataset) -> tuple[int, int]:
-        """(pods with a sidecar of this Dataset, those whose sidecar is ready): Eddy's FUSE "daemons"."""
         try:
             pods, _ = await self.kube.list(kubeio.PODS, ds.meta.namespace,
                                            label_selector=f"{names.LABEL_INJECT_DONE}=true")
         except ApiError as exc:
             log.debug("cannot count sidecars of %s: %s", ds.meta.key, exc)
             return 0, 0
-        scheduled = ready = 0
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                continue
-            spec = pod.get("spec") or {}
-            containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-            sidecars = [c["name"] for c in containers
-                        if any(e.get("name") == "EDDY_DATASET" and e.get("value") == ds.meta.key
-                               for e in c.get("env") or [])]
-            if not sidecars:
-                continue
-            scheduled += 1
-            statuses = [*((pod.get("status") or {}).get("initContainerStatuses") or []),
-                        *((pod.get("status") or {}).get("containerStatuses") or [])]
-            if any(s.get("name") in sidecars and s.get("ready") for s in statuses):
-                ready += 1
-        return scheduled, ready
+        return count_sidecars(pods, ds.meta.key)
 
-    async def apply(self, desired: dict[str, Any]) -> dict[str, Any]:
-        """Create `desired`, or patch it where the live object differs; returns the live object."""
-        res = kubeio.BY_KIND[desired["kind"]]
-        meta = desired["metadata"]
-        ns = meta.get("namespace")
-        live = await self.kube.get_or_none(res, meta["name"], ns)
-        if live is None:
-            log.info("creating %s %s", desired["kind"], meta["name"])
-            return await self.kube.create(res, desired, ns)
-        if desired["kind"] == "Secret":
-            return live  # the worker tokens: random once, never rewritten (workers would lose callers)
-        if desired["kind"] in ("PersistentVolume", "PersistentVolumeClaim"):
-            wanted: dict[str, Any] = {"metadata": {"labels": meta["labels"]}}  # the spec is immutable
-        else:
-            wanted = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
-        if not differs(wanted, live):
-            return live
-        log.info("updating %s %s", desired["kind"], meta["name"])
-        return await self.kube.patch(res, meta["name"], wanted, ns)
-
-    async def _finalize(self, ds_doc: dict[str, Any]) -> float | None:
-        meta = ds_doc["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        if FINALIZER not in (meta.get("finalizers") or []):
-            return None
-        pods, _ = await self.kube.list(kubeio.PODS, ns)
-        users = sorted(p["metadata"]["name"] for p in pods
-                       if _uses_dataset(p, f"{ns}/{name}", names.pvc_name(name)))
-        if users:
-            cond = Condition("Ready", False, "InUse",
-                             f"deletion waits for pods using the dataset: {', '.join(users)}")
-            old = ds_doc.get("status") or {}
-            await self._patch_status(kubeio.DATASETS, ds_doc, {
-                **old, "conditions": merge_conditions(old.get("conditions"), [cond], _now())})
-            return WAIT_PODS_PERIOD
-        for res, obj_name in (
-            (kubeio.STATEFULSETS, names.worker_name(name)),
-            (kubeio.SERVICES, names.worker_name(name)),
-            (kubeio.CONFIG_MAPS, names.config_map_name(name)),
-            (kubeio.PVCS, names.pvc_name(name)),
-        ):
-            await self.kube.delete(res, obj_name, ns, propagation="Background", missing_ok=True)
-        await self.kube.delete(kubeio.PVS, names.pv_name(ns, name), missing_ok=True)
-        rest = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
-        await self.kube.patch(kubeio.DATASETS, name, {"metadata": {"finalizers": rest or None}}, ns)
-        self._ufs.pop(f"{ns}/{name}", None)
-        log.info("dataset %s/%s cleaned up", ns, name)
-        return None
-
-    # ------------------------------------------------------------------ observations
     async def _secrets(self, ds: Dataset) -> SecretSource:
         mapping: dict[str, dict[str, str]] = {}
         for secret in ds.secret_names:
@@ -284,7 +173,7 @@ class Reconciler:
             mapping[secret] = secret_values(doc or {}, f"{ds.meta.namespace}/{secret}")
         return SecretSource.from_mapping(mapping)
 
-    async def _ufs_total(self, ds_doc: dict[str, Any], ds: Dataset) -> _UfsTotal:
+    async def _ufs_total(self, ds: Dataset) -> _UfsTotal:
         """Bytes under every mount, listed at most once per `ufs_period` (and when the spec changes)."""
         key = ds.meta.key
         fingerprint = f"{ds.meta.uid}:{ds.mounts!r}"
@@ -328,56 +217,6 @@ class Reconciler:
             total += int(stats.get("cached_bytes") or 0)
         return total
 
-    # ------------------------------------------------------------------ status writes
-    async def _patch_status(self, res: kubeio.Resource, doc: dict[str, Any], status: dict[str, Any]) -> None:
-        if not differs(status, doc.get("status") or {}):
-            return
-        meta = doc["metadata"]
-        await self.kube.patch_status(res, meta["name"], {"status": status}, meta.get("namespace"))
-
-    async def _dataset_status(self, ds_doc: dict[str, Any], phase: str, ufs: int | None, cached: int,
-                              capacity: int, cond: Condition, *, extra: list[Condition] | None = None,
-                              files: int | None = None, runtime: JindoRuntime | None = None) -> None:
-        old = ds_doc.get("status") or {}
-        conditions = merge_conditions(old.get("conditions"), [cond, *(extra or [])], _now())
-        status = dataset_status(phase=phase, ufs_total=ufs, cached=cached, capacity=capacity,
-                                conditions=conditions, files=files, runtime=runtime)
-        await self._patch_status(kubeio.DATASETS, ds_doc, status)
-        await self._announce(ds_doc, old, status, [cond, *(extra or [])], "phase")
-
-    async def _runtime_status(self, rt_doc: dict[str, Any], *, applied: bool, ready: int, fuse: bool,
-                              cond: Condition, rt: JindoRuntime | None = None, current: int = 0,
-                              fuses: tuple[int, int] = (0, 0)) -> None:
-        old = rt_doc.get("status") or {}
-        desired = rt.replicas if rt else int((rt_doc.get("spec") or {}).get("replicas") or 0)
-        conditions = merge_conditions(old.get("conditions"), [cond], _now())
-        status = runtime_status(applied=applied, desired=desired, ready=ready, fuse_ready=fuse,
-                                conditions=conditions, current=current, fuses=fuses)
-        created = str((rt_doc.get("metadata") or {}).get("creationTimestamp") or "")
-        status["setupDuration"] = old.get("setupDuration") or setup_duration(created, status, _now())
-        if not status["setupDuration"]:
-            status.pop("setupDuration")
-        await self._patch_status(kubeio.RUNTIMES, rt_doc, status)
-        await self._announce(rt_doc, old, status, [cond], "workerPhase")
-
-    async def _announce(self, doc: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
-                        conds: list[Condition], field: str) -> None:
-        """An Event for every phase change, and for every failing condition that is new or changed
-        (`kubectl describe dataset` then tells the story)."""
-        before = {str(c.get("type")): c for c in old.get("conditions") or [] if isinstance(c, dict)}
-        kind = doc.get("kind", "object")
-        if old.get(field) != new.get(field) and new.get(field):
-            failing = next((c for c in conds if not c.ok), None)
-            text = f"{kind} {field} {old.get(field) or 'unset'} -> {new.get(field)}"
-            await self.events.record(doc, str(new.get(field)), text + (
-                f": {failing.message}" if failing and failing.message else ""),
-                "Warning" if failing else "Normal")
-        for cond in conds:
-            prev = before.get(cond.type) or {}
-            wanted = (cond.type == "Ready" and not cond.ok) or (cond.type != "Ready" and cond.ok)
-            if wanted and (prev.get("reason") != cond.reason or prev.get("message") != cond.message):
-                await self.events.record(doc, cond.reason, cond.message, "Warning")
-
     # ------------------------------------------------------------------ pods
     async def reconcile_pod(self, namespace: str, name: str) -> None:
         """Classic-mode sidecars of a finished Job/Argo pod are told to leave (controller/podfinish.py)."""
@@ -388,11 +227,3 @@ class Reconciler:
         if sidecars:
             log.info("pod %s/%s: app containers ended; stopping sidecars %s", namespace, name, sidecars)
             await self.kube.patch(kubeio.PODS, name, stop_patch(), namespace)
-
-
-def _worker_token(live: list[dict[str, Any]]) -> str:
-    """The read token from the applied worker-token Secret (the workers' stats need it); "" if none."""
-    for obj in live:
-        if obj.get("kind") == "Secret" and obj["metadata"]["name"].endswith("-eddy-token"):
-            return secret_values(obj, obj["metadata"]["name"]).get(TOKEN_READ_KEY, "")
-    return ""

@@ -45,7 +45,7 @@ def test_anti_affinity_and_one_pdb_per_dataset() -> None:
     ds, rt = docs()
     objects = desired_objects(ds, rt, Settings())
     sts = by_kind(objects)["StatefulSet"]
-    assert objects[-1] is sts, "the reconciler reads the StatefulSet's status from the last object"
+    assert objects[-1] is sts, "created last: its pods start with their config and token in place"
     anti = pod_spec(objects)["affinity"]["podAntiAffinity"]
     term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]
     assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"

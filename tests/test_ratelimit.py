@@ -10,19 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eddy.ratelimit import TokenBucket
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.support.clock import FakeTime
 
 
 async def test_the_burst_goes_at_once_then_the_rate_paces() -> None:

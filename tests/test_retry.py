@@ -9,21 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eddy.retry import RetriesExhausted, RetryPolicy, retrying
-
-
-class FakeTime:
-    """A clock that moves only when `sleep` is awaited; records the pauses asked for."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.pauses: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.pauses.append(seconds)
-        self.now += seconds
+from tests.support.clock import FakeTime
 
 
 def test_steps_grow_by_the_multiplier_up_to_the_maximum() -> None:
@@ -91,7 +77,7 @@ def test_nonsense_policies_are_refused(fields: dict[str, float]) -> None:
 
 
 async def test_retrying_retries_the_named_failures_then_returns() -> None:
-    time = FakeTime()
+    time = FakeTime(100.0)
     calls: list[int] = []
     seen: list[tuple[int, float, str]] = []
 
@@ -106,12 +92,12 @@ async def test_retrying_retries_the_named_failures_then_returns() -> None:
                             sleep=time.sleep, clock=time.clock,
                             on_retry=lambda n, pause, exc: seen.append((n, pause, str(exc))))
     assert result == "ok" and len(calls) == 3
-    assert time.pauses == [0.5, 1.0]
+    assert time.slept == [0.5, 1.0]
     assert seen == [(1, 0.5, "refused 1"), (2, 1.0, "refused 2")]
 
 
 async def test_retrying_gives_up_after_the_attempts_with_the_last_failure() -> None:
-    time = FakeTime()
+    time = FakeTime(100.0)
 
     async def down() -> None:
         raise TimeoutError(f"try at {time.now:g}")
@@ -120,13 +106,13 @@ async def test_retrying_gives_up_after_the_attempts_with_the_last_failure() -> N
     with pytest.raises(RetriesExhausted) as info:
         await retrying(down, policy, retry_on=(ConnectionError, TimeoutError), rng=random.Random(1),
                        sleep=time.sleep, clock=time.clock)
-    assert info.value.tries == 4 and time.pauses == [1.0, 2.0, 2.0]
+    assert info.value.tries == 4 and time.slept == [1.0, 2.0, 2.0]
     assert isinstance(info.value.last, TimeoutError) and info.value.__cause__ is info.value.last
     assert str(info.value.last) == "try at 105"
 
 
 async def test_retrying_keeps_to_the_time_budget_on_the_injected_clock() -> None:
-    time = FakeTime()
+    time = FakeTime(100.0)
 
     async def down() -> None:
         raise ConnectionError("down")
@@ -135,12 +121,12 @@ async def test_retrying_keeps_to_the_time_budget_on_the_injected_clock() -> None
     with pytest.raises(RetriesExhausted) as info:
         await retrying(down, policy, retry_on=ConnectionError, rng=random.Random(1), sleep=time.sleep,
                        clock=time.clock)
-    assert time.pauses == [1.0, 2.0, 4.0]  # a fourth pause (4 s) would end at 11 s, past the budget
+    assert time.slept == [1.0, 2.0, 4.0]  # a fourth pause (4 s) would end at 11 s, past the budget
     assert info.value.tries == 4
 
 
 async def test_retrying_lets_other_failures_through_at_once() -> None:
-    time = FakeTime()
+    time = FakeTime(100.0)
     calls = 0
 
     async def wrong() -> None:
@@ -151,4 +137,4 @@ async def test_retrying_lets_other_failures_through_at_once() -> None:
     with pytest.raises(ValueError, match="bad request"):
         await retrying(wrong, RetryPolicy(), retry_on=ConnectionError, rng=random.Random(1), sleep=time.sleep,
                        clock=time.clock)
-    assert calls == 1 and time.pauses == []
+    assert calls == 1 and time.slept == []

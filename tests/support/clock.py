@@ -1,4 +1,5 @@
-"""A clock for the consumer's tests (preloader.schedule.Clock) that only moves when told to."""
+"""Clocks for tests: `ManualClock` (preloader.schedule.Clock: datetimes, moved by `advance`) and `FakeTime`
+(the monotonic seconds eddy.retry and eddy.ratelimit take, moved by `sleep`)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,19 @@ class ManualClock:
             self._changed.notify_all()
         for _ in range(5):  # let the woken tasks run
             await asyncio.sleep(0)
+
+
+class FakeTime:
+    """Monotonic seconds (eddy.retry / eddy.ratelimit's `clock`) that move only by `sleep`, which also
+    records the pauses asked for: `clock=time.clock, sleep=time.sleep`."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds

@@ -12,12 +12,13 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from controller.kubeio import Kube
+from controller.kubeio import count_request
 from controller.loop import Controller
 from controller.objects import Settings
 from controller.reconciler import Reconciler
 from eddy.fluidcheck import FluidInstalled, refuse_beside_fluid
 from eddy.kube import own_image
+from eddy.kube.flags import add_kube_args, connect, watched_namespace
 from eddy.kube.leader import add_leader_args, elector_for_this_pod
 from eddy.names import WORKER_PORT
 
@@ -31,10 +32,7 @@ def register(subparsers: Any) -> None:
         description="Reconcile Dataset + JindoRuntime into a PV/PVC, worker StatefulSet, config and "
                     "status; stop classic sidecars of finished Job pods (docs/controller.md).",
     )
-    parser.add_argument("--kube-url", metavar="URL",
-                        help="API server URL without auth (tests); default: in-cluster config")
-    parser.add_argument("--kubeconfig", metavar="FILE", help="use this kubeconfig instead")
-    parser.add_argument("--namespace", metavar="NS", help="watch only this namespace (default: all)")
+    add_kube_args(parser, watch_namespace=True)
     parser.add_argument("--resync", type=float, default=60.0, metavar="S",
                         help="re-queue every object this often (default 60)")
     parser.add_argument("--ufs-period", type=float, default=300.0, metavar="S",
@@ -54,7 +52,9 @@ def register(subparsers: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port)
-    kube = await Kube.connect(args.kube_url, args.kubeconfig)
+    kube = await connect(args)
+    kube.add_request_hook(count_request)
+    namespace = watched_namespace(args)
     if not args.allow_fluid:
         try:
             await refuse_beside_fluid(kube, "controller")
@@ -66,12 +66,12 @@ async def run(args: argparse.Namespace) -> int:
     image = args.image or await own_image(kube, "controller") or DEFAULT_IMAGE
     reconciler = Reconciler(kube, Settings(image=image, worker_port=args.worker_port),
                             ufs_period=args.ufs_period)
-    controller = Controller(kube, reconciler, namespace=args.namespace, resync=args.resync)
+    controller = Controller(kube, reconciler, namespace=namespace, resync=args.resync)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("controller started (namespace=%s, image=%s)", args.namespace or "*", image)
+    log.info("controller started (namespace=%s, image=%s)", namespace or "*", image)
     kept = True
     try:
         if args.leader_elect:

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from eddy.api import GROUP, KINDS, Dataset, Model, ValidationError, parse_object
+from eddy.cliargs import add_filename_arg
 from eddy.manifests import ManifestError, _documents
 from eddy.secrets import plain_credentials
 
@@ -36,14 +37,8 @@ def register(subparsers: Any) -> None:
         description="Parse every Fluid object in the files; print one line per error "
         "(file, object, field path) and exit non-zero if any.",
     )
-    parser.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="a YAML or JSON manifest (repeatable; '-' reads standard input)",
-    )
+    add_filename_arg(parser, dest="filename", required=True,
+                     help="a YAML or JSON manifest (repeatable; '-' reads standard input)")
     parser.set_defaults(func=run)
 
 

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Coroutine
 from typing import Any
 
+from eddy.kube.flags import add_kube_args
 from eddy.kube.leader import add_leader_args
 
 
@@ -15,11 +16,7 @@ def register(subparsers: Any) -> None:
         description="Watch DataLoads (list, then watch; re-list on 410) and run each: Once, or on a Cron "
                     "schedule. Status goes to the DataLoad's status subresource; see docs/preloader.md.",
     )
-    consumer.add_argument("--kube-url", metavar="URL",
-                          help="API server URL (default: in-cluster or kubeconfig)")
-    consumer.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file")
-    consumer.add_argument("--namespace", default="all", metavar="NS",
-                          help="one namespace, or 'all' (default)")
+    add_kube_args(consumer, watch_namespace=True)
     consumer.add_argument("--max-concurrent-loads", type=int, default=4, metavar="N",
                           help="DataLoads running at once (default 4)")
     consumer.add_argument("--worker", action="append", metavar="URL",

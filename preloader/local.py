@@ -30,6 +30,7 @@ from rich.progress import (
 
 from eddy.api import DataLoad, ValidationError
 from eddy.blocks import DEFAULT_BLOCK_SIZE
+from eddy.cliargs import add_filename_arg
 from eddy.config import ConfigError, RuntimeConfig, load_config
 from eddy.manifests import ManifestError, Manifests, load_all
 from eddy.names import SECRETS_MOUNT_DIR, worker_url
@@ -151,9 +152,9 @@ async def run_preload(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-f", "--file", action="append", required=True, metavar="FILE",
-                        help="manifest file (the DataLoad, its Dataset, optionally the JindoRuntime); "
-                             "repeatable")
+    add_filename_arg(parser, dest="file", required=True,
+                     help="manifest file (the DataLoad, its Dataset, optionally the JindoRuntime); "
+                          "repeatable")
     parser.add_argument("--worker", action="append", metavar="URL",
                         help="a worker's base URL, e.g. http://127.0.0.1:9001; repeatable (default: the "
                              "config's workers, else the runtime's in-cluster names)")

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Metric, start_http_se
 from prometheus_client.registry import Collector
 
 from eddy.blocks import DEFAULT_BLOCK_SIZE
-from eddy.kube import Kube
+from eddy.kube.flags import connect, watched_namespace
 from eddy.kube.leader import elector_for_this_pod
 from eddy.secrets import SecretSource
 from preloader.consumer import Consumer, ConsumerSettings
@@ -32,8 +32,8 @@ def settings_from_args(args: argparse.Namespace) -> ConsumerSettings:
 
 
 async def run_consumer(args: argparse.Namespace) -> int:
-    kube = await Kube.connect(args.kube_url, args.kubeconfig)
-    namespace = None if args.namespace in ("", "all") else args.namespace
+    kube = await connect(args)
+    namespace = watched_namespace(args)
     metrics = PreloaderMetrics()
     consumer = Consumer(MeteredApi(KubeApi(kube), metrics), settings_from_args(args))
     metrics.watch(consumer)

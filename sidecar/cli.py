@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from eddy.cliargs import add_filename_arg
 from eddy.names import SIDECAR_HEALTH_PORT, STOP_ANNOTATION
 
 # Only what the parsers need is imported here: `check-mount` is the startup probe, run every second
@@ -27,8 +28,8 @@ def register(subparsers: Any) -> None:
     mount = sub.add_parser("mount", help="mount the dataset at a directory and serve it until signalled")
     source = mount.add_mutually_exclusive_group()
     source.add_argument("--config", help="the eddy.yaml the webhook injects (default: the in-pod path)")
-    source.add_argument("-f", "--file", dest="files", action="append", default=[],
-                        help="Dataset (and JindoRuntime) manifest file; repeatable (local mode)")
+    add_filename_arg(source, dest="files", default=[],
+                     help="Dataset (and JindoRuntime) manifest file; repeatable (local mode)")
     mount.add_argument("--mountpoint", required=True, type=Path, help="directory to mount at")
     mount.add_argument("--worker", dest="workers", action="append", default=[],
                        help="worker base URL (repeatable); overrides the config's worker list")

@@ -462,17 +462,106 @@ async def test_informer_skips_malformed_events(k: kube.Kube) -> None:
     assert informer.resource_version == "7"
 
 
-async def test_modify_retries_on_conflict(kube_api: KubeApiServer, k: kube.Kube) -> None:
-    await k.create(kube.CONFIGMAPS, {"metadata": {"name": "n", "namespace": NS}, "data": {"count": "0"}})
-    reads: list[str] = []
+async def test_replace_of_a_stale_read_is_a_conflict(k: kube.Kube) -> None:
+    """Optimistic concurrency as the webhook's certificate renewal uses it: `replace` carries the
+    resourceVersion it read, so a write in between makes it a Conflict; a fresh read then succeeds."""
+    body = {"metadata": {"name": "n", "namespace": NS}, "data": {"count": "0"}}
+    read = await k.create(kube.CONFIGMAPS, body)
+    await k.patch(kube.CONFIGMAPS, "n", {"data": {"count": "10"}}, NS)  # someone else writes first
+    with pytest.raises(kube.Conflict):
+        await k.replace(kube.CONFIGMAPS, "n", {**read, "data": {"count": "1"}}, NS)
+    live = await k.get(kube.CONFIGMAPS, "n", NS)
+    written = await k.replace(kube.CONFIGMAPS, "n", {**live, "data": {"count": "11"}}, NS)
+    assert written["data"]["count"] == "11"
 
-    def bump(obj: dict[str, Any]) -> dict[str, Any]:
-        reads.append(obj["data"]["count"])
-        if len(reads) == 1:  # someone else writes between our read and our write, once
-            kube_api.put({**obj, "data": {"count": "10"}})
-        obj["data"]["count"] = str(int(obj["data"]["count"]) + 1)
-        return obj
 
-    result = await k.modify(kube.CONFIGMAPS, "n", bump, NS)
-    assert reads == ["0", "10"] and result["data"]["count"] == "11"
-    assert await k.modify(kube.CONFIGMAPS, "n", lambda obj: None, NS) == result
+# ---------------------------------------------------------------------------------------------- request hooks
+async def test_request_hooks_see_every_call(
+    kube_api: KubeApiServer, k: kube.Kube, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[kube.ApiRequest] = []
+    k.add_request_hook(seen.append)
+    k.add_request_hook(lambda request: [][0])  # a failing hook is logged; the call's outcome stands
+    cm = {"metadata": {"name": "a", "namespace": NS, "labels": {"x": "y"}}}
+    await k.create(kube.CONFIGMAPS, cm)
+    await k.get(kube.CONFIGMAPS, "a", NS)
+    await k.list(kube.CONFIGMAPS, NS)
+    with pytest.raises(kube.NotFound):
+        await k.get(kube.CONFIGMAPS, "nope", NS)
+    kube_api.fail_next(status=503, path="/configmaps/a")
+    with pytest.raises(kube.Unavailable):
+        await k.patch(kube.CONFIGMAPS, "a", {"data": {"k": "v"}}, NS)
+    [_ async for _ in k.watch(kube.CONFIGMAPS, NS, timeout_seconds=1, bookmarks=False)]
+    await k.request("DELETE", kube.CONFIGMAPS.path(NS), [("labelSelector", "x=y")])
+    await k.delete(kube.CONFIGMAPS, "gone", NS, missing_ok=True)
+    await k.version()
+    assert [(r.verb, r.method, r.resource, r.status) for r in seen] == [
+        ("create", "POST", "configmaps", 201),
+        ("get", "GET", "configmaps", 200),
+        ("list", "GET", "configmaps", 200),
+        ("get", "GET", "configmaps", 404),
+        ("patch", "PATCH", "configmaps", 503),
+        ("watch", "GET", "configmaps", 200),
+        ("deletecollection", "DELETE", "configmaps", 200),
+        ("delete", "DELETE", "configmaps", 404),
+        ("get", "GET", "", 200),
+    ]
+    assert seen[0].path == f"/api/v1/namespaces/{NS}/configmaps" and seen[-1].path == "/version"
+    assert [r.writes for r in seen].count(True) == 4 and all(r.seconds >= 0 for r in seen)
+    assert caplog.text.count("request hook") == len(seen)
+
+
+async def test_request_hook_of_an_unanswered_call_has_status_0(kube_api: KubeApiServer) -> None:
+    seen: list[kube.ApiRequest] = []
+    url = kube_api.url
+    await kube_api.stop()
+    async with await kube.Kube.connect(url=url) as gone:
+        gone.add_request_hook(seen.append)
+        with pytest.raises(kube.Unavailable):
+            await gone.get(kube.PODS, "p", NS)
+        with pytest.raises(kube.Unavailable):
+            await anext(gone.watch(kube.PODS, NS))
+    assert [(r.verb, r.status) for r in seen] == [("get", 0), ("watch", 0)]
+
+
+def test_resource_and_verb_of_a_path() -> None:
+    from eddy.kube.hooks import api_verb, resource_of_path
+
+    assert resource_of_path("/api/v1/namespaces/ns/pods/p/binding") == ("pods/binding", "p")
+    assert resource_of_path("/apis/data.fluid.io/v1alpha1/namespaces/ns/dataloads/d/status") == (
+        "dataloads/status", "d")
+    assert resource_of_path("/apis/data.fluid.io/v1alpha1/dataloads") == ("dataloads", "")
+    assert resource_of_path("/api/v1/nodes/n") == ("nodes", "n")
+    assert resource_of_path("/api/v1/namespaces/ns") == ("namespaces", "ns")
+    assert resource_of_path("/api/v1/namespaces/ns/status") == ("namespaces/status", "ns")
+    assert resource_of_path("/api/v1/namespaces/ns/pods") == ("pods", "")
+    assert resource_of_path("/apis/data.fluid.io/v1alpha1") == ("", "")
+    assert resource_of_path("/version") == ("", "")
+    assert api_verb("GET", "/api/v1/namespaces/ns/pods") == "list"
+    assert api_verb("GET", "/api/v1/namespaces/ns/pods", watch=True) == "watch"
+    assert api_verb("GET", "/apis") == "get"
+    assert api_verb("PUT", "/api/v1/namespaces/ns/pods/p") == "update"
+
+
+# ---------------------------------------------------------------------------------------------- flags
+async def test_kube_flags_pick_the_kubeconfig_context(kube_api: KubeApiServer, tmp_path: Any) -> None:
+    import argparse
+
+    from eddy.kube.flags import add_kube_args, connect, watched_namespace
+
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: elsewhere\n"
+        f"clusters: [{{name: here, cluster: {{server: '{kube_api.url}'}}}},"
+        " {name: elsewhere, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: test-token}}]\n"
+        "contexts: [{name: here, context: {cluster: here, user: u}},"
+        " {name: elsewhere, context: {cluster: elsewhere, user: u}}]\n"
+    )
+    parser = argparse.ArgumentParser()
+    add_kube_args(parser, watch_namespace=True)
+    args = parser.parse_args(["--kubeconfig", str(config), "--context", "here", "--namespace", "all"])
+    assert watched_namespace(args) is None
+    assert watched_namespace(parser.parse_args(["--namespace", "team-a"])) == "team-a"
+    async with await connect(args) as k:
+        assert (await k.version())["gitVersion"] == "v1.30.0"  # the current context's server is down

@@ -301,4 +301,4 @@ def test_local_mode_rejects_bad_manifests(tmp_path: Path) -> None:
         timeout=60,
         env={**os.environ},
     )
-    assert result.returncode == 2 and "placeholder" in result.stdout
+    assert result.returncode == 2 and "placeholder" in result.stderr and not result.stdout

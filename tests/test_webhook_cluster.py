@@ -21,14 +21,14 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from eddy import kube
 from sandbox.apiserver import KubeApiServer
 from tests.test_injector import seed_pod
 from tests.test_webhook import SECRET_VALUES, dataset_doc, review
 from webhook.certs import CertBundle, TlsReloader, service_names
-from webhook.cluster import KubeSecretStore, informers
+from webhook.cluster import KubeSecretStore, api_call_counter, informers
 from webhook.tlssecret import CertKeeper, Conflict
 
 REPO = Path(__file__).parents[1]
@@ -54,9 +54,8 @@ async def watches_open(api: KubeApiServer, resources: tuple[str, ...]) -> None:
 
 
 def keeper(client: kube.Kube, tmp: Path, **kw: Any) -> CertKeeper:
-    calls = Counter("calls", "calls", ["kind"], registry=CollectorRegistry())
     return CertKeeper(
-        KubeSecretStore(client, calls),
+        KubeSecretStore(client),
         TlsReloader(tmp),
         namespace="eddy-system",
         secret="eddy-webhook-tls",
@@ -245,6 +244,10 @@ async def test_cluster_webhook_admits_from_caches(api: KubeApiServer, tmp_path: 
             assert "patch" not in response and any("home-dirs" in w for w in response["warnings"])
             await admit(other)
             assert calls(api) == before + 1, api.requests[-3:]
+            async with session.get(f"{url}/metrics", ssl=ctx) as r:
+                metrics = await r.text()
+            assert 'eddy_webhook_api_calls_total{kind="datasets"} 1.0' in metrics  # the cold GET, counted
+            assert 'eddy_webhook_api_calls_total{kind="mutatingwebhookconfigurations"}' in metrics
             # A Dataset created after start arrives through the watch.
             api.put(
                 {**dataset_doc("late-data", "default", "access-key"), "status": {"phase": "Bound"}},
@@ -353,9 +356,9 @@ async def test_secret_store_maps_404_and_409(api: KubeApiServer) -> None:
     """What CertKeeper relies on: a missing object reads as None, a 409 is tlssecret's Conflict, other
     errors pass through as eddy.kube errors (the renewal loop logs them and retries)."""
     registry = CollectorRegistry()
-    counter = Counter("calls", "calls", ["kind"], registry=registry)
     async with await kube.Kube.connect(url=api.url) as client:
-        store = KubeSecretStore(client, counter)
+        client.add_request_hook(api_call_counter(registry))
+        store = KubeSecretStore(client)
         assert await store.get_secret("eddy-system", "nope") is None
         assert await store.get_webhook_config("nope") is None
         assert await store.get_webhook_config("eddy-webhook") is not None
@@ -370,5 +373,6 @@ async def test_secret_store_maps_404_and_409(api: KubeApiServer) -> None:
         api.fail_next(status=500, path="/secrets/s")
         with pytest.raises(kube.Unavailable):
             await store.get_secret("eddy-system", "s")
-    assert registry.get_sample_value("calls_total", {"kind": "secret"}) == 5
-    assert registry.get_sample_value("calls_total", {"kind": "webhook_config"}) == 2
+    calls = {kind: registry.get_sample_value("eddy_webhook_api_calls_total", {"kind": kind})
+             for kind in ("secrets", "mutatingwebhookconfigurations")}
+    assert calls == {"secrets": 5, "mutatingwebhookconfigurations": 2}  # failed calls count too

@@ -1,25 +1,27 @@
 """`eddy webhook`: the admission webhook, in local mode (manifest files) or cluster mode (API watches).
 
 eddy webhook --local -f dataset.yaml --cert-dir DIR --port 8443
-eddy webhook --namespace eddy-system --service eddy-webhook --webhook-config eddy-webhook [--kube-url URL]
+eddy webhook --namespace eddy-system --service eddy-webhook --webhook-config eddy-webhook [--kubeconfig FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
-import signal
+import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from eddy.cliargs import add_filename_arg
+from eddy.kube.flags import add_kube_args
 from eddy.manifests import ManifestError, load_all
 from webhook.certs import TlsReloader, needs_renewal, new_bundle, renew, write_private
-from webhook.profiles import FUSE_MODES, FuseMode, InjectorSettings
-from webhook.server import MAX_BODY, FileResolver, make_app, start_https
+from webhook.profiles import FUSE_MODES, InjectorSettings
+from webhook.server import MAX_BODY, FileResolver, make_app
+from webhook.serving import serve_with_renewal, settings_from, stop_event
 
 log = logging.getLogger("eddy.webhook")
 
@@ -32,9 +34,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--local", action="store_true", help="resolve claims from manifest files (-f)")
-    parser.add_argument(
-        "-f", "--file", dest="files", action="append", default=[], help="manifest file (local)"
-    )
+    add_filename_arg(parser, dest="files", help="local: a manifest file holding Datasets (repeatable)")
     parser.add_argument("--cert-dir", type=Path, help="where certificates go (local: ca.crt is written here)")
     parser.add_argument("--host", default=None, help="listen address (local: 127.0.0.1, cluster: 0.0.0.0)")
     parser.add_argument("--port", type=int, default=8443, help="HTTPS port (0 picks a free one)")
@@ -48,12 +48,6 @@ def register(subparsers: Any) -> None:
         "--webhook-config", default="eddy-webhook", help="cluster: MutatingWebhookConfiguration"
     )
     parser.add_argument("--secret", default=None, help="cluster: TLS Secret name (default <service>-tls)")
-    parser.add_argument(
-        "--kube-url",
-        default=None,
-        help="cluster: API server URL, no auth (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
-    )
-    parser.add_argument("--kubeconfig", default=None, help="cluster: use this kubeconfig file")
     parser.add_argument(
         "--image",
         default="",
@@ -85,28 +79,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--renew-check", type=float, default=3600.0, help="seconds between certificate renewal checks"
     )
+    add_kube_args(parser)
     parser.set_defaults(func=run)
-
-
-def settings_from(args: argparse.Namespace, native: bool) -> InjectorSettings:
-    return InjectorSettings(
-        image=args.image or InjectorSettings.image,
-        image_pull_policy=args.image_pull_policy,
-        native_sidecar=native,
-        fuse_mode=cast(FuseMode, args.fuse_mode),
-        fuse_device_resource=args.fuse_device_resource,
-        mount_timeout_s=args.mount_timeout,
-        sidecar_metrics_address=args.sidecar_metrics_address,
-    )
-
-
-def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -114,17 +88,17 @@ async def run(args: argparse.Namespace) -> int:
         return await run_local(args)
     from webhook.cluster import run_cluster  # imports kubernetes-asyncio only when needed
 
-    return await run_cluster(args, _stop_event())
+    return await run_cluster(args, stop_event())
 
 
 async def run_local(args: argparse.Namespace) -> int:
     if not args.files or args.cert_dir is None:
-        print("eddy webhook --local needs -f FILE and --cert-dir DIR")
+        print("eddy webhook: --local needs -f FILE and --cert-dir DIR", file=sys.stderr)
         return 2
     try:
         manifests = load_all(args.files)
     except ManifestError as exc:
-        print(f"eddy webhook: {exc}")
+        print(f"eddy webhook: {exc}", file=sys.stderr)
         return 2
     cert_dir: Path = args.cert_dir
     host = args.host or "127.0.0.1"
@@ -136,25 +110,23 @@ async def run_local(args: argparse.Namespace) -> int:
     await asyncio.to_thread(reloader.load, bundle)
     native = args.native_sidecar != "off"
     app = make_app(FileResolver(manifests), settings_from(args, native), max_body=args.max_body)
-    stop = _stop_event()
-    runner = await start_https(app, reloader.context, host, args.port)
-    port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-    await asyncio.to_thread(write_private, ca_path, bundle.ca_bundle, 0o644)
-    print(
-        f"eddy webhook (local): https://{host}:{port}/mutate, {len(manifests.datasets)} dataset(s), "
-        f"CA in {ca_path}, native sidecars {'on' if native else 'off'}",
-        flush=True,
-    )
-    try:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.renew_check)
-            current = reloader.bundle
-            if current is not None and needs_renewal(current, hosts, dt.datetime.now(dt.UTC)):
-                fresh = renew(current, hosts)
-                await asyncio.to_thread(reloader.load, fresh)
-                await asyncio.to_thread(write_private, ca_path, fresh.ca_bundle, 0o644)
-                log.info("serving certificate renewed")
-    finally:
-        await runner.cleanup()
+
+    async def listening(port: int) -> None:
+        await asyncio.to_thread(write_private, ca_path, bundle.ca_bundle, 0o644)
+        print(
+            f"eddy webhook (local): https://{host}:{port}/mutate, {len(manifests.datasets)} dataset(s), "
+            f"CA in {ca_path}, native sidecars {'on' if native else 'off'}",
+            flush=True,
+        )
+
+    async def renew_when_due() -> None:
+        current = reloader.bundle
+        if current is not None and needs_renewal(current, hosts, dt.datetime.now(dt.UTC)):
+            fresh = await asyncio.to_thread(renew, current, hosts)  # key generation: off the loop
+            await asyncio.to_thread(reloader.load, fresh)
+            await asyncio.to_thread(write_private, ca_path, fresh.ca_bundle, 0o644)
+            log.info("serving certificate renewed")
+
+    await serve_with_renewal(app, reloader.context, host, args.port, stop=stop_event(),
+                             every=args.renew_check, renew=renew_when_due, listening=listening)
     return 0

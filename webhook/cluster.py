@@ -1,5 +1,9 @@
 """Cluster mode: informers (PVCs with the Fluid label, Datasets, JindoRuntimes, Nodes), the TLS Secret
-and caBundle, native-sidecar detection, and the HTTPS server, wired together."""
+and caBundle, native-sidecar detection, and the HTTPS server, wired together.
+
+Its API calls are counted by a request hook on the `Kube` (`eddy_webhook_api_calls_total{kind}`, the
+resource's plural): every call but the informers' lists and watches, so the figure is what admissions
+and certificate upkeep cost (in steady state, cold Dataset GETs and the renewal checks)."""
 
 from __future__ import annotations
 
@@ -16,15 +20,17 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from eddy import kube
 from eddy.fluidcheck import FluidInstalled, refuse_beside_fluid
+from eddy.kube.flags import connect
 from eddy.names import LABEL_DATASET_ID
 from webhook.certs import TlsReloader, service_names
 from webhook.profiles import InjectorSettings
 from webhook.resolver import CachedResolver
-from webhook.server import Metrics, make_app, start_https
+from webhook.server import Metrics, make_app
+from webhook.serving import serve_with_renewal, settings_from
 from webhook.tlssecret import CertKeeper, Conflict
 from webhook.versions import kubelet_versions, server_version, supports_native_sidecars
 
@@ -44,37 +50,44 @@ class InformerCache:
         return self.informer.synced
 
 
-class KubeSecretStore:
-    """The SecretStore of tlssecret.py over `eddy.kube.Kube`; counts its calls."""
+def api_call_counter(registry: CollectorRegistry) -> kube.RequestHook:
+    """A request hook counting API calls by resource in `eddy_webhook_api_calls_total{kind}`, leaving
+    out the informers' lists and watches (set-up and upkeep, not per-admission work)."""
+    calls = Counter("eddy_webhook_api_calls", "Calls to the API server outside the informers' lists and "
+                    "watches, by resource", ["kind"], registry=registry)
 
-    def __init__(self, client: kube.Kube, calls: Counter) -> None:
+    def count(request: kube.ApiRequest) -> None:
+        if request.verb not in ("list", "watch"):
+            calls.labels(request.resource or request.path.strip("/")).inc()
+
+    return count
+
+
+class KubeSecretStore:
+    """The SecretStore of tlssecret.py over `eddy.kube.Kube`."""
+
+    def __init__(self, client: kube.Kube) -> None:
         self.kube = client
-        self.calls = calls
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls.labels("secret").inc()
         return await self.kube.get_or_none(kube.SECRETS, name, namespace)
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.labels("secret").inc()
         try:
             return await self.kube.create(kube.SECRETS, body, namespace)
         except kube.Conflict as exc:
             raise Conflict(str(exc)) from None
 
     async def replace_secret(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.labels("secret").inc()
         try:
             return await self.kube.replace(kube.SECRETS, name, body, namespace)
         except kube.Conflict as exc:
             raise Conflict(str(exc)) from None
 
     async def get_webhook_config(self, name: str) -> dict[str, Any] | None:
-        self.calls.labels("webhook_config").inc()
         return await self.kube.get_or_none(kube.MUTATING_WEBHOOK_CONFIGURATIONS, name)
 
     async def patch_webhook_config(self, name: str, patch: list[dict[str, Any]]) -> None:
-        self.calls.labels("webhook_config").inc()
         await self.kube.patch(kube.MUTATING_WEBHOOK_CONFIGURATIONS, name, patch, patch_type="json")
 
 
@@ -127,25 +140,18 @@ async def informers(
 
 
 async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from webhook.cli import settings_from
-
     metrics = Metrics()
-    api_calls = Counter(
-        "eddy_webhook_api_calls",
-        "Calls to the API server outside watches, by kind",
-        ["kind"],
-        registry=metrics.registry,
-    )
     native_gauge = Gauge(
         "eddy_webhook_native_sidecars", "1 when native sidecars are injected", registry=metrics.registry
     )
     secret_name = args.secret or f"{args.service}-tls"
     hosts = [*service_names(args.service, args.namespace), "127.0.0.1"]
-    client = await kube.Kube.connect(url=args.kube_url, kubeconfig=args.kubeconfig)
+    client = await connect(args)
+    client.add_request_hook(api_call_counter(metrics.registry))
     key_dir = Path(args.cert_dir) if args.cert_dir else Path(tempfile.mkdtemp(prefix="eddy-webhook-tls-"))
     reloader = TlsReloader(key_dir)
     keeper = CertKeeper(
-        KubeSecretStore(client, api_calls),
+        KubeSecretStore(client),
         reloader,
         namespace=args.namespace,
         secret=secret_name,
@@ -169,7 +175,6 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
             native = NativeSidecarState(args.native_sidecar, version, found.get("nodes"))
 
             async def fetch_dataset(namespace: str, name: str) -> Mapping[str, Any] | None:
-                api_calls.labels("dataset").inc()
                 return await client.get_or_none(kube.DATASETS, name, namespace)
 
             resolver = CachedResolver(
@@ -190,24 +195,14 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 )
 
             app = make_app(resolver, settings, metrics=metrics, max_body=args.max_body)
-            runner = await start_https(app, reloader.context, args.host or "0.0.0.0", args.port)
-            port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-            print(
-                f"eddy webhook (cluster): https://{args.host or '0.0.0.0'}:{port}/mutate, "
-                f"Secret {args.namespace}/{secret_name}, config {args.webhook_config}",
-                flush=True,
-            )
-            try:
-                while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), args.renew_check)
-                    if not stop.is_set():
-                        try:
-                            await keeper.sync()
-                        except Exception as exc:  # keep serving the current certificate; retry next round
-                            log.warning("certificate sync failed: %s", exc)
-            finally:
-                await runner.cleanup()
+            host = args.host or "0.0.0.0"
+
+            async def listening(port: int) -> None:
+                print(f"eddy webhook (cluster): https://{host}:{port}/mutate, Secret {args.namespace}/"
+                      f"{secret_name}, config {args.webhook_config}", flush=True)
+
+            await serve_with_renewal(app, reloader.context, host, args.port, stop=stop,
+                                     every=args.renew_check, renew=keeper.sync, listening=listening)
     finally:
         await client.close()
     return 0

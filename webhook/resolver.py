@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from eddy.api import Dataset, JindoRuntime, ValidationError, parse_dataset, parse_runtime
 from webhook.review import Resolved
@@ -29,6 +29,33 @@ class ObjectCache(Protocol):
 
 
 Fetch = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
+M = TypeVar("M", Dataset, JindoRuntime)
+Parse = Callable[[Mapping[str, Any], str], M]
+
+
+class ParsedOnce(Generic[M]):
+    """Parsed models of one kind, kept per (namespace, name) and re-parsed only when the object's
+    resourceVersion changes: parsing is most of a cache hit's cost. An invalid object is logged (once
+    per version) and yields None."""
+
+    def __init__(self, kind: str, parse: Parse[M], unused: str) -> None:
+        self.kind = kind
+        self.parse: Parse[M] = parse
+        self.unused = unused  # what an invalid object costs, for the log line
+        self._models: dict[tuple[str, str], tuple[str, M | None]] = {}
+
+    def model(self, doc: Mapping[str, Any], namespace: str, name: str) -> M | None:
+        version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        cached = self._models.get((namespace, name))
+        if cached is not None and cached[0] == version and version:
+            return cached[1]
+        try:
+            model: M | None = self.parse(doc, namespace)
+        except ValidationError as exc:
+            log.warning("%s %s/%s is invalid, %s: %s", self.kind, namespace, name, self.unused, exc)
+            model = None
+        self._models[(namespace, name)] = (version, model)
+        return model
 
 
 class CachedResolver:
@@ -48,44 +75,17 @@ class CachedResolver:
         self.fetch_dataset = fetch_dataset
         self.negative_ttl = negative_ttl
         self.clock = clock
-        self.cold_gets = 0
         self._absent: dict[tuple[str, str], float] = {}
-        self._parsed: dict[tuple[str, str], tuple[str, Dataset | None]] = {}
-        self._runtimes: dict[tuple[str, str], tuple[str, JindoRuntime | None]] = {}
+        self._datasets = ParsedOnce("Dataset", parse_dataset, "not injecting it")
+        self._runtimes = ParsedOnce("JindoRuntime", parse_runtime, "its spec.fuse is not used")
 
     def ready(self) -> bool:
         return self.datasets.synced() and self.pvcs.synced() and self.runtimes.synced()
 
-    def _model(self, doc: Mapping[str, Any], namespace: str, name: str) -> Dataset | None:
-        """The parsed Dataset, cached per resourceVersion (parsing is most of a cache hit's cost)."""
-        version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        cached = self._parsed.get((namespace, name))
-        if cached is not None and cached[0] == version and version:
-            return cached[1]
-        try:
-            model: Dataset | None = parse_dataset(doc, namespace)
-        except ValidationError as exc:
-            log.warning("Dataset %s/%s is invalid, not injecting it: %s", namespace, name, exc)
-            model = None
-        self._parsed[(namespace, name)] = (version, model)
-        return model
-
     def _runtime(self, namespace: str, name: str) -> JindoRuntime | None:
-        """The Dataset's JindoRuntime (its spec.fuse shapes the sidecar), parsed once per resourceVersion."""
+        """The Dataset's JindoRuntime (its spec.fuse shapes the sidecar)."""
         doc = self.runtimes.get(namespace, name)
-        if doc is None:
-            return None
-        version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        cached = self._runtimes.get((namespace, name))
-        if cached is not None and cached[0] == version and version:
-            return cached[1]
-        try:
-            model: JindoRuntime | None = parse_runtime(doc, namespace)
-        except ValidationError as exc:
-            log.warning("JindoRuntime %s/%s is invalid, its spec.fuse is not used: %s", namespace, name, exc)
-            model = None
-        self._runtimes[(namespace, name)] = (version, model)
-        return model
+        return None if doc is None else self._runtimes.model(doc, namespace, name)
 
     async def _dataset_doc(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         doc = self.datasets.get(namespace, name)
@@ -95,7 +95,6 @@ class CachedResolver:
         until = self._absent.get(key)
         if until is not None and until > self.clock():
             return None
-        self.cold_gets += 1
         doc = await self.fetch_dataset(namespace, name)
         if doc is None:
             if len(self._absent) > 10_000:
@@ -111,7 +110,7 @@ class CachedResolver:
             doc = await self._dataset_doc(namespace, claim)
             if doc is None:
                 continue
-            dataset = self._model(doc, namespace, claim)
+            dataset = self._datasets.model(doc, namespace, claim)
             if dataset is None:
                 continue
             bound, why = self._readiness(doc, namespace, claim)

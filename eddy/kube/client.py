@@ -3,24 +3,30 @@
 Objects stay plain dicts, exactly the JSON the API returns: no model classes on the hot path, and the
 same code serves core kinds and the Fluid custom kinds. Requests go through `ApiClient.call_api` (so
 authentication, TLS and token refresh are kubernetes-asyncio's) with `_preload_content=False`; this
-module reads the body, and turns error statuses into the `errors` hierarchy.
+module reads the body, and turns error statuses into the `errors` hierarchy. Every request, once it
+ends, goes to the request hooks (`add_request_hook`: verb, path, status, duration; eddy/kube/hooks.py),
+which is how the parts count and time their API traffic.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import logging
 import os
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal
 
 import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from eddy.kube.errors import Conflict, KubeError, NotFound, Unavailable, error_for, error_from_status
+from eddy.kube.errors import KubeError, NotFound, Unavailable, error_for, error_from_status
 from eddy.kube.events import build_event
+from eddy.kube.hooks import ApiRequest, RequestHook, api_verb
 from eddy.kube.resources import EVENTS, Resource
+
+log = logging.getLogger("eddy.kube")
 
 Obj = dict[str, Any]
 PatchType = Literal["merge", "json", "strategic"]
@@ -32,17 +38,21 @@ PATCH_CONTENT_TYPES: dict[str, str] = {
 _IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
-async def make_api_client(url: str | None = None, kubeconfig: str | None = None) -> k8s.ApiClient:
+async def make_api_client(
+    url: str | None = None, kubeconfig: str | None = None, context: str | None = None
+) -> k8s.ApiClient:
     """An ApiClient for `url` (plain, no auth: tests and `kubectl proxy`), else the in-cluster service
-    account, else `kubeconfig` (or `$KUBECONFIG` / `~/.kube/config`). The caller closes it."""
+    account, else `kubeconfig` (or `$KUBECONFIG` / `~/.kube/config`) at `context` (default: its
+    current-context). Naming a kubeconfig or a context skips the in-cluster account. The caller closes it."""
     configuration = k8s.Configuration()
     if url:
         configuration.host = url.rstrip("/")
-    elif kubeconfig is None and _in_cluster():
+    elif kubeconfig is None and context is None and _in_cluster():
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
         _check_kubeconfig(kubeconfig)
-        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        await k8s_config.load_kube_config(config_file=kubeconfig, context=context,
+                                          client_configuration=configuration)
     return k8s.ApiClient(configuration)
 
 
@@ -70,13 +80,34 @@ def _decode(data: bytes) -> Any:
 class Kube:
     """The API calls Eddy makes. Every method raises `KubeError` subclasses, never ApiException."""
 
-    def __init__(self, api: k8s.ApiClient, *, request_timeout: float = 30.0) -> None:
+    def __init__(
+        self, api: k8s.ApiClient, *, request_timeout: float = 30.0, request_hooks: Iterable[RequestHook] = ()
+    ) -> None:
         self.api = api
         self.request_timeout = request_timeout
+        self.request_hooks: list[RequestHook] = list(request_hooks)
 
     @classmethod
-    async def connect(cls, url: str | None = None, kubeconfig: str | None = None) -> Kube:
-        return cls(await make_api_client(url, kubeconfig))
+    async def connect(
+        cls, url: str | None = None, kubeconfig: str | None = None, context: str | None = None
+    ) -> Kube:
+        return cls(await make_api_client(url, kubeconfig, context))
+
+    def add_request_hook(self, hook: RequestHook) -> None:
+        """Call `hook(ApiRequest)` after every request ends (answered or not). A hook runs on the event
+        loop once per request, so it must be cheap; one that raises is logged and the request's outcome
+        stands."""
+        self.request_hooks.append(hook)
+
+    def _report(self, method: str, path: str, status: int, started: float, watch: bool = False) -> None:
+        if not self.request_hooks:
+            return
+        record = ApiRequest(api_verb(method, path, watch), method, path, status, time.monotonic() - started)
+        for hook in self.request_hooks:
+            try:
+                hook(record)
+            except Exception:
+                log.exception("request hook %r failed on %s %s", hook, method, path)
 
     async def close(self) -> None:
         await self.api.close()
@@ -126,14 +157,21 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         """One request; returns the decoded JSON body, raises KubeError on a status >= 400."""
-        response = await self._send(method, path, query, body, content_type)
+        started, status = time.monotonic(), 0
         try:
-            data = await response.read()
-            status = int(response.status)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unavailable(0, type(exc).__name__, str(exc)) from exc
+            response = await self._send(method, path, query, body, content_type)
+            try:
+                data = await response.read()
+                status = int(response.status)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise Unavailable(0, type(exc).__name__, str(exc)) from exc
+            finally:
+                response.release()
+        except KubeError as exc:
+            status = exc.status
+            raise
         finally:
-            response.release()
+            self._report(method, path, status, started)
         doc = _decode(data)
         if status >= 400:
             raise error_from_status(doc, status)
@@ -188,35 +226,6 @@ class Kube:
         """PUT the whole object; Conflict when `metadata.resourceVersion` is stale."""
         return await self._object("PUT", resource.path(namespace, name), body)
 
-    async def replace_status(
-        self, resource: Resource, name: str, body: Obj, namespace: str | None = None
-    ) -> Obj:
-        """PUT the `status` subresource (only `status` changes)."""
-        return await self._object("PUT", resource.path(namespace, name, "status"), body)
-
-    async def modify(
-        self,
-        resource: Resource,
-        name: str,
-        mutate: Callable[[Obj], Obj | None],
-        namespace: str | None = None,
-        *,
-        attempts: int = 5,
-    ) -> Obj:
-        """Read-modify-write with optimistic concurrency: `mutate` gets the live object and returns the
-        new one (or None: nothing to do); a Conflict re-reads and tries again, up to `attempts` times."""
-        for attempt in range(attempts):
-            live = await self.get(resource, name, namespace)
-            wanted = mutate(copy.deepcopy(live))
-            if wanted is None:
-                return live
-            try:
-                return await self.replace(resource, name, wanted, namespace)
-            except Conflict:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
-
     async def patch(
         self,
         resource: Resource,
@@ -224,10 +233,12 @@ class Kube:
         patch: Any,
         namespace: str | None = None,
         patch_type: PatchType = "merge",
+        subresource: str | None = None,
     ) -> Obj:
-        """PATCH the main resource: `patch` is a dict (merge/strategic) or a list of ops (json)."""
+        """PATCH the main resource (or `subresource`): `patch` is a dict (merge/strategic) or a list of
+        ops (json)."""
         return await self._object(
-            "PATCH", resource.path(namespace, name), patch, PATCH_CONTENT_TYPES[patch_type]
+            "PATCH", resource.path(namespace, name, subresource), patch, PATCH_CONTENT_TYPES[patch_type]
         )
 
     async def patch_status(
@@ -239,9 +250,7 @@ class Kube:
         patch_type: PatchType = "merge",
     ) -> Obj:
         """PATCH the `status` subresource, e.g. `{"status": {"phase": "Executing"}}`."""
-        return await self._object(
-            "PATCH", resource.path(namespace, name, "status"), patch, PATCH_CONTENT_TYPES[patch_type]
-        )
+        return await self.patch(resource, name, patch, namespace, patch_type, "status")
 
     async def delete(
         self,
@@ -302,7 +311,13 @@ class Kube:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.request_timeout, sock_read=timeout_seconds + 30
         )
-        response = await self._send("GET", resource.path(namespace), query, timeout=timeout)
+        path, started = resource.path(namespace), time.monotonic()
+        try:
+            response = await self._send("GET", path, query, timeout=timeout)
+        except KubeError as exc:
+            self._report("GET", path, exc.status, started, watch=True)
+            raise
+        self._report("GET", path, int(response.status), started, watch=True)
         try:
             if response.status >= 400:
                 raise error_from_status(_decode(await response.read()), int(response.status))

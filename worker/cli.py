@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from eddy.api import ValidationError
+from eddy.cliargs import add_filename_arg
 from eddy.config import ConfigError
 from eddy.manifests import ManifestError
 from eddy.names import WORKER_PORT
@@ -25,8 +26,8 @@ def register(subparsers: Any) -> None:
         "worker", help="run a cache worker (tiered block cache with read-through) for one dataset",
         description="Serve one dataset's blocks from MEM/SSD/HDD tiers; misses read through.",
     )
-    parser.add_argument("-f", "--file", action="append", metavar="FILE",
-                        help="manifest file: the Dataset (and its JindoRuntime: the tiers); repeatable")
+    add_filename_arg(parser, dest="file",
+                     help="manifest file: the Dataset (and its JindoRuntime: the tiers); repeatable")
     parser.add_argument("--config", metavar="FILE",
                         help="the controller's config file (default /etc/eddy/config/eddy.yaml) when no -f")
     parser.add_argument("--dataset", metavar="NAME", help="the Dataset to serve when the files hold several")

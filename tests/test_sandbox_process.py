@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.kubelet import cgroups
+from sandbox.kubelet import cgroupfs
 from sandbox.kubelet.process import (
     BindMount,
     ContainerProcess,
@@ -350,23 +351,24 @@ async def test_stop_grace_then_sigkill(box: Box) -> None:
     assert time.monotonic() - began < 5
 
 
-async def check_cgroups(tmp: Path) -> None:
-    """cpu/memory limits land in the container's cgroups, and stop kills a daemon that left the group."""
+async def check_cgroups(tmp: Path) -> Path:
+    """cpu/memory limits land in the container's cgroups, and stop kills a daemon that left the group.
+    Returns where the hierarchies were (cgroupfs.hierarchy_root)."""
     box = Box(tmp)
     try:
-        await _check_cgroups(box)
+        return await _check_cgroups(box)
     finally:
         await box.teardown()
 
 
-async def _check_cgroups(box: Box) -> None:
+async def _check_cgroups(box: Box) -> Path:
     out = box.tmp / "out"
     out.mkdir()
     script = "setsid sleep 300 & echo $! > /out/daemon; exec sleep 300"
     c = await box.start(box.spec(["sh", "-c", script], cpu_limit_millis=500, memory_limit_bytes=64 << 20,
                                  mounts=(BindMount(out, "/out"),)))
-    by_kind = {p.parts[4]: p for p in c.cgroups.paths}  # /sys/fs/cgroup/<hierarchy>/eddy-sandbox/<id>
-    if cgroups.unified():
+    by_kind = {p.parent.parent.name: p for p in c.cgroups.paths}  # <root>/<hierarchy>/eddy-sandbox/<id>
+    if c.cgroups.unified:
         (group,) = c.cgroups.paths
         assert (group / "cpu.max").read_text().split() == ["50000", "100000"]
         assert int((group / "memory.max").read_text()) == 64 << 20
@@ -385,46 +387,80 @@ async def _check_cgroups(box: Box) -> None:
     await c.cleanup()
     await c.cleanup()  # idempotent
     assert not any(p.exists() for p in c.cgroups.paths)
-
-
-def _cgroup_mounts() -> str:
-    """Shell commands mounting this kernel's cgroup hierarchies at /sys/fs/cgroup, as a node has them."""
-    hierarchies: dict[str, list[str]] = {}
-    for line in read("/proc/cgroups").splitlines()[1:]:
-        name, hierarchy, _, enabled = line.split()
-        if hierarchy != "0" and enabled == "1":
-            hierarchies.setdefault(hierarchy, []).append(name)
-    root = cgroups.CGROUP_ROOT
-    if not hierarchies:
-        return f"mount -t cgroup2 cgroup2 {root}"
-    commands = [f"mount -t tmpfs -o mode=755 cgroup {root}"]
-    for names in hierarchies.values():
-        joined = ",".join(names)
-        commands += [f"mkdir {root}/{joined}", f"mount -t cgroup -o {joined} cgroup {root}/{joined}"]
-        commands += [f"ln -s {joined} {root}/{n}" for n in names if n != joined]
-    return " && ".join(commands)
-
-
-async def check_cgroups_in_private_mounts(tmp: Path) -> None:
-    """check_cgroups with the kernel's cgroups mounted in a private mount namespace: for a chroot whose
-    /sys was bound without its submounts (the fresh-Debian check), where the runner finds no cgroupfs."""
-    script = ("import asyncio, sys; from pathlib import Path; from tests.test_sandbox_process import "
-              "check_cgroups; asyncio.run(check_cgroups(Path(sys.argv[1])))")
-    proc = await asyncio.create_subprocess_exec(
-        "unshare", "-m", "--propagation", "private", "sh", "-c",
-        f'{_cgroup_mounts()} && exec "$0" -c "$1" "$2"', PY, script, str(tmp),
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
-    assert proc.returncode == 0, f"cgroups (mounted privately, as {cgroups.CGROUP_ROOT} has none):\n{out}"
+    return c.cgroups.root
 
 
 async def test_cgroup_limits_and_whole_group_kill(tmp_path: Path) -> None:
     require_namespaces()
-    if cgroups.available():
-        await check_cgroups(tmp_path)
-    else:
-        await check_cgroups_in_private_mounts(tmp_path)
+    await check_cgroups(tmp_path)
+
+
+# Run in a private mount namespace where no cgroups are mounted: none at /sys/fs/cgroup (hidden under an
+# empty tmpfs, as in a chroot whose /sys was bound without its submounts) and none at the runner's own
+# place (unmounted there if an earlier runner of this namespace left them), then `then`.
+WITHOUT_CGROUPS = """
+import asyncio, os, sys
+from pathlib import Path
+from sandbox.kubelet import cgroupfs
+from sandbox.kubelet.shim import MNT_DETACH, mount, private_mount_namespace, umount2
+private_mount_namespace()
+if cgroupfs.has_hierarchy(cgroupfs.SYSTEM_ROOT):
+    mount("tmpfs", str(cgroupfs.SYSTEM_ROOT), "tmpfs", 0, "mode=755")
+while cgroupfs.has_hierarchy(cgroupfs.PRIVATE_ROOT):
+    umount2(str(cgroupfs.PRIVATE_ROOT), MNT_DETACH)
+print("hidden", os.listdir(cgroupfs.SYSTEM_ROOT), flush=True)
+"""
+CHECK_CGROUPS = """
+from tests.test_sandbox_process import check_cgroups
+print("root", asyncio.run(check_cgroups(Path(sys.argv[1]))))
+"""
+# as root without CAP_SYS_ADMIN, which mounting needs (the bounding set drops it at the exec)
+UNMOUNTABLE = """
+os.execvp("setpriv", ["setpriv", "--inh-caps", "-all", "--bounding-set", "-sys_admin", "--",
+                      sys.executable, "-c", sys.argv[2], sys.argv[1]])
+"""
+START_ONE = """
+import asyncio, sys
+from pathlib import Path
+from sandbox.kubelet.process import ContainerProcess, ContainerStartError, ProcessSpec
+tmp = Path(sys.argv[1])
+spec = ProcessSpec(argv=["true"], env={"PATH": "/usr/bin:/bin"}, log_path=tmp / "log")
+try:
+    asyncio.run(ContainerProcess.start(spec, tmp / "state"))
+except ContainerStartError as exc:
+    print("error", exc)
+print("state left", (tmp / "state").exists())
+"""
+
+
+async def run_python(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        PY, "-c", *args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    assert proc.returncode == 0, out
+    return out
+
+
+async def test_cgroups_mounted_by_the_runner_where_none_are(tmp_path: Path) -> None:
+    """As in the fresh-Debian check's chroot: no cgroups at /sys/fs/cgroup. The runner mounts the kernel's
+    hierarchies at its own private place and the limits and the whole-group kill work as on a node."""
+    require_namespaces()
+    out = await run_python(WITHOUT_CGROUPS + CHECK_CGROUPS, str(tmp_path))
+    assert out.splitlines() == ["hidden []", f"root {cgroupfs.PRIVATE_ROOT}"], out
+
+
+async def test_no_cgroups_and_none_mountable_is_a_clear_error(tmp_path: Path) -> None:
+    require_namespaces()
+    out = await run_python(WITHOUT_CGROUPS + UNMOUNTABLE, str(tmp_path), START_ONE)
+    hidden, error, state = out.splitlines()
+    assert hidden == "hidden []", out
+    assert error.startswith("error cannot set up the container's cgroups: no cgroups are mounted at "
+                            f"{cgroupfs.SYSTEM_ROOT}, and mounting the kernel's "), out
+    where = cgroupfs.PRIVATE_ROOT
+    assert re.search(f"at {where} failed: \\[Errno 1\\] mount cgroup2? on {where}: Operation not permitted$",
+                     error), out
+    assert state == "state left False", out
 
 
 async def test_start_failures_are_clear(box: Box) -> None:
@@ -492,6 +528,14 @@ import asyncio, os, sys
 from pathlib import Path
 from sandbox.kubelet.process import BindMount, ContainerProcess, ProcessSpec
 from sandbox.kubelet.process import make_shared_root, release_shared_root
+from sandbox.kubelet.shim import STAGE
+def limits(cgroups):
+    if cgroups.unified:
+        (group,) = cgroups.paths
+        return (group / "cpu.max").read_text().split()[0], (group / "memory.max").read_text().strip()
+    kind = {path.parent.parent.name: path for path in cgroups.paths}
+    return ((kind["cpu"] / "cpu.cfs_quota_us").read_text().strip(),
+            (kind["memory"] / "memory.limit_in_bytes").read_text().strip())
 async def main():
     root = Path("/kroot")
     make_shared_root(root)
@@ -500,6 +544,7 @@ async def main():
         spec = ProcessSpec(
             argv=["/bin/sh", "-c", "mount -t tmpfs -o size=1m t /v/t && echo > /v/t/x && exec sleep 30"],
             env={"PATH": "/usr/bin:/bin"}, log_path=Path("/log"), privileged=True,
+            cpu_limit_millis=500, memory_limit_bytes=64 << 20,
             mounts=(BindMount(Path("/usr"), "/usr", read_only=True),
                     BindMount(root / "vol", "/v", propagation="Bidirectional")))
         c = await ContainerProcess.start(spec, Path("/state"))
@@ -508,19 +553,24 @@ async def main():
                 break
             await asyncio.sleep(0.05)
         print("propagated", (root / "vol" / "t" / "x").exists())
+        print("cgroups", c.cgroups.root, *limits(c.cgroups))
         print("stopped", await c.stop(2))
         await c.cleanup()
     finally:
         release_shared_root(root)
-    mounts = open("/proc/self/mountinfo").read().splitlines()
-    print("left", [l.split()[4] for l in mounts if "/kroot" in l or "eddy-sandbox" in l])
+    points = [line.split()[4] for line in open("/proc/self/mountinfo")]
+    print("left", [p for p in points if p.startswith("/kroot") or p == STAGE or p.startswith(STAGE + "/")])
 asyncio.run(main())
 """
+# `unshare -m --propagation private`, also where / is not a mount point (a chroot): see the shim
+IN_PRIVATE_MOUNTS = "import os, sys; from sandbox.kubelet.shim import private_mount_namespace as p; p(); " \
+    "os.execvp(sys.argv[1], sys.argv[1:])"
 
 
 async def test_runs_inside_a_chroot(box: Box) -> None:
     """As in the fresh-Debian check: the runner itself in a chroot, whose / is not a mount point
-    (pivot_root refuses that unless the shim re-roots first)."""
+    (pivot_root refuses that unless the shim re-roots first), and whose /sys is bound without its
+    submounts (no cgroups at /sys/fs/cgroup: the runner mounts its own)."""
     chroot = box.tmp / "chroot"
     repo = REPO
     binds = ["/usr", "/etc", str(repo), sys.base_prefix, "/dev"]
@@ -533,8 +583,9 @@ async def test_runs_inside_a_chroot(box: Box) -> None:
         + [f"mount -t proc proc {chroot}/proc", f"mount --bind /sys {chroot}/sys",
            f"cd {repo} && PYTHONPATH={repo} chroot {chroot} {sys.executable} -c '{IN_CHROOT}'"])
     proc = await asyncio.create_subprocess_exec(
-        "unshare", "-m", "--propagation", "private", "sh", "-c", setup,
+        PY, "-c", IN_PRIVATE_MOUNTS, "sh", "-c", setup, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
     assert proc.returncode == 0, out
-    assert out.split("\n")[:3] == ["propagated True", "stopped 143", "left []"], out
+    assert out.split("\n")[:4] == ["propagated True", f"cgroups {cgroupfs.PRIVATE_ROOT} 50000 {64 << 20}",
+                                   "stopped 143", "left []"], out

@@ -1,77 +1,62 @@
 """A container's cgroups: one group that tracks every process of the container (so stop and cleanup
 kill all of them, daemons and exec'd processes included), plus the cpu and memory limits.
 
-cgroup v1 (this machine): `pids/eddy-sandbox/<id>` always, `cpu/eddy-sandbox/<id>` with a CFS quota when
-a cpu limit is set, `memory/eddy-sandbox/<id>` when a memory limit is set. cgroup v2 (unified
-hierarchy mounted at /sys/fs/cgroup): one group `eddy-sandbox/<id>` with cpu.max and memory.max.
-Without any cgroup filesystem (a chroot whose /sys was bound without its submounts, such as the
-fresh-Debian check's) a container runs without cgroups: no limits, tracked by its process group only.
+The hierarchies are the machine's at /sys/fs/cgroup, or the runner's own mount of them where nothing
+is mounted there (a chroot whose /sys was bound without its submounts): see cgroupfs.py. Under that
+root (`<root>` below): cgroup v1 (this machine): `pids/eddy-sandbox/<id>` always, `cpu/eddy-sandbox/<id>`
+with a CFS quota when a cpu limit is set, `memory/eddy-sandbox/<id>` when a memory limit is set.
+cgroup v2 (the unified hierarchy at `<root>`): one group `eddy-sandbox/<id>` with cpu.max and memory.max.
 All calls block briefly (small writes to cgroupfs); the runner calls them in a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("sandbox.kubelet")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from sandbox.kubelet.cgroupfs import TRACKERS, CgroupError, hierarchy_root, is_unified
+
+__all__ = ["CFS_PERIOD_US", "PARENT", "CgroupError", "Cgroups", "sweep_stale"]
 PARENT = "eddy-sandbox"
 CFS_PERIOD_US = 100_000
 STALE_AFTER = 300.0  # seconds; an empty group this old belongs to no starting or live container
-
-
-class CgroupError(Exception):
-    pass
-
-
-def unified() -> bool:
-    """True when the machine runs cgroup v2 only (no v1 controller hierarchies)."""
-    return (CGROUP_ROOT / "cgroup.controllers").exists()
-
-
-def available() -> bool:
-    """Whether containers get cgroups here (see the module docstring)."""
-    return unified() or any((CGROUP_ROOT / h / "cgroup.procs").exists() for h in ("pids", "freezer", "cpu"))
 
 
 @dataclass(frozen=True)
 class Cgroups:
     """The cgroup directories of one container (`paths[0]` is the tracking group) and its limits."""
 
+    root: Path  # where the hierarchies are mounted (cgroupfs.hierarchy_root)
     paths: tuple[Path, ...]
     cpu_quota_us: int | None = None
     memory_bytes: int | None = None
+    unified: bool = False  # cgroup v2: `paths` is the one group, with both limits
 
     @classmethod
     def plan(cls, ident: str, *, cpu_millis: int | None, memory_bytes: int | None) -> Cgroups:
-        """Where the groups go (nothing is created yet)."""
+        """Where the groups go (nothing is created yet; the hierarchies are mounted if they must be).
+        Raises `CgroupError` when no cgroups can be had here."""
         quota = None if cpu_millis is None else max(1000, cpu_millis * CFS_PERIOD_US // 1000)
-        if unified():
-            return cls((CGROUP_ROOT / PARENT / ident,), quota, memory_bytes)
-        tracker = next((h for h in ("pids", "freezer", "cpu") if (CGROUP_ROOT / h / "cgroup.procs").exists()),
-                       None)
-        if tracker is None:
-            if quota is not None or memory_bytes is not None:
-                log.warning("no cgroup filesystem under %s: cpu/memory limits are not enforced", CGROUP_ROOT)
-            return cls((), quota, memory_bytes)
-        paths = [CGROUP_ROOT / tracker / PARENT / ident]
+        root = hierarchy_root()
+        if is_unified(root):
+            return cls(root, (root / PARENT / ident,), quota, memory_bytes, unified=True)
+        tracker = next(h for h in TRACKERS if (root / h / "cgroup.procs").exists())  # hierarchy_root checked
+        paths = [root / tracker / PARENT / ident]
         if quota is not None:
-            paths.append(CGROUP_ROOT / "cpu" / PARENT / ident)
+            paths.append(root / "cpu" / PARENT / ident)
         if memory_bytes is not None:
-            paths.append(CGROUP_ROOT / "memory" / PARENT / ident)
-        return cls(tuple(dict.fromkeys(paths)), quota, memory_bytes)
+            paths.append(root / "memory" / PARENT / ident)
+        return cls(root, tuple(dict.fromkeys(paths)), quota, memory_bytes)
 
     def create(self) -> None:
         """Make the groups and write the limits (the caller removes them if this fails)."""
-        sweep_stale()
+        sweep_stale(self.root)
         quota, memory = self.cpu_quota_us, self.memory_bytes
-        if unified():
+        if self.unified:
             (path,) = self.paths
             _mkdir(path, enable=("cpu", "memory"))
             if quota is not None:
@@ -125,11 +110,12 @@ class Cgroups:
                 path.parent.rmdir()
 
 
-def sweep_stale(min_age: float = STALE_AFTER) -> None:
-    """Remove empty container groups older than `min_age` seconds: what a runner that crashed left
-    (its processes died with it, see PR_SET_PDEATHSIG in shim.py, but cgroup directories stay)."""
+def sweep_stale(root: Path, min_age: float = STALE_AFTER) -> None:
+    """Remove empty container groups older than `min_age` seconds under the hierarchies at `root`: what
+    a runner that crashed left (its processes died with it, see PR_SET_PDEATHSIG in shim.py, but cgroup
+    directories stay)."""
     now = time.time()
-    for parent in [CGROUP_ROOT / PARENT, *CGROUP_ROOT.glob(f"*/{PARENT}")]:
+    for parent in [root / PARENT, *root.glob(f"*/{PARENT}")]:
         with contextlib.suppress(OSError):
             for group in parent.iterdir():
                 if group.is_dir() and now - group.stat().st_mtime > min_age:

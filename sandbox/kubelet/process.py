@@ -255,9 +255,13 @@ class ContainerProcess:
         _validate(spec)
         ident = uuid.uuid4().hex[:12]
         await asyncio.to_thread(_prepare_dirs, state_dir, spec.log_path)
-        cgroups = await asyncio.to_thread(
-            Cgroups.plan, ident, cpu_millis=spec.cpu_limit_millis, memory_bytes=spec.memory_limit_bytes
-        )
+        try:
+            cgroups = await asyncio.to_thread(
+                Cgroups.plan, ident, cpu_millis=spec.cpu_limit_millis, memory_bytes=spec.memory_limit_bytes
+            )
+        except CgroupError as exc:
+            await asyncio.to_thread(_remove_state, state_dir)
+            raise ContainerStartError(f"cannot set up the container's cgroups: {exc}") from exc
         making = asyncio.ensure_future(asyncio.to_thread(cgroups.create))
         try:
             try:

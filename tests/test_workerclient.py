@@ -83,18 +83,12 @@ def ref(key: str) -> BlockRef:
     return BlockRef(REF.mount, key, REF.etag, 0, REF.object_size, REF.block_size)
 
 
-async def test_reads_whole_range_and_into_buffer(url: str) -> None:
+async def test_reads_whole_and_ranges(url: str) -> None:
     async with WorkerClient(timeout=5) as client:
         reply = await client.get_block_reply(url, ref("ok"))
         assert reply.data == DATA and (reply.cache, reply.tier) == ("hit", "MEM")
         assert await client.get_block(url, ref("ok"), 10, 2000) == DATA[10:2000]
         assert await client.get_block(url, ref("ok"), 5, 5) == b""
-        buf = bytearray(len(DATA))
-        assert await client.get_block_into(url, ref("ok"), buf) == len(DATA)
-        assert bytes(buf) == DATA
-        part = bytearray(100)
-        assert await client.get_block_into(url, ref("ok"), memoryview(part), 50) == 100
-        assert bytes(part) == DATA[50:150]
         with pytest.raises(ValueError):
             await client.get_block(url, ref("ok"), 0, len(DATA) + 1)
 
@@ -115,8 +109,6 @@ async def test_error_mapping(url: str) -> None:
         for key in ("badcrc", "short", "slow"):
             with pytest.raises(WorkerUnavailable):
                 await client.get_block(url, ref(key))
-        with pytest.raises(WorkerUnavailable):
-            await client.get_block_into(url, ref("short"), bytearray(len(DATA)))
 
 
 async def test_warm_results(url: str) -> None:

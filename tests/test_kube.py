@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from eddy import kube
 from eddy.api import parse_object
+from eddy.kube.flags import add_kube_args, connect, watched_namespace
+from eddy.kube.hooks import api_verb, resource_of_path
 from tests.support.kube import KubeApiServer
 
 NS = "default"
@@ -382,15 +386,21 @@ async def test_watch_all_namespaces_timeout_and_shutdown(kube_api: KubeApiServer
         await asyncio.wait_for(pending, 5)
 
 
+def write_kubeconfig(path: Any, current: str, **servers: str) -> str:
+    """A kubeconfig with one context (and cluster) per `name=url`, all with the token `test-token`."""
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": current,
+        "clusters": [{"name": n, "cluster": {"server": url}} for n, url in servers.items()],
+        "users": [{"name": "u", "user": {"token": "test-token"}}],
+        "contexts": [{"name": n, "context": {"cluster": n, "user": "u"}} for n in servers],
+    }
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    return str(path)
+
+
 async def test_make_api_client_from_kubeconfig(kube_api: KubeApiServer, tmp_path: Any) -> None:
-    config = tmp_path / "kubeconfig"
-    config.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
-        f"clusters: [{{name: t, cluster: {{server: '{kube_api.url}'}}}}]\n"
-        "users: [{name: t, user: {token: test-token}}]\n"
-        "contexts: [{name: t, context: {cluster: t, user: t}}]\n"
-    )
-    async with kube.Kube(await kube.make_api_client(kubeconfig=str(config))) as k:
+    config = write_kubeconfig(tmp_path / "kubeconfig", "t", t=kube_api.url)
+    async with kube.Kube(await kube.make_api_client(kubeconfig=config)) as k:
         assert (await k.version())["gitVersion"] == "v1.30.0"
     assert kube_api.last_headers.get("Authorization") == "Bearer test-token"
     kube_api.git_version = "v1.28.3"
@@ -525,8 +535,6 @@ async def test_request_hook_of_an_unanswered_call_has_status_0(kube_api: KubeApi
 
 
 def test_resource_and_verb_of_a_path() -> None:
-    from eddy.kube.hooks import api_verb, resource_of_path
-
     assert resource_of_path("/api/v1/namespaces/ns/pods/p/binding") == ("pods/binding", "p")
     assert resource_of_path("/apis/data.fluid.io/v1alpha1/namespaces/ns/dataloads/d/status") == (
         "dataloads/status", "d")
@@ -545,22 +553,11 @@ def test_resource_and_verb_of_a_path() -> None:
 
 # ---------------------------------------------------------------------------------------------- flags
 async def test_kube_flags_pick_the_kubeconfig_context(kube_api: KubeApiServer, tmp_path: Any) -> None:
-    import argparse
-
-    from eddy.kube.flags import add_kube_args, connect, watched_namespace
-
-    config = tmp_path / "kubeconfig"
-    config.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: elsewhere\n"
-        f"clusters: [{{name: here, cluster: {{server: '{kube_api.url}'}}}},"
-        " {name: elsewhere, cluster: {server: 'http://127.0.0.1:9'}}]\n"
-        "users: [{name: u, user: {token: test-token}}]\n"
-        "contexts: [{name: here, context: {cluster: here, user: u}},"
-        " {name: elsewhere, context: {cluster: elsewhere, user: u}}]\n"
-    )
+    config = write_kubeconfig(tmp_path / "kubeconfig", "elsewhere", here=kube_api.url,
+                              elsewhere="http://127.0.0.1:9")
     parser = argparse.ArgumentParser()
     add_kube_args(parser, watch_namespace=True)
-    args = parser.parse_args(["--kubeconfig", str(config), "--context", "here", "--namespace", "all"])
+    args = parser.parse_args(["--kubeconfig", config, "--context", "here", "--namespace", "all"])
     assert watched_namespace(args) is None
     assert watched_namespace(parser.parse_args(["--namespace", "team-a"])) == "team-a"
     async with await connect(args) as k:

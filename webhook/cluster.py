@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from eddy import kube
@@ -139,25 +140,50 @@ async def informers(
             await informer.stop()
 
 
-async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    metrics = Metrics()
+def admission_app(
+    client: kube.Kube, args: argparse.Namespace, metrics: Metrics, found: dict[str, kube.Informer],
+    version: str,
+) -> web.Application:
+    """The HTTPS app over the informers' caches: claims resolve from them (a cold miss GETs the Dataset),
+    and native sidecars follow the API server's and the nodes' versions (`--native-sidecar auto`)."""
+    native = NativeSidecarState(args.native_sidecar, version, found.get("nodes"))
     native_gauge = Gauge(
         "eddy_webhook_native_sidecars", "1 when native sidecars are injected", registry=metrics.registry
     )
+
+    async def fetch_dataset(namespace: str, name: str) -> Mapping[str, Any] | None:
+        return await client.get_or_none(kube.DATASETS, name, namespace)
+
+    resolver = CachedResolver(
+        InformerCache(found["datasets"]), InformerCache(found["pvcs"]), InformerCache(found["runtimes"]),
+        fetch_dataset,
+    )
+    base = settings_from(args, True)
+
+    def settings() -> InjectorSettings:
+        enabled = native.enabled()
+        native_gauge.set(1 if enabled else 0)
+        return base if enabled == base.native_sidecar else dataclasses.replace(base, native_sidecar=enabled)
+
+    return make_app(resolver, settings, metrics=metrics, max_body=args.max_body)
+
+
+async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    metrics = Metrics()
     secret_name = args.secret or f"{args.service}-tls"
     hosts = [*service_names(args.service, args.namespace), "127.0.0.1"]
     client = await connect(args)
     client.add_request_hook(api_call_counter(metrics.registry))
     key_dir = Path(args.cert_dir) if args.cert_dir else Path(tempfile.mkdtemp(prefix="eddy-webhook-tls-"))
     reloader = TlsReloader(key_dir)
-    keeper = CertKeeper(
-        KubeSecretStore(client),
-        reloader,
-        namespace=args.namespace,
-        secret=secret_name,
-        webhook_config=args.webhook_config,
-        hosts=hosts,
-    )
+    keeper = CertKeeper(KubeSecretStore(client), reloader, namespace=args.namespace, secret=secret_name,
+                        webhook_config=args.webhook_config, hosts=hosts)
+    host = args.host or "0.0.0.0"
+
+    async def listening(port: int) -> None:
+        print(f"eddy webhook (cluster): https://{host}:{port}/mutate, Secret {args.namespace}/{secret_name}, "
+              f"config {args.webhook_config}", flush=True)
+
     try:
         if not getattr(args, "allow_fluid", False):
             try:
@@ -172,35 +198,7 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
         version = server_version(await client.version()) if args.native_sidecar == "auto" else ""
         await keeper.sync()
         async with informers(client, args.native_sidecar == "auto") as found:
-            native = NativeSidecarState(args.native_sidecar, version, found.get("nodes"))
-
-            async def fetch_dataset(namespace: str, name: str) -> Mapping[str, Any] | None:
-                return await client.get_or_none(kube.DATASETS, name, namespace)
-
-            resolver = CachedResolver(
-                InformerCache(found["datasets"]),
-                InformerCache(found["pvcs"]),
-                InformerCache(found["runtimes"]),
-                fetch_dataset,
-            )
-            base = settings_from(args, True)
-
-            def settings() -> InjectorSettings:
-                enabled = native.enabled()
-                native_gauge.set(1 if enabled else 0)
-                return (
-                    base
-                    if enabled == base.native_sidecar
-                    else dataclasses.replace(base, native_sidecar=enabled)
-                )
-
-            app = make_app(resolver, settings, metrics=metrics, max_body=args.max_body)
-            host = args.host or "0.0.0.0"
-
-            async def listening(port: int) -> None:
-                print(f"eddy webhook (cluster): https://{host}:{port}/mutate, Secret {args.namespace}/"
-                      f"{secret_name}, config {args.webhook_config}", flush=True)
-
+            app = admission_app(client, args, metrics, found, version)
             await serve_with_renewal(app, reloader.context, host, args.port, stop=stop,
                                      every=args.renew_check, renew=keeper.sync, listening=listening)
     finally:

@@ -48,8 +48,8 @@ class RetryPolicy:
         """The pause before jitter after failed try `attempt` (1-based; below 1 counts as 1)."""
         try:
             grown = self.initial * self.multiplier ** max(0, attempt - 1)
-        except OverflowError:
-            grown = self.maximum
+        except OverflowError:  # multiplier**n past the float range: the cap, unless there is nothing to grow
+            grown = self.maximum if self.initial > 0 else 0.0
         return min(self.maximum, grown)
 
     def delay(self, attempt: int, rng: random.Random) -> float:

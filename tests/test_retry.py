@@ -17,6 +17,7 @@ def test_steps_grow_by_the_multiplier_up_to_the_maximum() -> None:
     assert [policy.step(n) for n in range(1, 9)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     assert policy.step(0) == policy.step(-3) == 0.5  # before the first failure counts as the first
     assert policy.step(10**6) == 30.0  # no OverflowError however long it has been failing
+    assert RetryPolicy(initial=0.0, maximum=30.0).step(10**6) == 0.0
     assert RetryPolicy(initial=1.0, maximum=100.0, multiplier=3.0).step(4) == 27.0
     no_jitter = RetryPolicy(initial=1.0, maximum=60.0, jitter=0.0)
     assert [no_jitter.delay(n, random.Random(1)) for n in (1, 2, 7)] == [1.0, 2.0, 60.0]

@@ -30,6 +30,7 @@ log = logging.getLogger("eddy.kube")
 
 Obj = dict[str, Any]
 PatchType = Literal["merge", "json", "strategic"]
+Query = list[tuple[str, str]]
 PATCH_CONTENT_TYPES: dict[str, str] = {
     "merge": "application/merge-patch+json",
     "json": "application/json-patch+json",
@@ -119,26 +120,19 @@ class Kube:
         await self.close()
 
     # ------------------------------------------------------------------ transport
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        query: list[tuple[str, str]] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: Any = None,
-    ) -> Any:
+    async def _send(self, method: str, path: str, query: Query, body: Any, content_type: str,
+                    timeout: Any) -> Any:
         """Start a request and return the (unread) aiohttp response; connection errors -> Unavailable."""
         try:
             return await self.api.call_api(
                 path,
                 method,
-                query_params=query or [],
+                query_params=query,
                 header_params={"Accept": "application/json", "Content-Type": content_type},
                 body=body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
-                _request_timeout=timeout if timeout is not None else self.request_timeout,
+                _request_timeout=timeout,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unavailable(0, type(exc).__name__, str(exc)) from exc
@@ -152,14 +146,14 @@ class Kube:
         self,
         method: str,
         path: str,
-        query: list[tuple[str, str]] | None = None,
+        query: Query | None = None,
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
         """One request; returns the decoded JSON body, raises KubeError on a status >= 400."""
         started, status = time.monotonic(), 0
         try:
-            response = await self._send(method, path, query, body, content_type)
+            response = await self._send(method, path, query or [], body, content_type, self.request_timeout)
             try:
                 data = await response.read()
                 status = int(response.status)
@@ -178,7 +172,7 @@ class Kube:
         return doc
 
     async def _object(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                      query: list[tuple[str, str]] | None = None) -> Obj:
+                      query: Query | None = None) -> Obj:
         doc = await self.request(method, path, query, body, content_type)
         if not isinstance(doc, dict):
             raise KubeError(500, "BadResponse", f"expected a JSON object from {method} {path}")
@@ -313,7 +307,7 @@ class Kube:
         )
         path, started = resource.path(namespace), time.monotonic()
         try:
-            response = await self._send("GET", path, query, timeout=timeout)
+            response = await self._send("GET", path, query, None, "application/json", timeout)
         except KubeError as exc:
             self._report("GET", path, exc.status, started, watch=True)
             raise
@@ -351,7 +345,7 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         yield buffer
 
 
-def _selectors(label_selector: str | None, field_selector: str | None) -> list[tuple[str, str]]:
+def _selectors(label_selector: str | None, field_selector: str | None) -> Query:
     query = []
     if label_selector:
         query.append(("labelSelector", label_selector))

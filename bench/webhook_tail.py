@@ -1,19 +1,26 @@
-"""What makes the webhook's p99 at 200/s: GC pauses, TLS and the client, the event loop — measured.
+"""What makes the webhook's p99 at 200/s: the load generator, GC pauses, the machine — measured.
 
-Three measurements beside the webhook benchmark's own figures (all at the same fixed 200/s, HTTPS
-keep-alive, one webhook process):
+The load generator (`KeepAliveClient` + `open_loop`) is built so that what it reports is the server's
+latency and not its own:
 
-- the bare aiohttp TLS server (the ceiling) at 200/s: the tail the client, TLS, aiohttp and this shared
-  machine give with no admission work at all;
-- the webhook started through `GC_WRAPPER`, which records every garbage collection of the webhook
-  process (wall start, duration, generation) with `gc.callbacks`, and with `gc.disable()` in a second
-  run: the tail with and without the collector;
-- for the requests at or above the run's p99: how much of their latency the webhook's GC pauses (and
-  this client process's own) cover; a tail that GC explains shows a large share there;
-- the server process's CPU per admission (from /proc/<pid>/stat over the fixed-rate run): at 200/s,
-  what share of a core the webhook needs, i.e. how exposed it is to a busy neighbour on two cores.
+- **no handshake during the run**: `KeepAliveClient.open` makes its TLS connections (and handshakes)
+  before the run and reuses them; a request waits for a free one instead of opening another. (The
+  aiohttp client used before opened new connections whenever requests overlapped: every stall then
+  brought a burst of full TLS handshakes, 1-2 ms of CPU each on both sides, and the stall cascaded.)
+- **little client CPU**: one pre-built HTTP/1.1 request, written raw; the answer is read by
+  Content-Length. The client shares the two cores with the server, so what it costs is a neighbour's
+  load on the server.
+- **open loop, intended times**: request i is due at start + i/rate whether or not earlier ones are
+  done, and its latency counts from when it was due (`min(due, sent)`: the scheduler wakes up to
+  `TIMER_SLACK` early so that epoll's millisecond rounding does not make every send late), so the
+  client's own scheduling delay is inside the figure, never hidden; `send_lag` reports it apart.
+- **the client's GC is off during the run** (collected and frozen before it).
 
-Nothing here changes the webhook's code: the wrapper imports `eddy_cli.main` and calls it.
+Beside the latencies, for each run: the server's CPU per request (/proc/<pid>/stat) and the time the
+server's and the client's event-loop threads spent runnable but waiting for a core (`run-queue wait`,
+/proc/<pid>/schedstat): the share of the tail the machine's other load causes. `GC_WRAPPER` runs the
+webhook while recording its GC pauses with `gc.callbacks`; `tail_figures` says how much of the slow
+requests' latency those pauses (and the client's) cover.
 """
 
 from __future__ import annotations
@@ -21,46 +28,169 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from bench.cpu import cpu_seconds
 
 # Runs the webhook (`eddy ...` argv after the first two arguments) while recording its GC pauses to a
-# JSON file every 0.2 s: [[wall start, seconds, generation], ...]. `off` disables the collector.
-# (No ";" in the code: py-spy's collapsed stacks name the process by its command line, split on ";".)
+# JSON file: [[wall start, seconds, generation], ...], rewritten after each collection (by the callback,
+# outside the timed pause: no helper thread, which would compete with the event loop for the GIL).
+# `off` disables the collector. (No ";" in the code: py-spy's collapsed stacks name the process by its
+# command line, split on ";".)
 GC_WRAPPER = """
-import gc, json, os, sys, threading, time
+import gc, json, os, sys, time
 mode, path = sys.argv[1], sys.argv[2]
 sys.argv = ["eddy", *sys.argv[3:]]
 pauses, started = [], [0.0, 0.0]
 def record(phase, info):
     if phase == "start":
         started[0], started[1] = time.time(), time.perf_counter()
-    else:
-        pauses.append([started[0], time.perf_counter() - started[1], info["generation"]])
+        return
+    pauses.append([started[0], time.perf_counter() - started[1], info["generation"]])
+    with open(path + ".tmp", "w") as f:
+        json.dump(pauses, f)
+    os.replace(path + ".tmp", path)
 gc.callbacks.append(record)
 if mode == "off":
     gc.disable()
-def dump():
-    written = -1
-    while True:
-        time.sleep(0.2)
-        if len(pauses) != written:
-            written = len(pauses)
-            with open(path + ".tmp", "w") as f:
-                json.dump(list(pauses), f)
-            os.replace(path + ".tmp", path)
-threading.Thread(target=dump, daemon=True).start()
 from eddy_cli.main import main
 sys.exit(main())
 """
+
+CONNECTIONS = 16  # opened before a run; at 200/s and ~1 ms per request, a handful are ever busy
+TIMER_SLACK = 0.001  # epoll rounds its timeout up to the next millisecond
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request of an open-loop run, perf_counter seconds (wall: time.time() when it was due)."""
+
+    wall: float
+    due: float
+    sent: float
+    done: float
+
+    @property
+    def latency(self) -> float:
+        return self.done - min(self.due, self.sent)
+
+    @property
+    def send_lag(self) -> float:
+        return max(0.0, self.sent - self.due)
+
+
+class KeepAliveClient:
+    """`connections` TLS keep-alive connections to one URL, opened up front; POSTs one fixed body."""
+
+    def __init__(self, url: str, ctx: ssl.SSLContext, body: bytes, connections: int = CONNECTIONS) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 443
+        self.ctx = ctx
+        self.connections = connections
+        self.request = (
+            f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+        self.opened = 0
+
+    async def __aenter__(self) -> KeepAliveClient:
+        for _ in range(self.connections):
+            reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ctx)
+            self.opened += 1
+            self.idle.put_nowait((reader, writer))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        while not self.idle.empty():
+            self.idle.get_nowait()[1].close()
+
+    async def post(self) -> None:
+        """One request on a free connection (waits for one); raises unless the answer is 200."""
+        reader, writer = await self.idle.get()
+        try:
+            writer.write(self.request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status, length = _status_and_length(head)
+            await reader.readexactly(length)
+        except BaseException:
+            writer.close()  # the connection's state is unknown: not returned to the pool
+            raise
+        self.idle.put_nowait((reader, writer))
+        if status != 200:
+            raise RuntimeError(f"{self.host}:{self.port}: HTTP {status}")
+
+
+def _status_and_length(head: bytes) -> tuple[int, int]:
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return status, int(value)
+    raise RuntimeError(f"answer without Content-Length: {head[:200]!r}")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """This process's collector off (after a collection and a freeze) for the block."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+async def open_loop(client: KeepAliveClient, seconds: float, rate: float, warm: int = 50) -> list[Sample]:
+    """`rate` requests/s for `seconds`, each sent when due whatever the others are doing."""
+    for _ in range(warm):
+        await client.post()
+
+    async def one(wall: float, due: float) -> Sample:
+        sent = time.perf_counter()
+        await client.post()
+        return Sample(wall, due, sent, time.perf_counter())
+
+    tasks = []
+    with gc_paused():
+        wall0, start = time.time(), time.perf_counter()
+        for i in range(int(seconds * rate)):
+            due = start + i / rate
+            delay = due - time.perf_counter() - TIMER_SLACK
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(wall0 + i / rate, due)))
+        samples = list(await asyncio.gather(*tasks))
+    return samples
+
+
+async def closed_loop(client: KeepAliveClient, seconds: float, total: int) -> tuple[float, int]:
+    """Requests/s with every connection busy (bounded by `total` and `seconds`); (rate, requests)."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while done < total and time.perf_counter() < deadline:
+            done += 1
+            await client.post()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(client.connections)))
+    return done / (time.perf_counter() - started), done
 
 
 @contextmanager
@@ -82,31 +212,13 @@ def own_gc_pauses() -> Iterator[list[list[float]]]:
         gc.callbacks.remove(record)
 
 
-async def timed_post(session: aiohttp.ClientSession, url: str, body: bytes, ctx: ssl.SSLContext
-                     ) -> tuple[float, float]:
-    """(wall start, latency seconds) of one admission."""
-    wall, started = time.time(), time.perf_counter()
-    async with session.post(url, data=body, ssl=ctx, headers={"Content-Type": "application/json"}) as r:
-        await r.read()
-        if r.status != 200:
-            raise RuntimeError(f"{url}: HTTP {r.status}")
-    return wall, time.perf_counter() - started
-
-
-async def fixed_rate_timed(url: str, body: bytes, ctx: ssl.SSLContext, seconds: float, rate: int
-                           ) -> list[tuple[float, float]]:
-    """Open loop at `rate`/s for `seconds`: (wall start, latency) per request."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
-        for _ in range(20):
-            await timed_post(session, url, body, ctx)
-        start = time.perf_counter()
-        tasks = []
-        for i in range(int(seconds * rate)):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(timed_post(session, url, body, ctx)))
-        return list(await asyncio.gather(*tasks))
+def schedstat(pid: int) -> tuple[float, float, int]:
+    """(seconds on a CPU, seconds runnable but waiting for one, timeslices) of a process's main thread."""
+    try:
+        run, wait, slices = Path(f"/proc/{pid}/schedstat").read_text().split()[:3]
+    except (OSError, ValueError):
+        return 0.0, 0.0, 0
+    return int(run) / 1e9, int(wait) / 1e9, int(slices)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,15 +226,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def tail_figures(samples: list[tuple[float, float]], server_gc: list[list[float]] | None = None,
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def tail_figures(samples: list[Sample], server_gc: list[list[float]] | None = None,
                  client_gc: list[list[float]] | None = None) -> dict[str, Any]:
-    """p50/p99/p99.9/max (ms) and, for the requests above p99, how many overlap a GC pause."""
-    lat = [s[1] for s in samples]
+    """p50/p99/p99.9/max (ms), the client's send lag, and for the requests at or above p99 how much of
+    their latency a GC pause of the server (or of the client) covers."""
+    lat = [s.latency for s in samples]
+    lag = [s.send_lag for s in samples]
     p99 = percentile(lat, 0.99)
-    slow = [(w, d) for w, d in samples if d >= p99]
-    out: dict[str, Any] = {"requests": len(samples), "p50_ms": ms(percentile(lat, 0.5)), "p99_ms": ms(p99),
-                           "p999_ms": ms(percentile(lat, 0.999)), "max_ms": ms(max(lat, default=0.0))}
-    window = (min((w for w, _ in samples), default=0.0), max((w + d for w, d in samples), default=0.0))
+    slow = [(s.wall, s.latency) for s in samples if s.latency >= p99]
+    out: dict[str, Any] = {
+        "requests": len(samples), "p50_ms": ms(percentile(lat, 0.5)), "p99_ms": ms(p99),
+        "p999_ms": ms(percentile(lat, 0.999)), "max_ms": ms(max(lat, default=0.0)),
+        "send_lag_p99_ms": ms(percentile(lag, 0.99)), "send_lag_max_ms": ms(max(lag, default=0.0)),
+    }
+    window = (min((s.wall for s in samples), default=0.0),
+              max((s.wall + s.latency for s in samples), default=0.0))
     for name, pauses in (("server", server_gc), ("client", client_gc)):
         if pauses is None:
             continue
@@ -143,10 +265,6 @@ def tail_figures(samples: list[tuple[float, float]], server_gc: list[list[float]
     return out
 
 
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
-
-
 def read_pauses(path: Path) -> list[list[float]]:
     try:
         data: list[list[float]] = json.loads(path.read_text())
@@ -155,9 +273,40 @@ def read_pauses(path: Path) -> list[list[float]]:
     return data
 
 
-async def fixed_rate_with_cpu(pid: int, url: str, body: bytes, ctx: ssl.SSLContext, seconds: float, rate: int
-                              ) -> tuple[list[tuple[float, float]], float]:
-    """`fixed_rate_timed`, and the server process's CPU milliseconds per request over it."""
-    before = cpu_seconds(pid)
-    samples = await fixed_rate_timed(url, body, ctx, seconds, rate)
-    return samples, round((cpu_seconds(pid) - before) * 1000 / max(1, len(samples) + 20), 3)
+@dataclass
+class RunCost:
+    """What a measured run cost the server and this client (sums over runs with `+`)."""
+
+    requests: int = 0
+    server_cpu: float = 0.0
+    server_wait: float = 0.0
+    client_cpu: float = 0.0
+    client_wait: float = 0.0
+
+    def __add__(self, other: RunCost) -> RunCost:
+        return RunCost(self.requests + other.requests, self.server_cpu + other.server_cpu,
+                       self.server_wait + other.server_wait, self.client_cpu + other.client_cpu,
+                       self.client_wait + other.client_wait)
+
+    def figures(self) -> dict[str, float]:
+        n = max(1, self.requests)
+        return {
+            "server_cpu_ms_per_request": round(self.server_cpu * 1000 / n, 3),
+            "client_cpu_ms_per_request": round(self.client_cpu * 1000 / n, 3),
+            # runnable but waiting for a core, per request: the machine's other load, felt by each side
+            "server_runqueue_wait_ms_per_request": round(self.server_wait * 1000 / n, 3),
+            "client_runqueue_wait_ms_per_request": round(self.client_wait * 1000 / n, 3),
+        }
+
+
+async def measured_run(pid: int, client: KeepAliveClient, seconds: float, rate: float
+                       ) -> tuple[list[Sample], RunCost]:
+    """`open_loop` against the server process `pid`, and what it cost both sides."""
+    warm = 50
+    for _ in range(warm):
+        await client.post()
+    cpu0, server0, client0 = cpu_seconds(pid), schedstat(pid), schedstat(os.getpid())
+    samples = await open_loop(client, seconds, rate, warm=0)
+    cpu1, server1, client1 = cpu_seconds(pid), schedstat(pid), schedstat(os.getpid())
+    return samples, RunCost(len(samples), cpu1 - cpu0, server1[1] - server0[1],
+                            client1[0] - client0[0], client1[1] - client0[1])

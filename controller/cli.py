@@ -58,8 +58,7 @@ async def run(args: argparse.Namespace) -> int:
     if not args.allow_fluid:
         try:
             await refuse_beside_fluid(kube, "controller")
-        except FluidInstalled as exc:
-            log.error("%s", exc)
+        except FluidInstalled as exc:  # one line on stderr, as every refusal to start
             print(exc, file=sys.stderr)
             await kube.close()
             return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,16 @@ async def test_eddys_own_crds_are_not_fluid_but_fluids_are(kube_api: Any, capsys
             "webhook", "--kube-url", kube_api.url, "--namespace", "eddy-system", "--cert-dir", str(tmp_path)])
         assert await run_cluster(webhook_args, asyncio.Event()) == 1
         assert "eddy webhook: Fluid is installed in this cluster" in capsys.readouterr().err
+
+        # As commands: exit 1 and the reason in one line on stderr, nothing else.
+        for argv in (["controller", "--metrics-port", "0"], ["webhook", "--cert-dir", str(tmp_path)]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "eddy_cli.main", *argv, "--kube-url", kube_api.url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            lines = err.decode().splitlines()
+            assert proc.returncode == 1 and not out and len(lines) == 1, err
+            assert lines[0].startswith(f"eddy {argv[0]}: Fluid is installed in this cluster"), err
 
 
 async def test_fluids_own_dataset_crd_counts_as_fluid(kube_api: Any) -> None:

@@ -188,8 +188,7 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
         if not getattr(args, "allow_fluid", False):
             try:
                 await refuse_beside_fluid(client, "webhook")
-            except FluidInstalled as exc:
-                log.error("%s", exc)
+            except FluidInstalled as exc:  # one line on stderr, as every refusal to start
                 print(exc, file=sys.stderr)
                 return 1
         if not args.image:

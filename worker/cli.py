@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
                         help="override a level's quota, e.g. MEM=1Gi; repeatable")
     parser.add_argument("--serve-mode", choices=("sendfile", "memory"), default="sendfile",
                         help="hits: check in place then sendfile, or read+check+stream (default sendfile)")
+    parser.add_argument("--mapped-bytes", default="1Gi", metavar="SIZE",
+                        help="sendfile mode, --verify changed: MEM blocks kept mapped and sent with send(2), "
+                             "cheaper than sendfile from tmpfs; at most SIZE (default 1Gi; 0: sendfile)")
     parser.add_argument("--verify", choices=("changed", "always"), default="changed",
                         help="check a hit's CRC32C when its file changed or was not checked for "
                              "--reverify-after seconds (default), or on every hit")

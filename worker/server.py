@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class WorkerSettings:
     serve_mode: str = "sendfile"  # "sendfile" (check in place, sendfile) or "memory" (read, check, stream)
     verify: str = "changed"  # "changed" or "always" (see BlockService.read_hit)
     reverify_after: float = 60.0
+    mapped_bytes: int = 1 << 30  # MEM blocks kept mapped for send(2) (worker/mapped.py); 0: sendfile
     promote: bool = True
     store_timeout: float = 30.0
     meta_dir: Path | None = None
@@ -189,6 +191,7 @@ class WorkerServer:
             self.dataset, self.store, stores, self.metrics, max_fetches=self.settings.max_fetches,
             warm_concurrency=self.settings.warm_concurrency, serve_mode=self.settings.serve_mode,
             verify=self.settings.verify, reverify_after=self.settings.reverify_after,
+            mapped_bytes=self.settings.mapped_bytes,
         )
         self.ready = True
         log.info("worker for dataset %s ready: %d blocks cached (%d bytes)",
@@ -277,6 +280,8 @@ class WorkerServer:
                 headers = {
                     HEADER_CACHE: "hit", HEADER_TIER: hit.mediumtype, HEADER_CRC: str(hit.header.data_crc)
                 }
+                if verified.mapped is not None:
+                    return await self._send_view(request, verified.mapped, ref, rng, headers)
                 if verified.file is not None:
                     offset = hit.header.header_len
                     if hit.mediumtype == "MEM" and _span(rng, ref.length) <= INLINE_MAX:
@@ -293,6 +298,8 @@ class WorkerServer:
                 # then holds a file descriptor, not a block-sized buffer, for as long as it reads.
                 del fetched
                 kept = await service.read_hit(ref)
+                if kept is not None and kept.mapped is not None:
+                    return await self._send_view(request, kept.mapped, ref, rng, headers)
                 if kept is not None and kept.file is not None:
                     return await self._send_file(
                         request, kept.file, kept.hit.header.header_len, ref, rng, headers
@@ -350,6 +357,29 @@ class WorkerServer:
         view = memoryview(data)
         for off in range(start, stop, CHUNK):
             await resp.write(view[off:min(off + CHUNK, stop)])
+        await resp.write_eof()
+        self.metrics.served_bytes.inc(stop - start)
+        return resp
+
+    async def _send_view(
+        self, request: web.Request, view: memoryview, ref: BlockRef, rng: tuple[int, int] | None,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """A block from its mapping (worker/mapped.py): the head through aiohttp, then the body with
+        send(2) straight from the mapping on the connection's socket (as asyncio's own sendfile does
+        after the head): no copy in user space, where `transport.write` would copy what the socket
+        does not take at once into its buffer."""
+        start, stop = rng if rng is not None else (0, ref.length)
+        resp = self._response(stop - start, ref.length, rng, headers)
+        await resp.prepare(request)  # sends the head now (StreamResponse does not hold it back)
+        body = view[start:stop]
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        if transport.get_write_buffer_size():
+            await resp.write(body)  # the head is still queued: the transport keeps the order
+        elif body:
+            await _sock_sendall(transport, body)
         await resp.write_eof()
         self.metrics.served_bytes.inc(stop - start)
         return resp
@@ -461,6 +491,18 @@ class WorkerServer:
         # byte counters (eddy/objectstore.py) and the process collectors live there.
         body = generate_latest(self.metrics.registry) + generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _sock_sendall(transport: asyncio.BaseTransport, data: memoryview) -> None:
+    """Send `data` on a transport's socket with the event loop's `sock_sendall`, through a duplicate
+    descriptor (the loop refuses a transport's own fd; the duplicate shares the connection and is
+    unregistered before it is closed). The transport's buffer must be empty: the caller checks."""
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        raise ConnectionResetError("client went away")
+    with socket.socket(fileno=os.dup(raw.fileno())) as sock:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_sendall(sock, data)
 
 
 def make_app(settings: WorkerSettings) -> web.Application:

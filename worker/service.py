@@ -35,6 +35,7 @@ from worker.blockfile import (
 )
 from worker.errors import UnknownMount, describe
 from worker.eviction import CacheFull
+from worker.mapped import Mapped, MappedBlocks, map_block
 from worker.metrics import WorkerMetrics
 from worker.tierstore import CacheWriteError, Hit, TierStore
 
@@ -62,14 +63,19 @@ class Fetched:
         return b"".join(self.chunks)
 
 
+MAP_MIN_BYTES = 512 << 10  # smaller MEM blocks are read into the response (worker/server.py `_inline`)
+
+
 @dataclass(frozen=True)
 class VerifiedHit:
-    """A hit whose data passed its checksum: `data` when read into memory, else `file`, the very file
-    that was checked, open for sendfile (the receiver closes it)."""
+    """A hit whose data passed its checksum: `data` when read into memory, `mapped` when the MEM-level
+    file is mapped (worker/mapped.py), else `file`, the very file that was checked, open for sendfile
+    (the receiver closes it)."""
 
     hit: Hit
     data: bytes | None
     file: BinaryIO | None = None
+    mapped: memoryview | None = None
 
 
 class BlockService:
@@ -86,6 +92,7 @@ class BlockService:
         verify: str = "changed",
         reverify_after: float = 60.0,
         reverify_mem: bool = False,
+        mapped_bytes: int = 0,
     ) -> None:
         if serve_mode not in ("memory", "sendfile"):
             raise ValueError(f"serve mode {serve_mode!r} is not 'memory' or 'sendfile'")
@@ -102,6 +109,11 @@ class BlockService:
         self.warm_concurrency = warm_concurrency
         self._fetch_slots = asyncio.Semaphore(max_fetches)
         self._inflight: dict[tuple[str, int, int], asyncio.Task[Fetched]] = {}
+        # MEM hits sent from kept mappings (sendfile mode, verify=changed): see worker/mapped.py
+        self.mapped: MappedBlocks | None = None
+        if mapped_bytes > 0 and serve_mode == "sendfile" and verify == "changed":
+            self.mapped = MappedBlocks(mapped_bytes)
+            store.on_leave = self.mapped.forget
 
     @property
     def inflight(self) -> int:
@@ -131,6 +143,9 @@ class BlockService:
             hit = self.store.lookup(ref)
             if hit is None:
                 return None
+            kept = self._kept_mapping(hit)
+            if kept is not None:
+                return VerifiedHit(hit, None, mapped=kept.data)
             h = hit.header
             try:
                 if self.serve_mode == "memory":
@@ -153,8 +168,45 @@ class BlockService:
                 os.close(fd)
                 await self._corrupt(hit, exc)
                 return None
+            mapped = self._map(hit, fd)
+            if mapped is not None:
+                os.close(fd)
+                return VerifiedHit(hit, None, mapped=mapped.data)
             return VerifiedHit(hit, None, os.fdopen(fd, "rb", buffering=0))
         return None
+
+    def _kept_mapping(self, hit: Hit) -> Mapped | None:
+        """The block's kept mapping if its file is unchanged since it was mapped and checked (one
+        `stat`, as for any hit between checks); a stale mapping is dropped."""
+        if self.mapped is None:
+            return None
+        digest = hit.entry.digest
+        kept = self.mapped.get(digest)
+        if kept is None:
+            return None
+        verified = hit.entry.verified
+        try:
+            st = os.stat(hit.path)
+        except OSError:
+            st = None
+        if (st is None or not isinstance(verified, tuple) or verified[0] != kept.stamp
+                or (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != kept.stamp):
+            self.mapped.forget(digest)
+            return None
+        return kept
+
+    def _map(self, hit: Hit, fd: int) -> Mapped | None:
+        """Map a checked MEM block for the next hits (None: not mapped, send the file)."""
+        if (self.mapped is None or hit.header.data_len <= MAP_MIN_BYTES
+                or hit.mediumtype.partition(".")[0] != "MEM" or not isinstance(hit.entry.verified, tuple)):
+            return None
+        try:
+            mapped = map_block(fd, hit.header.header_len, hit.entry.verified[0])
+        except (OSError, ValueError) as exc:
+            log.debug("mapping block %s failed (%s); sending its file", hit.entry.digest, exc)
+            return None
+        self.mapped.add(hit.entry.digest, mapped)
+        return mapped
 
     @staticmethod
     async def _verify(fd: int, writable: bool, header_len: int, data_len: int, data_crc: int) -> Stamp:

@@ -130,6 +130,12 @@ def build_settings(args: argparse.Namespace) -> tuple[WorkerSettings, tuple[str,
         tokens = load_tokens(Path(token_dir) if token_dir else None)
     except TokenError as exc:
         raise SettingsError(str(exc)) from None
+    try:
+        mapped_bytes = parse_quantity(str(getattr(args, "mapped_bytes", "1Gi")))
+    except ValueError as exc:
+        raise SettingsError(f"--mapped-bytes: {exc}") from None
+    if mapped_bytes < 0:
+        raise SettingsError(f"--mapped-bytes {mapped_bytes}: must not be negative")
     settings = WorkerSettings(
         dataset=dataset,
         levels=levels,
@@ -139,6 +145,7 @@ def build_settings(args: argparse.Namespace) -> tuple[WorkerSettings, tuple[str,
         serve_mode=args.serve_mode,
         verify=args.verify,
         reverify_after=args.reverify_after,
+        mapped_bytes=mapped_bytes,
         promote=not args.no_promote,
         store_timeout=args.store_timeout,
         meta_dir=disk.path / "meta" if disk is not None else None,

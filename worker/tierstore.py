@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,9 @@ class TierStore:
         self.promotions = 0
         self.demotions = 0
         self.drops = 0
+        # Told the digest of every block whose file leaves its level (evicted, demoted, dropped,
+        # discarded, replaced, purged): the service's mappings of MEM blocks (worker/mapped.py).
+        self.on_leave: Callable[[str], None] = lambda digest: None
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -210,6 +213,7 @@ class TierStore:
             if found is None or found[1] is not hit.entry:
                 return False
             self.index.remove(hit.entry.digest)
+            self.on_leave(hit.entry.digest)
             self.corrupt += 1
             await asyncio.to_thread(remove_block, self.roots[found[0]], hit.entry.digest)
             return True
@@ -229,6 +233,7 @@ class TierStore:
                     self.index.touch(digest)
                     return self.configs[found[0]].mediumtype
                 self.index.remove(digest)
+                self.on_leave(digest)
                 await asyncio.to_thread(remove_block, self.roots[found[0]], digest)
             level = self.index.target_level(size)
             moves = self.index.plan_insert(level, digest, size)
@@ -256,6 +261,8 @@ class TierStore:
     async def _apply(self, moves: list[Move]) -> None:
         if not moves:
             return
+        for move in moves:
+            self.on_leave(move.digest)
         failed = await asyncio.to_thread(self._apply_files, moves)
         for move in moves:
             if move.dest is None:
@@ -285,6 +292,8 @@ class TierStore:
         """Drop every block; returns (blocks, data bytes) removed."""
         async with self._lock:
             removed = self.index.clear()
+            for _, entry in removed:
+                self.on_leave(entry.digest)
             await asyncio.to_thread(self._wipe)
         return len(removed), sum(entry.data_len for _, entry in removed)
 

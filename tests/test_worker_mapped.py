@@ -1,0 +1,164 @@
+"""MEM hits sent from kept mappings (worker/mapped.py): same bytes, a changed file is caught, and a
+block that leaves the MEM level (eviction, discard, purge) loses its mapping at once.
+
+A real worker (aiohttp app) in front of a real S3 server (SeaweedFS), on 127.0.0.1; blocks of 1 MiB,
+above the size under which MEM hits are read into the response instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from eddy.api import parse_dataset
+from eddy.blocks import BlockRef
+from eddy.wire import BLOCK_PATH, ref_to_params
+from eddy.workerclient import WorkerClient
+from tests.support.faultproxy import FaultProxy
+from tests.support.s3 import S3Server
+from worker.server import WorkerServer, WorkerSettings
+from worker.service import MAP_MIN_BYTES
+from worker.tierstore import LevelConfig
+
+BS = 1 << 20
+BLOCKS = 6
+
+
+async def _worker(
+    s3: S3Server, bucket: str, proxy: FaultProxy, tmp: Path, mem_blocks: int, mapped_bytes: int = 1 << 30,
+) -> AsyncIterator[tuple[str, WorkerServer]]:
+    doc = s3.dataset_doc(bucket, "data")
+    doc["spec"]["mounts"][0]["options"]["fs.oss.endpoint"] = proxy.endpoint
+    settings = WorkerSettings(
+        dataset=parse_dataset(doc),
+        levels=[LevelConfig("MEM", tmp / "mem", mem_blocks * (BS + 4096), 0.95, 0.7),
+                LevelConfig("SSD", tmp / "ssd", 64 * BS, 0.95, 0.7)],
+        secrets=s3.secrets(), store_timeout=5.0, block_size=BS, mapped_bytes=mapped_bytes,
+    )
+    server = WorkerServer(settings)
+    runner = web.AppRunner(server.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", server
+    finally:
+        await runner.cleanup()
+
+
+def _object(s3: S3Server, bucket: str) -> tuple[bytes, list[BlockRef]]:
+    data = os.urandom(BLOCKS * BS)
+    etag = s3.put_object(bucket, "data/big.bin", data)
+    return data, [BlockRef("demo", "big.bin", etag, i, len(data), BS) for i in range(BLOCKS)]
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+async def test_mem_hits_come_from_mappings_and_match(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    assert BS > MAP_MIN_BYTES
+    data, refs = _object(s3_server, s3_bucket)
+    gen = _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=16)
+    url, server = await gen.__anext__()
+    try:
+        assert server.service is not None and server.service.mapped is not None
+        mapped = server.service.mapped
+        async with WorkerClient(timeout=10) as client:
+            for ref in refs:
+                assert (await client.get_block_reply(url, ref)).cache == "miss"
+            assert len(mapped) == BLOCKS  # the miss is served from the block file just written, mapped
+            requests = fault_proxy.requests
+            for _ in range(2):
+                for ref in refs:
+                    reply = await client.get_block_reply(url, ref)
+                    assert (reply.cache, reply.tier) == ("hit", "MEM")
+                    assert reply.data == data[ref.start:ref.end]
+            assert fault_proxy.requests == requests
+            assert mapped.bytes == BLOCKS * BS
+            # a range inside a mapped block, and one crossing its end
+            part = await client.get_block(url, refs[2], 1000, 300_000)
+            assert part == data[refs[2].start + 1000:refs[2].start + 300_000]
+        async with aiohttp.ClientSession() as session:
+            params, tail = ref_to_params(refs[3]), {"Range": f"bytes={BS - 10}-"}
+            async with session.get(url + BLOCK_PATH, params=params, headers=tail) as r:
+                assert r.status == 206
+                assert await r.read() == data[refs[3].end - 10:refs[3].end]
+    finally:
+        await gen.aclose()
+
+
+async def test_a_changed_mapped_block_is_caught_and_refetched(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    data, refs = _object(s3_server, s3_bucket)
+    gen = _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=16)
+    url, server = await gen.__anext__()
+    try:
+        async with WorkerClient(timeout=10) as client:
+            ref = refs[1]
+            await client.get_block(url, ref)
+            assert (await client.get_block_reply(url, ref)).cache == "hit"
+            hit = server.store.lookup(ref)
+            assert hit is not None
+            _flip_byte(hit.path, hit.header.header_len + 4321)  # written through the filesystem
+            reply = await client.get_block_reply(url, ref)
+            assert reply.cache == "miss" and reply.data == data[ref.start:ref.end]  # never the flipped bytes
+            assert server.store.corrupt == 1
+            again = await client.get_block_reply(url, ref)
+            assert again.cache == "hit" and again.data == data[ref.start:ref.end]
+    finally:
+        await gen.aclose()
+
+
+async def test_mappings_leave_with_their_blocks(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    data, refs = _object(s3_server, s3_bucket)
+    gen = _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=3)
+    url, server = await gen.__anext__()
+    try:
+        assert server.service is not None and server.service.mapped is not None
+        mapped = server.service.mapped
+        mem = server.store.index.levels[0]
+        async with WorkerClient(timeout=10) as client:
+            for ref in refs:  # six blocks through a MEM level of three: the older ones are demoted
+                assert await client.get_block(url, ref) == data[ref.start:ref.end]
+                on_mem = set(mem.entries)
+                assert len(mapped) <= len(on_mem)
+                assert all(mapped.get(digest) is None or digest in on_mem for digest in
+                           [r.digest for r in refs])
+            assert server.store.demotions > 0
+            await client.purge(url)
+        assert len(mapped) == 0 and mapped.bytes == 0
+    finally:
+        await gen.aclose()
+
+
+async def test_mapped_bytes_bound_and_off(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    data, refs = _object(s3_server, s3_bucket)
+    for cap, most in ((2 * BS, 2), (0, 0)):
+        gen = _worker(s3_server, s3_bucket, fault_proxy, tmp_path / str(cap), mem_blocks=16, mapped_bytes=cap)
+        url, server = await gen.__anext__()
+        try:
+            assert server.service is not None
+            async with WorkerClient(timeout=10) as client:
+                for _ in range(2):
+                    for ref in refs:
+                        assert await client.get_block(url, ref) == data[ref.start:ref.end]
+            mapped = server.service.mapped
+            assert (len(mapped) if mapped is not None else 0) == most
+        finally:
+            await gen.aclose()

@@ -21,38 +21,39 @@ idempotency) lives here and is tested without a server. Per Dataset the pod gets
 The pod keeps Fluid's marks, which Fluid tooling reads: `done.sidecar.fluid.io/inject`, the
 `dataset-namespace.sidecar.fluid.io/<container>` / `dataset-name.sidecar.fluid.io/<container>` labels
 and the `fluid.io/datasets-in-use` annotation.
+
+`inject()` runs named steps, each a small function of its inputs: `group_claims` (volumes by Dataset),
+then per Dataset `retarget_mounts`, `reserve_volumes`, `sidecar_container` (webhook/sidecar_container.py)
+and `place_native`; then `rewrite_volumes` and `finish_metadata`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from eddy.api import Dataset, FuseSpec, JindoRuntime
-from eddy.names import (
-    CONFIG_FILE_KEY,
-    CONFIG_MOUNT_DIR,
-    LABEL_ENABLE_INJECTION,
-    LABEL_INJECT_DONE,
-    PODINFO_ANNOTATIONS,
-    PODINFO_DIR,
-    SECRETS_MOUNT_DIR,
-    SIDECAR_HEALTH_PORT,
-    config_map_name,
-)
-from eddy.wire import TOKEN_DIR, TOKEN_READ_KEY, token_secret_name
+from eddy.api import Dataset, JindoRuntime
+from eddy.names import LABEL_ENABLE_INJECTION, LABEL_INJECT_DONE, SIDECAR_HEALTH_PORT
 from webhook.profiles import (
     InjectorSettings,
     PlatformProfile,
-    PodSwitches,
     pod_switches,
     select_profile,
     sidecar_resources,
 )
+from webhook.sidecar_container import (
+    FUSE_MOUNTPOINT,
+    SidecarVolumes,
+    dns_label,
+    fuse_access,
+    fuse_arg_warnings,
+    sidecar_container,
+)
+
+__all__ = ["FUSE_MOUNTPOINT", "SIDECAR_PREFIX", "Injection", "claim_names", "dns_label", "inject",
+           "make_patch", "requested_profile"]
 
 # Fluid's container name (common.FuseContainerName): Fluid tooling finds sidecars by this prefix.
 SIDECAR_PREFIX = "fluid-fuse"
@@ -61,10 +62,9 @@ LABEL_CONTAINER_DATASET_NAMESPACE = "dataset-namespace.sidecar.fluid.io/"  # + c
 LABEL_CONTAINER_DATASET_NAME = "dataset-name.sidecar.fluid.io/"
 ANNOTATION_DATASETS_IN_USE = "fluid.io/datasets-in-use"  # sorted, comma-separated Dataset names
 PODINFO_VOLUME = "eddy-podinfo"
-FUSE_MOUNTPOINT = "/eddy/mnt"
-FUSE_DEVICE = "/dev/fuse"
 
 Pod = dict[str, Any]
+Container = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -102,16 +102,8 @@ def claim_names(pod: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def dns_label(*parts: str) -> str:
-    """A DNS-1123 label (container/volume name) from parts; long names keep a hash suffix."""
-    text = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
-    if len(text) <= 63:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{text[:54].rstrip('-')}-{digest}"
-
-
 def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name-2`, `name-3`, ... if taken; the result is reserved in `taken`."""
     candidate, n = name, 1
     while candidate in taken:
         n += 1
@@ -124,125 +116,136 @@ def _uses(container: Mapping[str, Any], volume_names: set[str]) -> bool:
     return any(m.get("name") in volume_names for m in container.get("volumeMounts") or [])
 
 
-def _check_mount_cmd(timeout_s: float) -> list[str]:
-    """`eddy sidecar check-mount` waits up to --timeout for the mount to answer (exit 0/1)."""
-    return ["eddy", "sidecar", "check-mount", FUSE_MOUNTPOINT, "--timeout", f"{timeout_s:g}"]
+# ------------------------------------------------------------------ the steps
+class DatasetClaim(NamedTuple):
+    """The pod's volumes that claim one Dataset, in the pod's order: the first (`primary`) becomes
+    the FUSE mount's emptyDir, the others are aliases of it."""
+
+    dataset: Dataset
+    indexes: tuple[int, ...]  # positions in spec.volumes
+    primary: str
+    aliases: frozenset[str] = frozenset()
+
+    @property
+    def volume_names(self) -> set[str]:
+        return {self.primary, *self.aliases}
 
 
-def _sidecar(
-    name: str,
-    dataset: Dataset,
-    volume: str,
-    config_volume: str,
-    secret_volumes: list[tuple[str, str]],
-    resources: dict[str, dict[str, str]],
-    settings: InjectorSettings,
-    health_port: int,
-    podinfo_volume: str,
-    token_volume: str = "",
-    fuse: FuseSpec | None = None,
-    switches: PodSwitches = PodSwitches(),
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The sidecar container and any extra volume it needs (the /dev/fuse hostPath).
-
-    `fuse` (the JindoRuntime's `spec.fuse`) sets the image, pull policy, extra environment and extra
-    `eddy sidecar mount` flags; `resources` already holds its resources merged under the annotations.
-    `switches` are Fluid's per-pod switches (unprivileged sidecar, no mount check).
-    """
-    fuse = fuse or FuseSpec()
-    command = ["eddy", "sidecar", "mount", "--config", f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE_KEY}"]
-    if secret_volumes:
-        command += ["--secret-dir", SECRETS_MOUNT_DIR]
-    # Sidecars share the pod's network namespace: each gets its own health port.
-    command += ["--mountpoint", FUSE_MOUNTPOINT, "--health-port", str(health_port)]
-    if settings.sidecar_metrics_address:
-        command += ["--metrics-address", settings.sidecar_metrics_address]
-    mounts: list[dict[str, Any]] = [
-        {"name": volume, "mountPath": FUSE_MOUNTPOINT, "mountPropagation": "Bidirectional"},
-        {"name": config_volume, "mountPath": CONFIG_MOUNT_DIR, "readOnly": True},
-    ]
-    mounts += [
-        {"name": vol, "mountPath": f"{SECRETS_MOUNT_DIR}/{secret}", "readOnly": True}
-        for vol, secret in secret_volumes
-    ]
-    if token_volume:  # only the read token (eddy/wire.py): a sidecar can read blocks, never purge
-        mounts.append({"name": token_volume, "mountPath": TOKEN_DIR, "readOnly": True})
-    extra_volumes: list[dict[str, Any]] = []
-    res = {kind: dict(values) for kind, values in resources.items()}
-    # Root in the sidecar, whatever the image's USER or the pod's securityContext say: mounting FUSE
-    # needs CAP_SYS_ADMIN, which the kernel gives only to uid 0 (a non-root uid loses its capabilities
-    # at exec), and a root mount gets `allow_other`, so app containers of any uid can read /data. The
-    # privilege is the container's, which this mode grants anyway; the app containers keep theirs.
-    root = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
-    if switches.unprivileged:
-        # Fluid's unprivileged sidecar: not privileged, no SYS_ADMIN, no hostPath /dev/fuse. The mount
-        # works only where the platform gives unprivileged containers FUSE (its device resource, if the
-        # operator named one, is still requested); no Bidirectional propagation (privileged only).
-        mounts[0].pop("mountPropagation")
-        security: dict[str, Any] = {"privileged": False, **root}
-        if settings.fuse_device_resource:
-            res["requests"][settings.fuse_device_resource] = "1"
-            res["limits"][settings.fuse_device_resource] = "1"
-    elif settings.fuse_mode == "privileged":
-        security = {"privileged": True, **root}
-    else:
-        # Kubernetes allows Bidirectional propagation only to privileged containers: in this mode the
-        # sidecar's mount reaches the app containers only where the platform shares it (docs/webhook.md).
-        mounts[0].pop("mountPropagation")
-        security = {"privileged": False, "capabilities": {"add": ["SYS_ADMIN"]}, **root}
-        if settings.fuse_device_resource:
-            res["requests"][settings.fuse_device_resource] = "1"
-            res["limits"][settings.fuse_device_resource] = "1"
-        else:
-            device_volume = dns_label(name, "fuse")
-            extra_volumes.append(
-                {"name": device_volume, "hostPath": {"path": FUSE_DEVICE, "type": "CharDevice"}}
-            )
-            mounts.append({"name": device_volume, "mountPath": FUSE_DEVICE})
-    env = [{"name": k, "value": v} for k, v in fuse.env.items() if k != "EDDY_DATASET"]
-    container: dict[str, Any] = {
-        "name": name,
-        "image": fuse.image_ref or settings.image,
-        "imagePullPolicy": fuse.image_pull_policy or settings.image_pull_policy,
-        "command": command,
-        "env": [*env, {"name": "EDDY_DATASET", "value": dataset.meta.key}],
-        "resources": res,
-        "securityContext": security,
-        "volumeMounts": mounts,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if settings.native_sidecar:
-        container["restartPolicy"] = "Always"
-    if settings.native_sidecar and switches.mount_check:
-        container["startupProbe"] = {
-            "exec": {"command": _check_mount_cmd(2)},
-            "periodSeconds": 1,
-            "timeoutSeconds": 5,
-            "failureThreshold": max(1, settings.mount_timeout_s),
-        }
-    if not settings.native_sidecar and switches.mount_check:
-        # The kubelet starts the next container only when postStart returns: the app sees a ready mount.
-        check = _check_mount_cmd(settings.mount_timeout_s)
-        container["lifecycle"] = {"postStart": {"exec": {"command": check}}}
-    if not settings.native_sidecar:
-        command += ["--stop-file", PODINFO_ANNOTATIONS]
-        mounts.append({"name": podinfo_volume, "mountPath": PODINFO_DIR, "readOnly": True})
-    command += sidecar_flags(fuse.args)
-    return container, extra_volumes
+def group_claims(volumes: Sequence[Mapping[str, Any]], namespace: str, datasets: Mapping[str, Dataset]
+                 ) -> tuple[dict[str, DatasetClaim], list[str]]:
+    """The pod's volumes grouped by the Dataset they claim (`namespace/name` -> claim), in the order
+    the volumes first claim them, and a warning per volume whose Dataset is in another namespace."""
+    indexes: dict[str, tuple[Dataset, list[int]]] = {}
+    warnings: list[str] = []
+    for index, volume in enumerate(volumes):
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        dataset = datasets.get(claim) if isinstance(claim, str) else None
+        if dataset is None:
+            continue
+        if dataset.meta.namespace != namespace:
+            warnings.append(f"volume {volume.get('name')}: Dataset {dataset.meta.key} is not in {namespace}")
+            continue
+        indexes.setdefault(dataset.meta.key, (dataset, []))[1].append(index)
+    claims = {key: DatasetClaim(dataset, tuple(at), str(volumes[at[0]]["name"]),
+                                frozenset(str(volumes[i]["name"]) for i in at[1:]))
+              for key, (dataset, at) in indexes.items()}
+    return claims, warnings
 
 
-def sidecar_flags(args: tuple[str, ...]) -> list[str]:
-    """The `spec.fuse.args` Eddy's sidecar takes: its own `--flag[=value]`s (Jindo's `-o` FUSE options
-    mean nothing to it; `fuse_arg_warnings` names them)."""
-    return [a for a in args if a.startswith("--")]
+def rewrite_volumes(volumes: Sequence[dict[str, Any]],
+                    claims: Mapping[str, DatasetClaim]) -> list[dict[str, Any]]:
+    """Each Dataset's first volume becomes an emptyDir of the same name (the sidecar mounts FUSE onto
+    it); the other claims of the same Dataset go (their mounts move to the first: `retarget_mounts`)."""
+    empty = {claim.indexes[0]: claim.primary for claim in claims.values()}
+    aliases = {name for claim in claims.values() for name in claim.aliases}
+    return [{"name": empty[i], "emptyDir": {}} if i in empty else v for i, v in enumerate(volumes)
+            if i in empty or not ("persistentVolumeClaim" in v and v.get("name") in aliases)]
 
 
-def fuse_arg_warnings(runtime: JindoRuntime) -> list[str]:
-    dropped = [a for a in runtime.fuse.args if not a.startswith("--")]
-    if not dropped:
+def retarget_mounts(containers: Sequence[Container], claim: DatasetClaim) -> list[Container]:
+    """The containers with every mount of the Dataset's volumes on its one FUSE volume, propagated
+    from the sidecar (`HostToContainer`); one FUSE mount per Dataset serves every alias volume."""
+    names = claim.volume_names
+    out: list[Container] = []
+    for container in containers:
+        mounts = container.get("volumeMounts") or []
+        if any(m.get("name") in names for m in mounts):
+            container = {**container, "volumeMounts": [
+                {**m, "name": claim.primary, "mountPropagation": "HostToContainer"}
+                if m.get("name") in names else m for m in mounts]}
+        out.append(container)
+    return out
+
+
+def sidecar_names(taken: set[str], count: int) -> list[str]:
+    """Fluid's names, `fluid-fuse-N`: N counts on from the sidecars the pod already has (multi-round
+    injection), skipping names in use."""
+    index = sum(1 for n in taken if n.startswith(SIDECAR_PREFIX))
+    names: list[str] = []
+    while len(names) < count:
+        if f"{SIDECAR_PREFIX}-{index}" not in taken:
+            names.append(f"{SIDECAR_PREFIX}-{index}")
+        index += 1
+    return names
+
+
+def reserve_volumes(claim: DatasetClaim, taken: set[str], podinfo: str, host_device: str) -> SidecarVolumes:
+    """Free names for one sidecar's own volumes, reserved in `taken` (config, secrets, token, device)."""
+    dataset = claim.dataset
+    base = dns_label(VOLUME_PREFIX + dataset.meta.name)
+    config = _unique(dns_label(base, "config"), taken)
+    secrets = tuple((_unique(dns_label(base, "secret", secret), taken), secret)
+                    for secret in dataset.secret_names)
+    token = _unique(dns_label(base, "token"), taken)
+    device = _unique(host_device, taken) if host_device else ""
+    return SidecarVolumes(claim.primary, config, secrets, token, podinfo, device)
+
+
+def dataset_warnings(claim: DatasetClaim, runtime: JindoRuntime | None, resource_warnings: Sequence[str],
+                     earlier: Sequence[str]) -> list[str]:
+    """What the user should hear about one Dataset's sidecar (resource warnings said once per pod)."""
+    warnings = [w for w in resource_warnings if w not in earlier]
+    warnings += fuse_arg_warnings(runtime) if runtime else []
+    dataset = claim.dataset
+    if dataset.read_write_requested:
+        warnings.append(f"Dataset {dataset.meta.key} asks for {', '.join(dataset.access_modes)}, but Eddy's "
+                        "cache is read-only: writes under its mount fail with EROFS")
+    return warnings
+
+
+def place_native(init_containers: Sequence[Container], sidecar: Container, primary: str) -> list[Container]:
+    """The native sidecar goes before the first init container that uses its Dataset (else last)."""
+    at = next((i for i, c in enumerate(init_containers) if _uses(c, {primary})), len(init_containers))
+    return [*init_containers[:at], sidecar, *init_containers[at:]]
+
+
+def classic_init_warning(init_containers: Sequence[Container], claim: DatasetClaim) -> list[str]:
+    users = [str(c.get("name")) for c in init_containers if _uses(c, claim.volume_names)]
+    if not users:
         return []
-    return [f"JindoRuntime {runtime.meta.key}: spec.fuse.args {' '.join(dropped)}: not flags of Eddy's "
-            "sidecar (eddy sidecar mount --help), ignored"]
+    return [f"init container(s) {', '.join(users)} mount Dataset {claim.dataset.meta.key}, but in classic "
+            "sidecar mode the mount is only ready once the app containers start: they will see an empty "
+            "directory"]
+
+
+def finish_metadata(meta: Mapping[str, Any], claims: Mapping[str, DatasetClaim],
+                    container_labels: Mapping[str, str], profile: PlatformProfile) -> dict[str, Any]:
+    """Fluid's marks: the done label, the container -> Dataset labels, the datasets-in-use annotation
+    (merged with an earlier round's), and the profile's annotations."""
+    annotations = meta.get("annotations") or {}
+    in_use = {d.strip() for d in str(annotations.get(ANNOTATION_DATASETS_IN_USE, "")).split(",") if d.strip()}
+    in_use |= {claim.dataset.meta.name for claim in claims.values()}
+    return {
+        **meta,
+        "labels": {**(meta.get("labels") or {}), **container_labels, LABEL_INJECT_DONE: "true"},
+        "annotations": {**annotations, **profile.pod_annotations,
+                        ANNOTATION_DATASETS_IN_USE: ",".join(sorted(in_use))},
+    }
+
+
+def _podinfo_volume(name: str) -> dict[str, Any]:
+    item = {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+    return {"name": name, "downwardAPI": {"items": [item]}}
 
 
 def inject(
@@ -266,125 +269,51 @@ def inject(
     out: Pod = json.loads(json.dumps(pod))  # JSON data: a round trip copies it faster than deepcopy
     spec = out.setdefault("spec", {})
     volumes: list[dict[str, Any]] = spec.get("volumes") or []
-    warnings: list[str] = []
-    # Group the pod's volumes by the Dataset they claim, in the order the volumes appear.
-    by_dataset: dict[str, tuple[Dataset, list[int]]] = {}
-    for index, volume in enumerate(volumes):
-        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-        dataset = datasets.get(claim) if isinstance(claim, str) else None
-        if dataset is None:
-            continue
-        if dataset.meta.namespace != namespace:
-            warnings.append(f"volume {volume.get('name')}: Dataset {dataset.meta.key} is not in {namespace}")
-            continue
-        by_dataset.setdefault(dataset.meta.key, (dataset, []))[1].append(index)
-    if not by_dataset:
-        claims = claim_names(pod)
-        what = f"its claims ({', '.join(claims)}) belong to no Dataset" if claims else "it claims no PVC"
+    claims, warnings = group_claims(volumes, namespace, datasets)
+    if not claims:
+        names = claim_names(pod)
+        what = f"its claims ({', '.join(names)}) belong to no Dataset" if names else "it claims no PVC"
         warnings.append(f"pod is labelled for Eddy sidecar injection but {what}; nothing injected")
         return Injection(dict(pod), (), tuple(warnings))
-
-    containers: list[dict[str, Any]] = spec.setdefault("containers", [])
-    init_containers: list[dict[str, Any]] = spec.get("initContainers") or []
-    taken_containers = {str(c.get("name")) for c in [*containers, *init_containers]}
+    containers: list[Container] = spec.get("containers") or []
+    init_containers: list[Container] = spec.get("initContainers") or []
     taken_volumes = {str(v.get("name")) for v in volumes}
     annotations = (out.get("metadata") or {}).get("annotations") or {}
-    classic_sidecars: list[dict[str, Any]] = []
-    podinfo_volume = "" if settings.native_sidecar else _unique(PODINFO_VOLUME, taken_volumes)
-    by_dataset_done: list[str] = []
-    # Fluid numbers sidecars after those a pod already has (multi-round injection): fluid-fuse-N.
-    index = sum(1 for n in taken_containers if n.startswith(SIDECAR_PREFIX))
+    podinfo = "" if settings.native_sidecar else _unique(PODINFO_VOLUME, taken_volumes)
+    names = sidecar_names({str(c.get("name")) for c in [*containers, *init_containers]}, len(claims))
+    access = fuse_access(settings, switches)
+    new_volumes: list[dict[str, Any]] = []
+    classic_sidecars: list[Container] = []
     container_labels: dict[str, str] = {}
-    for key, (dataset, indexes) in by_dataset.items():
-        primary = str(volumes[indexes[0]]["name"])
-        duplicates = {str(volumes[i]["name"]) for i in indexes[1:]}
-        dataset_volumes = {primary, *duplicates}
-        volumes[indexes[0]] = {"name": primary, "emptyDir": {}}
-        for container in [*init_containers, *containers]:
-            for mount in container.get("volumeMounts") or []:
-                if mount.get("name") in dataset_volumes:
-                    mount["name"] = primary  # one FUSE mount per dataset serves every alias volume
-                    mount["mountPropagation"] = "HostToContainer"
-        while f"{SIDECAR_PREFIX}-{index}" in taken_containers:
-            index += 1
-        name = f"{SIDECAR_PREFIX}-{index}"
-        taken_containers.add(name)
-        index += 1
-        container_labels.update(_dataset_labels(name, dataset))
-        base = dns_label(VOLUME_PREFIX + dataset.meta.name)
-        config_volume = _unique(dns_label(base, "config"), taken_volumes)
-        secret_volumes = [
-            (_unique(dns_label(base, "secret", secret), taken_volumes), secret)
-            for secret in dataset.secret_names
-        ]
-        token_volume = _unique(dns_label(base, "token"), taken_volumes)
+    for i, (key, claim) in enumerate(claims.items()):
+        init_containers = retarget_mounts(init_containers, claim)
+        containers = retarget_mounts(containers, claim)
         runtime = (runtimes or {}).get(key)
         resources, resource_warnings = sidecar_resources(
             profile, annotations, runtime.fuse.resources if runtime else None)
-        warnings += [w for w in resource_warnings if w not in warnings]
-        warnings += fuse_arg_warnings(runtime) if runtime else []
-        if dataset.read_write_requested:
-            warnings.append(f"Dataset {key} asks for {', '.join(dataset.access_modes)}, but Eddy's cache is "
-                            "read-only: writes under its mount fail with EROFS")
-        sidecar, extra_volumes = _sidecar(
-            name,
-            dataset,
-            primary,
-            config_volume,
-            secret_volumes,
-            resources,
-            settings,
-            SIDECAR_HEALTH_PORT + len(by_dataset_done),
-            podinfo_volume,
-            token_volume,
-            runtime.fuse if runtime else None,
-            switches,
-        )
-        by_dataset_done.append(key)
-        for vol in extra_volumes:
-            vol["name"] = _unique(vol["name"], taken_volumes)
-        volumes.append({"name": config_volume, "configMap": {"name": config_map_name(dataset.meta.name)}})
-        volumes.extend({"name": vol, "secret": {"secretName": secret}} for vol, secret in secret_volumes)
-        volumes.append({"name": token_volume, "secret": {
-            "secretName": token_secret_name(dataset.meta.name),
-            "items": [{"key": TOKEN_READ_KEY, "path": TOKEN_READ_KEY}],
-        }})
-        volumes.extend(extra_volumes)
-        users = [str(c.get("name")) for c in init_containers if _uses(c, dataset_volumes)]
+        device = dns_label(names[i], "fuse") if access.host_device else ""
+        own = reserve_volumes(claim, taken_volumes, podinfo, device)
+        warnings += dataset_warnings(claim, runtime, resource_warnings, warnings)
+        port = SIDECAR_HEALTH_PORT + i  # sidecars share the pod's network: one health port each
+        sidecar = sidecar_container(names[i], claim.dataset, own, resources, settings, port,
+                                    runtime.fuse if runtime else None, switches, access)
+        new_volumes += own.pod_volumes(claim.dataset)
+        container_labels.update(_dataset_labels(names[i], claim.dataset))
         if settings.native_sidecar:
-            first_user = next(
-                (i for i, c in enumerate(init_containers) if _uses(c, {primary})), len(init_containers)
-            )
-            init_containers.insert(first_user, sidecar)
+            init_containers = place_native(init_containers, sidecar, claim.primary)
         else:
             classic_sidecars.append(sidecar)
-            if users:
-                warnings.append(
-                    f"init container(s) {', '.join(users)} mount Dataset {key}, but in classic sidecar mode "
-                    "the mount is only ready once the app containers start: they will see an empty directory"
-                )
-    # Remove alias volumes after the loop so indexes above stay valid.
-    aliases = {str(volumes[i]["name"]) for _, idx in by_dataset.values() for i in idx[1:]}
-    spec["volumes"] = [v for v in volumes if not ("persistentVolumeClaim" in v and v.get("name") in aliases)]
-    if classic_sidecars:
-        annotations_item = {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
-        spec["volumes"].append({"name": podinfo_volume, "downwardAPI": {"items": [annotations_item]}})
+            warnings += classic_init_warning(init_containers, claim)
+    spec["volumes"] = [*rewrite_volumes(volumes, claims), *new_volumes,
+                       *([_podinfo_volume(podinfo)] if classic_sidecars else [])]
     spec["containers"] = [*classic_sidecars, *containers]
     if init_containers:
         spec["initContainers"] = init_containers
     if switches.unprivileged:
         warnings.append("unprivileged sidecar (no privileged, no SYS_ADMIN): its FUSE mount works only where "
                         "the platform provides FUSE to unprivileged containers (docs/webhook.md)")
-    meta = out.setdefault("metadata", {})
-    labels = meta.setdefault("labels", {})
-    labels.update(container_labels)
-    labels[LABEL_INJECT_DONE] = "true"
-    in_use = {d.strip() for d in str(annotations.get(ANNOTATION_DATASETS_IN_USE, "")).split(",") if d.strip()}
-    in_use |= {dataset.meta.name for dataset, _ in by_dataset.values()}
-    meta["annotations"] = {
-        **annotations, **profile.pod_annotations, ANNOTATION_DATASETS_IN_USE: ",".join(sorted(in_use)),
-    }
-    return Injection(out, tuple(by_dataset), tuple(warnings))
+    out["metadata"] = finish_metadata(out.get("metadata") or {}, claims, container_labels, profile)
+    return Injection(out, tuple(claims), tuple(warnings))
 
 
 def _dataset_labels(container: str, dataset: Dataset) -> dict[str, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -562,3 +564,13 @@ async def test_kube_flags_pick_the_kubeconfig_context(kube_api: KubeApiServer, t
     assert watched_namespace(parser.parse_args(["--namespace", "team-a"])) == "team-a"
     async with await connect(args) as k:
         assert (await k.version())["gitVersion"] == "v1.30.0"  # the current context's server is down
+
+
+def test_the_package_loads_its_names_on_first_use() -> None:
+    """`eddy.kube.flags` and the light names load no client library (the webhook's local mode imports
+    them); every name of `__all__` resolves."""
+    code = ("import sys, eddy.kube.flags; from eddy.kube import CONFIGMAPS, NotFound, ApiRequest; "
+            "print('kubernetes_asyncio' in sys.modules); import eddy.kube as k; "
+            "print(all(getattr(k, n) is not None for n in k.__all__), 'kubernetes_asyncio' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["False", "True", "True"], result.stderr

@@ -67,21 +67,15 @@ class PlatformProfile:
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
 
 
+def _alibaba_serverless(name: str) -> PlatformProfile:
+    """ECI and ACS differ in name only: both bill declared resources (requests == limits)."""
+    return PlatformProfile(name, requests_equal_limits=True, cpu=("500m", "500m"), memory=("1Gi", "1Gi"),
+                           pod_annotations={ANNOTATION_PLATFORM: name})
+
+
 PROFILES: dict[str, PlatformProfile] = {
-    "eci": PlatformProfile(
-        "eci",
-        requests_equal_limits=True,
-        cpu=("500m", "500m"),
-        memory=("1Gi", "1Gi"),
-        pod_annotations={ANNOTATION_PLATFORM: "eci"},
-    ),
-    "acs": PlatformProfile(
-        "acs",
-        requests_equal_limits=True,
-        cpu=("500m", "500m"),
-        memory=("1Gi", "1Gi"),
-        pod_annotations={ANNOTATION_PLATFORM: "acs"},
-    ),
+    "eci": _alibaba_serverless("eci"),
+    "acs": _alibaba_serverless("acs"),
     OPEN_SOURCE_PROFILE: PlatformProfile(
         OPEN_SOURCE_PROFILE,
         requests_equal_limits=False,

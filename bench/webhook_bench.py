@@ -37,6 +37,8 @@ from bench.webhook_tail import (
     RunCost,
     Sample,
     closed_loop,
+    handler_buckets,
+    handler_figures,
     measured_run,
     open_loop,
     own_gc_pauses,
@@ -254,14 +256,17 @@ async def run(args: Any) -> dict[str, Any]:
                 ceiling, _ = await closed_loop(bare, MAX_SECONDS, total)
                 before = sum(api.calls.values())
                 best, sent = await closed_loop(hook, MAX_SECONDS, total)
+                hook_ctx = ssl.create_default_context(cafile=str(ca_path))
+                handler_before = await handler_buckets(url, hook_ctx)
                 with own_gc_pauses() as client_gc:
                     runs = await alternate({"ceiling": (ceiling_proc.pid, bare), "webhook": (proc.pid, hook)},
                                            seconds)
+                handler = handler_figures(handler_before, await handler_buckets(url, hook_ctx))
                 calls = sum(api.calls.values()) - before
                 latencies = [s.latency for s in runs["webhook"][0]]
                 admissions = 1 + sent + len(latencies) + 50 * ROUNDS
                 tail = {**tail_figures(runs["webhook"][0], read_pauses(work / "gc-on.json"), client_gc),
-                        **runs["webhook"][1].figures()}
+                        **runs["webhook"][1].figures(), "handler": handler}
                 ceiling_tail = {**tail_figures(runs["ceiling"][0]), **runs["ceiling"][1].figures()}
                 profile: dict[str, Any] = {}
                 if py_spy() is not None:  # a second pass at 200/s under py-spy (not the measured one)

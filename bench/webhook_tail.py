@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from bench.cpu import cpu_seconds
 
 # Runs the webhook (`eddy ...` argv after the first two arguments) while recording its GC pauses to a
@@ -243,12 +245,12 @@ def tail_figures(samples: list[Sample], server_gc: list[list[float]] | None = No
         "p999_ms": ms(percentile(lat, 0.999)), "max_ms": ms(max(lat, default=0.0)),
         "send_lag_p99_ms": ms(percentile(lag, 0.99)), "send_lag_max_ms": ms(max(lag, default=0.0)),
     }
-    window = (min((s.wall for s in samples), default=0.0),
-              max((s.wall + s.latency for s in samples), default=0.0))
+    spans = [(s.wall, s.wall + s.latency) for s in samples]
     for name, pauses in (("server", server_gc), ("client", client_gc)):
         if pauses is None:
             continue
-        inside = [p for p in pauses if window[0] <= p[0] <= window[1]]
+        # the collections while some request was in flight (not the client's own, between rounds)
+        inside = [p for p in pauses if any(p[0] < end and start < p[0] + p[1] for start, end in spans)]
         out[f"{name}_gc"] = {
             "collections": len(inside),
             "by_generation": {g: sum(1 for p in inside if p[2] == g) for g in (0, 1, 2)},
@@ -310,3 +312,39 @@ async def measured_run(pid: int, client: KeepAliveClient, seconds: float, rate: 
     cpu1, server1, client1 = cpu_seconds(pid), schedstat(pid), schedstat(os.getpid())
     return samples, RunCost(len(samples), cpu1 - cpu0, server1[1] - server0[1],
                             client1[0] - client0[0], client1[1] - client0[1])
+
+
+HANDLER_BUCKETS = "eddy_webhook_admission_seconds_bucket"
+
+
+async def handler_buckets(url: str, ctx: ssl.SSLContext) -> dict[float, float]:
+    """The webhook's own histogram of its handler's time (`/metrics`): upper bound (s) -> count so far."""
+    metrics = url.rsplit("/", 1)[0] + "/metrics"
+    async with aiohttp.ClientSession() as session, session.get(metrics, ssl=ctx) as answer:
+        text = await answer.text()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(HANDLER_BUCKETS + "{"):
+            labels, value = line.rsplit(" ", 1)
+            bound = labels.split('le="', 1)[1].split('"', 1)[0]
+            out[float(bound)] = float(value)
+    return out
+
+
+def handler_figures(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Between two `handler_buckets`: the handler's p50 and p99 as the bucket bounds that hold them, and
+    how many admissions spent over 5 ms in it. The rest of a request's latency is outside Eddy's code:
+    the client, TLS, aiohttp, and waiting for a core."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+
+    def bound_of(q: float) -> float:
+        return next((b for b, c in zip(bounds, counts, strict=True) if c >= q * total), float("inf"))
+
+    over = total - next((c for b, c in zip(bounds, counts, strict=True) if b >= 0.005), total)
+    def as_ms(bound: float) -> float | None:
+        return ms(bound) if bound != float("inf") else None
+
+    return {"admissions": int(total), "p50_at_most_ms": as_ms(bound_of(0.5)),
+            "p99_at_most_ms": as_ms(bound_of(0.99)), "over_5ms": int(over)}

@@ -104,7 +104,7 @@ def _create(path: str) -> int:
         return os.open(path, flags, 0o644)
 
 
-Body = bytes | bytearray | list[bytes]  # a block's data, whole or as the chunks it arrived in
+Body = bytes | bytearray | memoryview | list[bytes]  # a block's data, whole or as the chunks it arrived in
 
 
 def body_length(data: Body) -> int:
@@ -137,7 +137,7 @@ def write_block(root: Path, ref: BlockRef, data: Body, data_crc: int) -> BlockHe
 _IOV_MAX = 1024
 
 
-def _write_all(fd: int, pieces: list[bytes] | list[bytes | bytearray]) -> None:
+def _write_all(fd: int, pieces: list[bytes] | list[bytes | bytearray | memoryview]) -> None:
     """Write every piece in order with `writev` (IOV_MAX pieces at a time), finishing short writes."""
     for first in range(0, len(pieces), _IOV_MAX):
         batch = [memoryview(p) for p in pieces[first:first + _IOV_MAX] if len(p)]

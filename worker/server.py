@@ -306,7 +306,8 @@ class WorkerServer:
                     )
                 if kept is not None and kept.data is not None:
                     return await self._send_bytes(request, kept.data, rng, headers)
-                fetched = await service.fetch(ref)  # evicted meanwhile: read it through again
+                # evicted before it could be served: read it through again, not kept
+                return await self._send_bytes(request, await service.read_through(ref), rng, headers)
             return await self._send_bytes(request, fetched.data, rng, headers)
         except BaseException:
             result = "error"

@@ -131,10 +131,6 @@ class DatasetPlan:
     requeue: float | None = None
     logs: tuple[tuple[int, str], ...] = ()  # (logging level, message)
 
-    def status_of(self, kind: str) -> Obj | None:
-        """The status decided for the Dataset or the JindoRuntime (None if none was)."""
-        return next((s.status for s in self.statuses if s.doc.get("kind") == kind), None)
-
 
 # ------------------------------------------------------------------ what to read
 def owned_refs(namespace: str, name: str) -> list[Ref]:
@@ -190,20 +186,11 @@ def plan_dataset(seen: Seen, settings: Settings) -> DatasetPlan:
         cond = Condition("Ready", False, "RuntimeInvalid", str(exc))
         return DatasetPlan(patches=patches, statuses=(
             _dataset_write(ds_doc, seen.now, NOT_BOUND, cond), _runtime_write(rt_doc, seen.now, cond)))
-    creates: list[Obj] = []
-    updates: list[Patch] = []
-    for desired in objects:
-        meta = desired["metadata"]
-        live = seen.live.get((desired["kind"], meta["name"]))
-        if live is None:
-            creates.append(desired)
-        elif (patch := object_patch(desired, live)) is not None:
-            updates.append(Patch(Ref(desired["kind"], meta["name"], meta.get("namespace")), patch))
+    creates, updates = object_changes(objects, seen.live)
     sts = (seen.live.get((STATEFULSET, names.worker_name(seen.name))) or {}).get("status") or {}
     bound = Bound(ds_doc, rt_doc, ds, rt, ready=int(sts.get("readyReplicas") or 0),
                   current=int(sts.get("replicas") or 0), token=_worker_token(seen))
-    return DatasetPlan(patches=patches, creates=tuple(creates), updates=tuple(updates), bound=bound,
-                       requeue=STATUS_PERIOD)
+    return DatasetPlan(patches=patches, creates=creates, updates=updates, bound=bound, requeue=STATUS_PERIOD)
 
 
 def bound_statuses(bound: Bound, measured: Measured, now: str) -> tuple[StatusWrite, StatusWrite]:
@@ -221,6 +208,21 @@ def bound_statuses(bound: Bound, measured: Measured, now: str) -> tuple[StatusWr
     runtime = _runtime_write(bound.runtime_doc, now, rt_cond, applied=True, ready=ready, fuse=True, rt=rt,
                              current=bound.current, fuses=measured.fuses)
     return dataset, runtime
+
+
+def object_changes(objects: Sequence[Obj], live: Mapping[tuple[str, str], Obj]
+                   ) -> tuple[tuple[Obj, ...], tuple[Patch, ...]]:
+    """(the desired objects that do not exist, the patches for those that differ), in `objects`' order."""
+    creates: list[Obj] = []
+    updates: list[Patch] = []
+    for desired in objects:
+        meta = desired["metadata"]
+        current = live.get((desired["kind"], meta["name"]))
+        if current is None:
+            creates.append(desired)
+        elif (patch := object_patch(desired, current)) is not None:
+            updates.append(Patch(Ref(desired["kind"], meta["name"], meta.get("namespace")), patch))
+    return tuple(creates), tuple(updates)
 
 
 def object_patch(desired: Obj, live: Obj) -> Obj | None:

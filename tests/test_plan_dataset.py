@@ -145,10 +145,9 @@ def test_an_invalid_runtime_leaves_the_dataset_not_bound() -> None:
     rt["spec"]["tieredstore"]["levels"][0]["quota"] = "lots"
     plan = plan_dataset(seen(ds, rt), SETTINGS)
     assert (plan.creates, plan.bound) == ((), None)
-    dataset = plan.status_of("Dataset")
-    assert dataset is not None and dataset["phase"] == "NotBound"
-    runtime = plan.status_of("JindoRuntime")
-    assert runtime is not None and runtime["conditions"][0]["reason"] == "RuntimeInvalid"
+    dataset, runtime = plan.statuses
+    assert (dataset.ref.kind, dataset.status["phase"]) == ("Dataset", "NotBound")
+    assert (runtime.ref.kind, runtime.status["conditions"][0]["reason"]) == ("JindoRuntime", "RuntimeInvalid")
 
 
 def test_a_runtime_without_its_dataset_waits_and_nothing_is_made() -> None:
@@ -167,8 +166,9 @@ def test_a_runtime_without_its_dataset_waits_and_nothing_is_made() -> None:
 def test_a_missing_runtime_waits_then_once_deleted_takes_its_objects_along() -> None:
     ds, rt = settled_docs()
     waiting = plan_dataset(seen(ds, None), SETTINGS)
-    assert waiting.deletes == () and waiting.status_of("Dataset") is not None
+    assert waiting.deletes == ()
     [write] = waiting.statuses
+    assert write.ref == Ref("Dataset", NAME, NS)
     assert (write.status["phase"], write.status["conditions"][0]["reason"]) == ("NotBound", "RuntimeNotFound")
     live = applied(ds, rt)
     del live[("Service", "serverless-data-eddy-worker")]  # already gone: not deleted again

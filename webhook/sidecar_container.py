@@ -115,19 +115,18 @@ def sidecar_container(
     resources: dict[str, dict[str, str]],
     settings: InjectorSettings,
     health_port: int,
-    fuse: FuseSpec | None = None,
-    switches: PodSwitches = PodSwitches(),
-    access: FuseAccess | None = None,
+    fuse: FuseSpec | None,
+    switches: PodSwitches,
+    access: FuseAccess,
 ) -> Container:
     """The sidecar running `eddy sidecar mount ...` for `dataset`.
 
     `fuse` (the JindoRuntime's `spec.fuse`) sets the image, pull policy, extra environment and extra
     `eddy sidecar mount` flags; `resources` already holds its resources merged under the annotations.
     `switches` are Fluid's per-pod switches (unprivileged sidecar, no mount check); `access` is
-    `fuse_access(settings, switches)`, which a caller making several sidecars computes once.
+    `fuse_access(settings, switches)`, the same for every sidecar of the pod.
     """
     fuse = fuse or FuseSpec()
-    access = access or fuse_access(settings, switches)
     command = ["eddy", "sidecar", "mount", "--config", f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE_KEY}"]
     if volumes.secrets:
         command += ["--secret-dir", SECRETS_MOUNT_DIR]

@@ -2,8 +2,10 @@
 
 Shared by the consumer (`eddy preloader`) and local mode (`eddy preload`); both only turn the result
 into status patches or a table. The listing is read twice: first counting files and bytes only (exact
-totals for progress; with `loadMetadata: true` this pass also gathers the snapshot), then streamed into
-blocks (see preloader/plan.py).
+totals for progress), then streamed into blocks (see preloader/plan.py). With `loadMetadata: true` the
+first pass holds every mount's whole listing anyway (the snapshot), so the plan is streamed from those
+rows instead of a second LIST pass: the LIST responses' XML parsing was most of the preloader's CPU
+during a DataLoad (docs/benchmarks.md), and the loaded blocks then match the stored snapshot exactly.
 """
 
 from __future__ import annotations
@@ -121,6 +123,18 @@ async def _with_retries(job: LoadJob, what: Callable[[], Any]) -> Any:
         raise gave_up.last from None
 
 
+async def _from_snapshot(
+    snapshot: dict[str, list[ObjectInfo]], selections: list[Selection]
+) -> AsyncIterator[tuple[Selection, ObjectInfo]]:
+    """`_listing`'s stream from the rows of pass 1 (each mount listed whole, in key order)."""
+    for sel in selections:
+        for n, info in enumerate(snapshot.get(sel.mount.name, ())):
+            if info.key.startswith(sel.list_prefix) and not is_marker(info):
+                yield sel, info
+            if n % 1000 == 999:
+                await asyncio.sleep(0)  # a page's worth: let the dispatcher's requests run
+
+
 async def _store_snapshot(job: LoadJob, client: WorkerClient, blob: bytes, progress: Progress) -> None:
     async def put(url: str) -> None:
         try:
@@ -172,15 +186,18 @@ async def run_load(
             on_progress(progress)
         if job.dataload.load_metadata:
             blob = await asyncio.to_thread(encode_snapshot, snapshot)
-            del snapshot
             await _store_snapshot(job, client, blob, progress)
+            del blob
+            listing = _from_snapshot(snapshot, selections)
+        else:
+            listing = _listing(stores, selections)
         dispatcher = Dispatcher(
             client, job.workers, progress=progress, concurrency=options.concurrency,
             per_worker=min(job.per_worker, options.concurrency), batch_size=options.batch_size,
             retry=job.retry, bandwidth=options.bandwidth, on_progress=on_progress, rng=job.rng,
         )
         try:
-            await dispatcher.run(plan_blocks(_listing(stores, selections), job.workers, job.block_size))
+            await dispatcher.run(plan_blocks(listing, job.workers, job.block_size))
         except ObjectStoreError as exc:
             raise LoadError("ListingFailed", f"listing the object store failed: {exc}") from None
     urls = sorted(set(job.workers) - set(progress.failed_workers))

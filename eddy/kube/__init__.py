@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     )
     from eddy.kube.events import EventRecorder, build_event, involved_reference
     from eddy.kube.hooks import ApiRequest, RequestHook
-    from eddy.kube.informer import EventHandler, Informer, backoff_delay, object_key
+    from eddy.kube.informer import EventHandler, Informer, object_key
     from eddy.kube.resources import (
         ALL_RESOURCES,
         CONFIGMAPS,
@@ -97,7 +97,6 @@ __all__ = [
     "RequestHook",
     "Resource",
     "Unavailable",
-    "backoff_delay",
     "build_event",
     "error_for",
     "from_api_exception",

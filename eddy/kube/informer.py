@@ -33,18 +33,6 @@ def object_key(obj: Obj) -> Key:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
-def watch_backoff(initial: float, maximum: float) -> RetryPolicy:
-    """The informer's pauses after failed list/watch n (1-based): between half and all of
-    min(maximum, initial * 2**(n-1)), for as long as it fails."""
-    return RetryPolicy(initial=initial, maximum=maximum, jitter=0.5, attempts=None)
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:
-    """`watch_backoff(initial, maximum)`'s pause after failed try `attempt + 1`. Only `eddy.kube`'s
-    export list still names this; the Informer uses its policy directly."""
-    return watch_backoff(initial, maximum).delay(attempt + 1, rng or random.Random())
-
-
 class Informer:
     """List+watch `resource` (in `namespace`, or all) into a store; call handlers on every change."""
 
@@ -68,7 +56,8 @@ class Informer:
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.watch_timeout = watch_timeout
-        self.backoff = watch_backoff(backoff_initial, backoff_max)
+        # pauses after failed list/watch n: between half and all of min(max, initial * 2**(n-1)), for ever
+        self.backoff = RetryPolicy(initial=backoff_initial, maximum=backoff_max, jitter=0.5, attempts=None)
         self.rng = rng or random.Random()
         self.handlers: list[EventHandler] = [on_event] if on_event else []
         self.resource_version = ""

@@ -3,7 +3,8 @@
 The webhook runs in cluster mode against the Kubernetes API test server (`tests/support/kube.py`,
 started inside this process; it counts calls), with the seed's Dataset, its PVC and runtime in it.
 Figures: `max_per_s` (closed loop on 16 connections, 5,000 requests max, 10 s max), `p50_ms`/`p99_ms`/
-`p999_ms` at a fixed 200/s (10 s in two rounds that alternate with the ceiling's; 4 s with --quick),
+`p999_ms` at a fixed 200/s (10 s, 4 s with --quick; its requests interleaved with
+the ceiling's, each at 200/s, so that both meet the same instants of the machine's load),
 `api_calls_per_admission` (API calls made while admitting / admissions). The client is
 bench/webhook_tail.py's: connections opened before the run, open loop timed from each request's due time.
 Ceiling: a trivial aiohttp TLS endpoint answering a fixed small JSON body, driven the same way.
@@ -34,8 +35,6 @@ from bench.profiles import profile_during, py_spy
 from bench.webhook_tail import (
     GC_WRAPPER,
     KeepAliveClient,
-    RunCost,
-    Sample,
     closed_loop,
     handler_buckets,
     handler_figures,
@@ -53,7 +52,6 @@ SEED = REPO.parent / "shared" / "seed"
 MAX_REQUESTS = 5000
 MAX_SECONDS = 10.0
 RATE = 200
-ROUNDS = 2  # the bare server and the webhook take turns, so both meet the same load
 
 _CEILING_SERVER = """
 import asyncio, ssl, sys
@@ -213,18 +211,6 @@ async def _watches_open(api: Any, kinds: tuple[str, ...]) -> None:
             await asyncio.sleep(0.05)
 
 
-async def alternate(targets: dict[str, tuple[int, KeepAliveClient]], seconds: float, rounds: int = ROUNDS
-                    ) -> dict[str, tuple[list[Sample], RunCost]]:
-    """`rounds` open-loop runs of `seconds / rounds` against each target in turn (label -> (pid,
-    client)), so that every target meets the machine's load of the same minute."""
-    out: dict[str, tuple[list[Sample], RunCost]] = {k: ([], RunCost()) for k in targets}
-    for _ in range(rounds):
-        for label, (pid, client) in targets.items():
-            samples, cost = await measured_run(pid, client, seconds / rounds, RATE)
-            out[label] = (out[label][0] + samples, out[label][1] + cost)
-    return out
-
-
 async def run(args: Any) -> dict[str, Any]:
     quick = bool(getattr(args, "quick", False))
     seconds = 4.0 if quick else 10.0
@@ -259,19 +245,19 @@ async def run(args: Any) -> dict[str, Any]:
                 hook_ctx = ssl.create_default_context(cafile=str(ca_path))
                 handler_before = await handler_buckets(url, hook_ctx)
                 with own_gc_pauses() as client_gc:
-                    runs = await alternate({"ceiling": (ceiling_proc.pid, bare), "webhook": (proc.pid, hook)},
-                                           seconds)
+                    bare_run, hook_run = await measured_run([(ceiling_proc.pid, bare), (proc.pid, hook)],
+                                                            seconds, RATE)
                 handler = handler_figures(handler_before, await handler_buckets(url, hook_ctx))
                 calls = sum(api.calls.values()) - before
-                latencies = [s.latency for s in runs["webhook"][0]]
-                admissions = 1 + sent + len(latencies) + 50 * ROUNDS
-                tail = {**tail_figures(runs["webhook"][0], read_pauses(work / "gc-on.json"), client_gc),
-                        **runs["webhook"][1].figures(), "handler": handler}
-                ceiling_tail = {**tail_figures(runs["ceiling"][0]), **runs["ceiling"][1].figures()}
+                latencies = [s.latency for s in hook_run[0]]
+                admissions = 1 + sent + len(latencies) + 50
+                tail = {**tail_figures(hook_run[0], read_pauses(work / "gc-on.json"), client_gc),
+                        **hook_run[1].figures(), "handler": handler}
+                ceiling_tail = {**tail_figures(bare_run[0]), **bare_run[1].figures()}
                 profile: dict[str, Any] = {}
                 if py_spy() is not None:  # a second pass at 200/s under py-spy (not the measured one)
                     _, profile = await profile_during({"webhook": proc.pid}, "webhook-200",
-                                                      open_loop(hook, seconds, RATE),
+                                                      open_loop([hook], seconds, RATE),
                                                       f"admissions at {RATE}/s over HTTPS")
             async with (
                 KeepAliveClient(ceiling_url, ctx, body) as bare,
@@ -280,10 +266,10 @@ async def run(args: Any) -> dict[str, Any]:
             ):
                 await _watches_open(api, kinds)
                 await closed_loop(hook, MAX_SECONDS, 500)  # warm like the measured run
-                off = await alternate({"ceiling": (ceiling_proc.pid, bare), "webhook": (proc.pid, hook)},
-                                      seconds)
-                gc_off = {**tail_figures(off["webhook"][0], read_pauses(work / "gc-off.json")),
-                          **off["webhook"][1].figures(), "ceiling_server": tail_figures(off["ceiling"][0])}
+                off_bare, off_hook = await measured_run([(ceiling_proc.pid, bare), (proc.pid, hook)],
+                                                        seconds, RATE)
+                gc_off = {**tail_figures(off_hook[0], read_pauses(work / "gc-off.json")),
+                          **off_hook[1].figures(), "ceiling_server": tail_figures(off_bare[0])}
         finally:
             await _stop(ceiling_proc)
     return {

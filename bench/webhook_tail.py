@@ -15,6 +15,10 @@ latency and not its own:
   `TIMER_SLACK` early so that epoll's millisecond rounding does not make every send late), so the
   client's own scheduling delay is inside the figure, never hidden; `send_lag` reports it apart.
 - **the client's GC is off during the run** (collected and frozen before it).
+- **the same instants for the webhook and its ceiling**: `open_loop` drives several servers at once,
+  their requests taking turns, each server at the full rate. The machine's other load comes in bursts
+  of a fraction of a second; runs one after the other (or alternating rounds) let a burst land on one
+  server only.
 
 Beside the latencies, for each run: the server's CPU per request (/proc/<pid>/stat) and the time the
 server's and the client's event-loop threads spent runnable but waiting for a core (`run-queue wait`,
@@ -156,27 +160,27 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-async def open_loop(client: KeepAliveClient, seconds: float, rate: float, warm: int = 50) -> list[Sample]:
-    """`rate` requests/s for `seconds`, each sent when due whatever the others are doing."""
-    for _ in range(warm):
-        await client.post()
+async def open_loop(clients: list[KeepAliveClient], seconds: float, rate: float) -> list[list[Sample]]:
+    """`rate` requests/s to each client's server for `seconds`, each sent when due whatever the others are
+    doing; with several clients the requests take turns (A, B, A, B, ...: every server meets the
+    machine's load of the same instants). One list of samples per client."""
+    n = len(clients)
 
-    async def one(wall: float, due: float) -> Sample:
+    async def one(client: KeepAliveClient, wall: float, due: float) -> Sample:
         sent = time.perf_counter()
         await client.post()
         return Sample(wall, due, sent, time.perf_counter())
 
-    tasks = []
+    tasks: list[list[asyncio.Task[Sample]]] = [[] for _ in clients]
     with gc_paused():
         wall0, start = time.time(), time.perf_counter()
-        for i in range(int(seconds * rate)):
-            due = start + i / rate
-            delay = due - time.perf_counter() - TIMER_SLACK
+        for i in range(int(seconds * rate) * n):
+            offset = i / (rate * n)
+            delay = start + offset - time.perf_counter() - TIMER_SLACK
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(wall0 + i / rate, due)))
-        samples = list(await asyncio.gather(*tasks))
-    return samples
+            tasks[i % n].append(asyncio.create_task(one(clients[i % n], wall0 + offset, start + offset)))
+        return [list(await asyncio.gather(*each)) for each in tasks]
 
 
 async def closed_loop(client: KeepAliveClient, seconds: float, total: int) -> tuple[float, int]:
@@ -301,17 +305,23 @@ class RunCost:
         }
 
 
-async def measured_run(pid: int, client: KeepAliveClient, seconds: float, rate: float
-                       ) -> tuple[list[Sample], RunCost]:
-    """`open_loop` against the server process `pid`, and what it cost both sides."""
-    warm = 50
-    for _ in range(warm):
-        await client.post()
-    cpu0, server0, client0 = cpu_seconds(pid), schedstat(pid), schedstat(os.getpid())
-    samples = await open_loop(client, seconds, rate, warm=0)
-    cpu1, server1, client1 = cpu_seconds(pid), schedstat(pid), schedstat(os.getpid())
-    return samples, RunCost(len(samples), cpu1 - cpu0, server1[1] - server0[1],
-                            client1[0] - client0[0], client1[1] - client0[1])
+async def measured_run(targets: list[tuple[int, KeepAliveClient]], seconds: float, rate: float,
+                       warm: int = 50) -> list[tuple[list[Sample], RunCost]]:
+    """`open_loop` against each (server pid, client) at once, and what it cost each server and this
+    client (the client's share split evenly between the targets)."""
+    for _, client in targets:
+        for _ in range(warm):
+            await client.post()
+    pids = [pid for pid, _ in targets]
+    cpu0, server0 = [cpu_seconds(p) for p in pids], [schedstat(p) for p in pids]
+    client0 = schedstat(os.getpid())
+    runs = await open_loop([client for _, client in targets], seconds, rate)
+    cpu1, server1 = [cpu_seconds(p) for p in pids], [schedstat(p) for p in pids]
+    client1 = schedstat(os.getpid())
+    n = len(targets)
+    return [(samples, RunCost(len(samples), cpu1[i] - cpu0[i], server1[i][1] - server0[i][1],
+                              (client1[0] - client0[0]) / n, (client1[1] - client0[1]) / n))
+            for i, samples in enumerate(runs)]
 
 
 HANDLER_BUCKETS = "eddy_webhook_admission_seconds_bucket"

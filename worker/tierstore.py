@@ -38,6 +38,8 @@ from worker.eviction import CacheFull, Entry, Level, Move, TierIndex
 
 log = logging.getLogger(__name__)
 
+INLINE_WRITE_MAX = 512 << 10  # MEM-level blocks up to this size are written on the event loop (see put)
+
 __all__ = ["CacheFull", "CacheWriteError", "Hit", "LevelConfig", "TierStore", "TierStoreError"]
 
 
@@ -239,7 +241,12 @@ class TierStore:
             moves = self.index.plan_insert(level, digest, size)
             await self._apply(moves)
             try:
-                written, stamp = await asyncio.to_thread(self._write, level, ref, data, data_crc)
+                if length <= INLINE_WRITE_MAX and self.configs[level].mediumtype.partition(".")[0] == "MEM":
+                    # A small block on tmpfs is written here: a memory copy that cannot wait for a disk,
+                    # cheaper than the thread hop (84% of the blocks of the preload benchmark's mix).
+                    written, stamp = self._write(level, ref, data, data_crc)
+                else:
+                    written, stamp = await asyncio.to_thread(self._write, level, ref, data, data_crc)
             except OSError as exc:
                 raise CacheWriteError(
                     f"writing a block to level {self.configs[level].mediumtype} failed: {exc.strerror}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -19,7 +18,7 @@ from controller.reconciler import Reconciler
 from eddy.fluidcheck import FluidInstalled, refuse_beside_fluid
 from eddy.kube import own_image
 from eddy.kube.flags import add_kube_args, connect, watched_namespace
-from eddy.kube.leader import add_leader_args, elector_for_this_pod
+from eddy.kube.leader import add_leader_args, run_elected
 from eddy.names import WORKER_PORT
 
 log = logging.getLogger("eddy.controller")
@@ -71,34 +70,12 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("controller started (namespace=%s, image=%s)", namespace or "*", image)
-    kept = True
     try:
-        if args.leader_elect:
-            elector = elector_for_this_pod(kube, args)
-            log.info("leader election on Lease %s/%s as %s", elector.namespace, elector.name,
-                     elector.identity)
-            kept = await elector.run(controller.run, stop)
-        else:
-            await until_stopped(controller.run(), stop)
+        kept = await run_elected(kube, args, controller.run, stop, "controller")
     finally:
         await reconciler.close()
         await kube.close()
     if not kept:
-        log.error("controller lost leadership: exiting so that it restarts as a standby")
         return 1
     log.info("controller stopped")
     return 0
-
-
-async def until_stopped(work: Any, stop: asyncio.Event) -> None:
-    """Run `work` (a coroutine) until it returns or `stop` is set (then cancel it)."""
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (task, waiter):
-            t.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        waiter.cancel()

@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.kube.flags import connect, watched_namespace
-from eddy.kube.leader import elector_for_this_pod
+from eddy.kube.leader import run_elected
 from eddy.secrets import SecretSource
 from preloader.consumer import Consumer, ConsumerSettings
 from preloader.kubeapi import KubeApi, dataload_informer
@@ -55,22 +55,12 @@ async def run_consumer(args: argparse.Namespace) -> int:
             await informer.stop()
             await consumer.close()
 
-    kept = True
     try:
-        if getattr(args, "leader_elect", False):
-            elector = elector_for_this_pod(kube, args)
-            log.info("leader election on Lease %s/%s as %s", elector.namespace, elector.name,
-                     elector.identity)
-            kept = await elector.run(consume, stop)
-        else:
-            await consume()
+        kept = await run_elected(kube, args, consume, stop, "preloader")
     finally:
         await consumer.close()
         await kube.close()
-    if not kept:
-        log.error("preloader lost leadership: exiting so that it restarts as a standby")
-        return 1
-    return 0
+    return 0 if kept else 1
 
 
 def with_process_registry(registry: CollectorRegistry) -> CollectorRegistry:

@@ -3,13 +3,23 @@ sandbox's API server through the real client."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 
 import pytest
 
 from eddy import kube
-from eddy.kube.leader import Decision, LeaderElector, Timing, decide, default_identity, micro_time
+from eddy.kube.leader import (
+    Decision,
+    LeaderElector,
+    Timing,
+    add_leader_args,
+    decide,
+    default_identity,
+    micro_time,
+    run_elected,
+)
 from sandbox.apiserver import KubeApiServer
 
 FAST = Timing(lease_duration=1.5, renew_deadline=1.0, retry_period=0.1)
@@ -112,3 +122,47 @@ async def test_a_leader_that_cannot_renew_gives_up_before_the_lease_ends(kube_ap
         # It stopped leading within the renew deadline, before any standby could take the Lease.
         assert gave_up < FAST.lease_duration, gave_up
         kube_api.clear_faults()
+
+
+class Work:
+    """Work that runs until cancelled, and says when it started and when it was cancelled."""
+
+    def __init__(self) -> None:
+        self.leads, self.cancelled = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.leads.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.cancelled.set()
+
+
+async def test_run_elected_runs_the_work_until_stopped_with_or_without_a_lease(
+    kube_api: KubeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What `eddy controller` and `eddy preloader` run: the same work, elected or not."""
+    parser = argparse.ArgumentParser()
+    add_leader_args(parser, "eddy-part", "act")
+    async with kube.Kube(await kube.make_api_client(url=kube_api.url)) as client:
+        for argv in ([], ["--leader-elect", "--lease-duration", "1.5"]):
+            args, work, stop = parser.parse_args(argv), Work(), asyncio.Event()
+            task = asyncio.create_task(run_elected(client, args, work, stop, "part"))
+            await asyncio.wait_for(work.leads.wait(), 5)
+            stop.set()
+            assert await asyncio.wait_for(task, 5) is True and work.cancelled.is_set(), argv
+            held = kube_api.get_object("leases", "eddy-system", "eddy-part")
+            if args.leader_elect:  # a clean stop handed the Lease back
+                assert held is not None and held["spec"]["holderIdentity"] == ""
+            else:
+                assert held is None  # no election: no Lease
+
+        # Leadership lost (no renewal gets through): the work is cancelled, and the caller told to exit.
+        work = Work()
+        args = parser.parse_args(["--leader-elect", "--lease-duration", "1.5"])
+        task = asyncio.create_task(run_elected(client, args, work, asyncio.Event(), "part"))
+        await asyncio.wait_for(work.leads.wait(), 5)
+        kube_api.fail_next(1000, 500, method="PUT")
+        assert await asyncio.wait_for(task, 5) is False and work.cancelled.is_set()
+        kube_api.clear_faults()
+    assert "part lost leadership: exiting so that it restarts as a standby" in caplog.messages

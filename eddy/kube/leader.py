@@ -6,7 +6,8 @@ function (`decide`) over the Lease as read and the time; `LeaderElector.run` is 
 acquire, then run the caller's work while renewing every `retry_period`, and give the work up (cancel
 it) as soon as a renewal has failed for `renew_deadline` seconds, before another replica can have
 acquired the Lease. Optimistic concurrency (the Lease's resourceVersion) settles races: of two replicas
-writing the same free Lease, one gets a Conflict and goes back to waiting.
+writing the same free Lease, one gets a Conflict and goes back to waiting. A part adds the flags with
+`add_leader_args` and runs its work through `run_elected`, elected or not as the flags say.
 """
 
 from __future__ import annotations
@@ -123,6 +124,38 @@ def elector_for_this_pod(kube: Kube, args: argparse.Namespace) -> LeaderElector:
     """The elector `add_leader_args`' flags ask for, its Lease in the pod's namespace ($POD_NAMESPACE)."""
     namespace = os.environ.get("POD_NAMESPACE") or "eddy-system"
     return LeaderElector(kube, namespace, args.lease_name, timing=Timing.scaled(args.lease_duration))
+
+
+async def run_elected(kube: Kube, args: argparse.Namespace, work: Callable[[], Awaitable[None]],
+                      stop: asyncio.Event, part: str) -> bool:
+    """Run `work()` until it returns or `stop` is set (then cancel it); with `add_leader_args`'
+    `--leader-elect`, only while this replica holds the Lease (`elector_for_this_pod`).
+
+    False when leadership was lost (logged as `part`'s): the caller should exit 1, so that it restarts
+    as a standby; True otherwise.
+    """
+    if not args.leader_elect:
+        await _until_stopped(work(), stop)
+        return True
+    elector = elector_for_this_pod(kube, args)
+    log.info("leader election on Lease %s/%s as %s", elector.namespace, elector.name, elector.identity)
+    if await elector.run(work, stop):
+        return True
+    log.error("%s lost leadership: exiting so that it restarts as a standby", part)
+    return False
+
+
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """Await `work` until it ends or `stop` is set (then cancel it and wait for it to unwind)."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, waiter):
+            t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class LeaderElector:

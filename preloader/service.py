@@ -35,6 +35,7 @@ async def run_consumer(args: argparse.Namespace) -> int:
     kube = await connect(args)
     namespace = watched_namespace(args)
     metrics = PreloaderMetrics()
+    kube.add_request_hook(metrics.count_request)
     consumer = Consumer(MeteredApi(KubeApi(kube), metrics), settings_from_args(args))
     metrics.watch(consumer)
     if getattr(args, "metrics_port", 0):

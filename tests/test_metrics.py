@@ -166,7 +166,8 @@ EXPECTED = {
     "controller": {"eddy_controller_reconciles": "counter", "eddy_controller_queue_depth": "gauge"},
     "preloader": {"eddy_preloader_dataloads": "gauge", "eddy_preloader_warmed_bytes": "counter",
                   "eddy_preloader_warmed_blocks": "counter", "eddy_preloader_dataload_failures": "counter",
-                  "eddy_preloader_queue_depth": "gauge", "eddy_preloader_executing": "gauge"},
+                  "eddy_preloader_queue_depth": "gauge", "eddy_preloader_executing": "gauge",
+                  "eddy_preloader_api_requests": "counter"},
     "worker": {"eddy_worker_block_hits": "counter", "eddy_worker_warm_blocks": "counter",
                "eddy_objectstore_requests": "counter", "eddy_objectstore_read_bytes": "counter"},
     "webhook": {"eddy_webhook_admissions": "counter"},
@@ -193,6 +194,26 @@ async def test_every_part_serves_typed_metrics(processes: dict[str, str], tmp_pa
     queried = dashboard_metric_names(dashboard)
     assert queried, "the dashboard queries no metric"
     assert queried <= known, f"the dashboard queries metrics no part exposes: {sorted(queried - known)}"
+    # The preloader counts its own API requests (a request hook on its Kube): its informer's list and watch.
+    for verb in ("list", "watch"):
+        labels = {"verb": verb, "resource": "dataloads"}
+        assert await sample_value(processes["preloader"], "eddy_preloader_api_requests_total", labels) >= 1
+
+
+async def sample_value(url: str, name: str, labels: dict[str, str], timeout: float = 20.0) -> float:
+    """The value of one sample at a /metrics URL, scraped again until it is there (or `timeout` ends)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(url) as resp:
+                text = await resp.text()
+            for fam in text_string_to_metric_families(text):
+                for sample in fam.samples:
+                    if sample.name == name and sample.labels == labels:
+                        return float(sample.value)
+            assert loop.time() < deadline, f"{url}: no {name}{labels} after {timeout}s"
+            await asyncio.sleep(0.1)
 
 
 def dashboard_metric_names(dashboard: dict[str, object]) -> set[str]:

@@ -30,6 +30,7 @@ from eddy.kube.errors import KubeError, NotFound
 from eddy.kube.events import EventRecorder
 from eddy.kube.informer import Informer
 from eddy.kube.resources import PODS, Resource
+from eddy.retry import RetryPolicy
 from sandbox.workloads_base import (
     OwnedIndex,
     condition_true,
@@ -55,6 +56,9 @@ Obj = dict[str, Any]
 Key = tuple[str, str]
 log = logging.getLogger("sandbox.workloads")
 PodIndex = OwnedIndex
+# A failed reconcile is queued again after 0.2 s, doubling up to 10 s, for as long as it fails. No jitter,
+# as in kube-controller-manager's per-item workqueue backoff (which runs from 5 ms to 1000 s).
+RECONCILE_RETRY = RetryPolicy(initial=0.2, maximum=10.0, jitter=0.0, attempts=None)
 
 
 class OwnerGone(Exception):
@@ -148,7 +152,7 @@ class OwnerController:
                 pass  # deleted under our feet: its DELETED event brings `gone`
             except Exception as exc:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(10.0, 0.1 * 2 ** min(failures, 10))
+                delay = RECONCILE_RETRY.step(failures)
                 level = logging.INFO if isinstance(exc, KubeError) else logging.ERROR
                 log.log(level, "%s %s/%s: reconcile failed (%s); retry in %.1fs", self.resource.kind,
                         *key, exc, delay, exc_info=level == logging.ERROR)

@@ -33,6 +33,7 @@ from typing import Any
 
 from eddy.kube.client import Kube
 from eddy.kube.resources import Resource
+from eddy.retry import RetryPolicy
 from sandbox.workloads import (
     OwnerController,
     PodIndex,
@@ -88,7 +89,9 @@ class JobController(OwnerController):
     def __init__(self, kube: Kube, pods: PodIndex, *, backoff: float = 10.0,
                  interim_conditions: bool = True) -> None:
         super().__init__(kube, pods)
-        self.backoff = backoff
+        # before a failed pod is replaced: `backoff` doubling per failure, capped, with no jitter (as the
+        # Job controller waits)
+        self.pod_backoff = RetryPolicy(initial=backoff, maximum=MAX_BACKOFF, jitter=0.0, attempts=None)
         self.interim_conditions = interim_conditions
         self._state: dict[str, _JobState] = {}
         self._vanished: dict[str, dict[str, Obj]] = {}  # job uid -> pod uid -> the pod as it went
@@ -254,8 +257,8 @@ class JobController(OwnerController):
             return [p for p in active if p not in extra], None
         if len(active) == wanted:
             return active, None
-        if state.failed and self.backoff > 0:
-            ready_at = state.last_failure + min(MAX_BACKOFF, self.backoff * 2 ** (state.failed - 1))
+        if state.failed and self.pod_backoff.initial > 0:
+            ready_at = state.last_failure + self.pod_backoff.step(state.failed)
             if now < ready_at:
                 return active, ready_at - now
         meta = owner["metadata"]

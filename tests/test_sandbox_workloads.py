@@ -7,6 +7,7 @@ Failed) through the API, and assert on the objects the controllers make and the 
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ import pytest_asyncio
 
 from eddy.kube import DEPLOYMENTS, EVENTS, PODS, PVCS, PVS, SERVICES, STATEFULSETS, Kube
 from sandbox.apiserver import AdmissionAttributes, ApiError, KubeApiServer
-from sandbox.workloads import WorkloadControllers
+from sandbox.workloads import RECONCILE_RETRY, WorkloadControllers
 from sandbox.workloads_endpoints import ENDPOINT_SLICES, ENDPOINTS
 from sandbox.workloads_job import JOBS, format_indexes, parse_indexes
 from sandbox.workloads_replicaset import REPLICASETS
@@ -543,3 +544,9 @@ async def test_deployment_paused_and_progress_deadline(cluster: Any) -> None:
         return True if len((await kube.list(REPLICASETS, NS))[0]) == 2 else None
 
     await eventually(two_sets)
+
+
+def test_a_failing_reconcile_is_retried_as_kube_controller_manager_does() -> None:
+    """Doubling pauses with no jitter (0.2 s to 10 s here, 5 ms to 1000 s in Kubernetes), and no end."""
+    pauses = [RECONCILE_RETRY.pause(n, 0.0, random.Random(n)) for n in (1, 2, 3, 4, 5, 6, 7, 1000)]
+    assert pauses == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]

@@ -3,8 +3,8 @@
 The load generator (`KeepAliveClient` + `open_loop`) is built so that what it reports is the server's
 latency and not its own:
 
-- **no handshake during the run**: `KeepAliveClient.open` makes its TLS connections (and handshakes)
-  before the run and reuses them; a request waits for a free one instead of opening another. (The
+- **no handshake during the run**: `KeepAliveClient` (`async with`) makes its TLS connections (and
+  handshakes) before the run and reuses them; a request waits for a free one instead of opening another. (The
   aiohttp client used before opened new connections whenever requests overlapped: every stall then
   brought a burst of full TLS handshakes, 1-2 ms of CPU each on both sides, and the stall cascaded.)
 - **little client CPU**: one pre-built HTTP/1.1 request, written raw; the answer is read by
@@ -281,18 +281,13 @@ def read_pauses(path: Path) -> list[list[float]]:
 
 @dataclass
 class RunCost:
-    """What a measured run cost the server and this client (sums over runs with `+`)."""
+    """What a measured run cost one server and (its share of) this client, in seconds."""
 
     requests: int = 0
     server_cpu: float = 0.0
     server_wait: float = 0.0
     client_cpu: float = 0.0
     client_wait: float = 0.0
-
-    def __add__(self, other: RunCost) -> RunCost:
-        return RunCost(self.requests + other.requests, self.server_cpu + other.server_cpu,
-                       self.server_wait + other.server_wait, self.client_cpu + other.client_cpu,
-                       self.client_wait + other.client_wait)
 
     def figures(self) -> dict[str, float]:
         n = max(1, self.requests)

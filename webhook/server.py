@@ -4,8 +4,8 @@ The decision is `webhook.review.decide` (pure); claims are resolved by a `Resolv
 watch-fed caches in cluster mode). Bodies over `max_body` get 413 (aiohttp's client_max_size).
 
 Before it listens, the app admits a sample pod once (`review.warm_up`, in a thread: the first admission's
-one-off work would otherwise stall the first pods by 0.3-1 s) and freezes the start-up heap
-(`gc.freeze()`): a full collection of it takes 40-180 ms, more with large informer caches, and would
+one-off work would otherwise stall the first pods by 0.2-0.45 s) and freezes the start-up heap
+(`gc.freeze()`): a full collection of it takes ~50 ms, more with large informer caches, and would
 land in some admission's latency (docs/webhook.md, "Latency").
 """
 

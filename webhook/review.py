@@ -195,8 +195,9 @@ def warm_up(settings: InjectorSettings) -> Decision:
     """Admit a sample pod against a sample Dataset and JindoRuntime, parsed as the resolver parses them.
 
     The first admission of a process otherwise pays for work done once: lazy imports, the CRD schema
-    validators and the CEL rules' parser (lark builds its grammar tables), 0.3-1 s on the event loop,
-    during which every other admission waits. Run before the server listens (in a thread)."""
+    validators and the CEL rules' parser (lark builds its grammar tables), 0.2-0.45 s on the event loop
+    in the benchmark, during which every other admission waits. Run before the server listens (in a
+    thread)."""
     request = pod_create_review(_WARM_UP_POD, "default", "warm-up")["request"]
     claims = pod_claims(request)
     dataset = parse_dataset(_WARM_UP_DATASET, "default")

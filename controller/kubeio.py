@@ -1,12 +1,11 @@
 """The controller's view of the API: `eddy.kube.Kube`, the resources it writes, and a request hook
-that counts every API request by HTTP method (`eddy_controller_api_requests_total{verb}`).
+that counts every API request by verb and resource (`eddy_controller_api_requests_total{verb,resource}`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
-
-from eddy.kube import ApiRequest, Kube, KubeError
+from eddy.kube import Kube, KubeError
+from eddy.kube.metrics import api_request_counter
 from eddy.kube.resources import (
     CONFIGMAPS,
     DATASETS,
@@ -20,7 +19,6 @@ from eddy.kube.resources import (
     Resource,
 )
 
-API_REQUESTS = Counter("eddy_controller_api_requests_total", "Kubernetes API requests", ["verb"])
 ApiError = KubeError
 RUNTIMES = JINDORUNTIMES
 CONFIG_MAPS = CONFIGMAPS
@@ -36,8 +34,5 @@ BY_KIND: dict[str, Resource] = {
 }
 __all__ = ["BY_KIND", "CONFIG_MAPS", "DATASETS", "PODS", "PVCS", "PVS", "RUNTIMES", "SECRETS",
            "SERVICES", "STATEFULSETS", "ApiError", "Kube", "Resource", "count_request"]
-
-
-def count_request(request: ApiRequest) -> None:
-    """The request hook the controller's `Kube` carries (`kube.add_request_hook(count_request)`)."""
-    API_REQUESTS.labels(request.method).inc()
+# The request hook the controller's `Kube` carries (`kube.add_request_hook(count_request)`).
+count_request = api_request_counter("controller")

@@ -13,7 +13,8 @@ events give every DataLoad's phase. So the figures are exactly what `kubectl get
   a Dataset, a predecessor or a Cron time); `eddy_preloader_executing` (gauge): loads running;
 - `eddy_preloader_api_requests_total{verb,resource}`: every Kubernetes API request (the Kubernetes verb,
   `get list watch create update patch delete`, and the resource's plural with its subresource,
-  `dataloads/status`), counted by `count_request`, the request hook on the preloader's `Kube`.
+  `dataloads/status`), counted by `count_request`, the request hook on the preloader's `Kube`
+  (`eddy.kube.metrics`, the same counter as the controller's and the webhook's).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from eddy.kube.hooks import ApiRequest
+from eddy.kube.metrics import api_request_counter
 from eddy.secrets import SecretSource
 from preloader.consumer import Consumer, PreloaderApi
 
@@ -49,9 +50,7 @@ class PreloaderMetrics(Collector):
                                      ["result"], registry=r)
         self.failures = Counter("eddy_preloader_dataload_failures",
                                 "DataLoad runs that ended Failed, by reason", ["reason"], registry=r)
-        self.api_requests = Counter("eddy_preloader_api_requests",
-                                    "Kubernetes API requests, by verb and resource", ["verb", "resource"],
-                                    registry=r)
+        self.count_request = api_request_counter("preloader", r)  # the request hook on the preloader's Kube
         self.phases: dict[Key, str] = {}
         self._last: dict[Key, tuple[int, int, int]] = {}  # loadedBytes, fetchedBlocks, alreadyCachedBlocks
         self.consumer: Consumer | None = None
@@ -59,10 +58,6 @@ class PreloaderMetrics(Collector):
 
     def watch(self, consumer: Consumer) -> None:
         self.consumer = consumer
-
-    def count_request(self, request: ApiRequest) -> None:
-        """The request hook on the preloader's `Kube` (`kube.add_request_hook(metrics.count_request)`)."""
-        self.api_requests.labels(request.verb, request.resource or request.path.strip("/")).inc()
 
     def observe_event(self, type_: str, obj: Mapping[str, Any]) -> None:
         key = _key(obj)

@@ -24,11 +24,12 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from eddy import kube
+from eddy.kube.metrics import api_request_counter
 from sandbox.apiserver import KubeApiServer
 from tests.test_injector import seed_pod
 from tests.test_webhook import SECRET_VALUES, dataset_doc, review
 from webhook.certs import CertBundle, TlsReloader, service_names
-from webhook.cluster import KubeSecretStore, api_call_counter, informers
+from webhook.cluster import KubeSecretStore, informers
 from webhook.tlssecret import CertKeeper, Conflict
 
 REPO = Path(__file__).parents[1]
@@ -246,8 +247,10 @@ async def test_cluster_webhook_admits_from_caches(api: KubeApiServer, tmp_path: 
             assert calls(api) == before + 1, api.requests[-3:]
             async with session.get(f"{url}/metrics", ssl=ctx) as r:
                 metrics = await r.text()
-            assert 'eddy_webhook_api_calls_total{kind="datasets"} 1.0' in metrics  # the cold GET, counted
-            assert 'eddy_webhook_api_calls_total{kind="mutatingwebhookconfigurations"}' in metrics
+            # the cold GET, counted
+            assert 'eddy_webhook_api_requests_total{resource="datasets",verb="get"} 1.0' in metrics
+            assert ('eddy_webhook_api_requests_total{resource="mutatingwebhookconfigurations",verb="get"}'
+                    in metrics)
             # A Dataset created after start arrives through the watch.
             api.put(
                 {**dataset_doc("late-data", "default", "access-key"), "status": {"phase": "Bound"}},
@@ -357,7 +360,7 @@ async def test_secret_store_maps_404_and_409(api: KubeApiServer) -> None:
     errors pass through as eddy.kube errors (the renewal loop logs them and retries)."""
     registry = CollectorRegistry()
     async with await kube.Kube.connect(url=api.url) as client:
-        client.add_request_hook(api_call_counter(registry))
+        client.add_request_hook(api_request_counter("webhook", registry))
         store = KubeSecretStore(client)
         assert await store.get_secret("eddy-system", "nope") is None
         assert await store.get_webhook_config("nope") is None
@@ -373,6 +376,9 @@ async def test_secret_store_maps_404_and_409(api: KubeApiServer) -> None:
         api.fail_next(status=500, path="/secrets/s")
         with pytest.raises(kube.Unavailable):
             await store.get_secret("eddy-system", "s")
-    calls = {kind: registry.get_sample_value("eddy_webhook_api_calls_total", {"kind": kind})
-             for kind in ("secrets", "mutatingwebhookconfigurations")}
-    assert calls == {"secrets": 5, "mutatingwebhookconfigurations": 2}  # failed calls count too
+    calls = {(verb, resource): registry.get_sample_value("eddy_webhook_api_requests_total",
+                                                         {"verb": verb, "resource": resource})
+             for verb, resource in (("get", "secrets"), ("create", "secrets"), ("update", "secrets"),
+                                    ("get", "mutatingwebhookconfigurations"))}
+    assert calls == {("get", "secrets"): 2, ("create", "secrets"): 2, ("update", "secrets"): 1,
+                     ("get", "mutatingwebhookconfigurations"): 2}  # failed calls count too

@@ -1,9 +1,9 @@
 """Cluster mode: informers (PVCs with the Fluid label, Datasets, JindoRuntimes, Nodes), the TLS Secret
 and caBundle, native-sidecar detection, and the HTTPS server, wired together.
 
-Its API calls are counted by a request hook on the `Kube` (`eddy_webhook_api_calls_total{kind}`, the
-resource's plural): every call but the informers' lists and watches, so the figure is what admissions
-and certificate upkeep cost (in steady state, cold Dataset GETs and the renewal checks)."""
+Its API requests are counted by a request hook on the `Kube` (`eddy_webhook_api_requests_total`
+{verb,resource}, eddy.kube.metrics): besides the informers' lists and watches, in steady state only
+cold Dataset GETs and the certificate renewal checks."""
 
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import Gauge
 
 from eddy import kube
 from eddy.fluidcheck import FluidInstalled, refuse_beside_fluid
 from eddy.kube.flags import connect
+from eddy.kube.metrics import api_request_counter
 from eddy.names import LABEL_DATASET_ID
 from webhook.certs import TlsReloader, service_names
 from webhook.profiles import InjectorSettings
@@ -49,19 +50,6 @@ class InformerCache:
 
     def synced(self) -> bool:
         return self.informer.synced
-
-
-def api_call_counter(registry: CollectorRegistry) -> kube.RequestHook:
-    """A request hook counting API calls by resource in `eddy_webhook_api_calls_total{kind}`, leaving
-    out the informers' lists and watches (set-up and upkeep, not per-admission work)."""
-    calls = Counter("eddy_webhook_api_calls", "Calls to the API server outside the informers' lists and "
-                    "watches, by resource", ["kind"], registry=registry)
-
-    def count(request: kube.ApiRequest) -> None:
-        if request.verb not in ("list", "watch"):
-            calls.labels(request.resource or request.path.strip("/")).inc()
-
-    return count
 
 
 class KubeSecretStore:
@@ -173,7 +161,7 @@ async def run_cluster(args: argparse.Namespace, stop: asyncio.Event) -> int:
     secret_name = args.secret or f"{args.service}-tls"
     hosts = [*service_names(args.service, args.namespace), "127.0.0.1"]
     client = await connect(args)
-    client.add_request_hook(api_call_counter(metrics.registry))
+    client.add_request_hook(api_request_counter("webhook", metrics.registry))
     key_dir = Path(args.cert_dir) if args.cert_dir else Path(tempfile.mkdtemp(prefix="eddy-webhook-tls-"))
     reloader = TlsReloader(key_dir)
     keeper = CertKeeper(KubeSecretStore(client), reloader, namespace=args.namespace, secret=secret_name,

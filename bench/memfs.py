@@ -4,8 +4,9 @@
 
 Serves `DIR/data.bin` whose bytes are `bench_content(size, seed)` (the same bytes the sidecar
 benchmark uploads), and with `--tree N` the small-file tree `DIR/tree/<name>` of `tree_files(N)`, as
-memoryview slices (no copy per request). It uses the same pyfuse3/asyncio
-plumbing and kernel tuning as the sidecar, so the gap between the two is the sidecar's own cost.
+memoryview slices (no copy per request). It uses the same pyfuse3/asyncio plumbing
+(`sidecar/fuseloop.py`) and kernel tuning as the sidecar, so the gap between the two is the sidecar's
+own cost.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pyfuse3
-import pyfuse3.asyncio as pyfuse3_asyncio
 
 MiB = 1024 * 1024
 FILE_NAME = "data.bin"
@@ -64,6 +64,7 @@ class MemFS(pyfuse3.Operations):
         self.files = {FIRST_TREE_FILE + i: memoryview(b) for i, b in enumerate(tree.values())}
         self.inodes = {n: FIRST_TREE_FILE + i for i, n in enumerate(self.names)}
         self.read_sizes: Counter[int] = Counter()  # FUSE read request sizes the kernel sent
+        self.requests: Counter[str] = Counter()  # requests answered, by operation
 
     def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -82,9 +83,11 @@ class MemFS(pyfuse3.Operations):
         return attr
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        self.requests["getattr"] += 1
         return self._attr(inode)
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        self.requests["lookup"] += 1
         if parent_inode == pyfuse3.ROOT_INODE and name == FILE_NAME.encode():
             return self._attr(FILE_INODE)
         if parent_inode == pyfuse3.ROOT_INODE and name == TREE_NAME.encode() and self.files:
@@ -94,9 +97,17 @@ class MemFS(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
+        self.requests["opendir"] += 1
         return inode
 
+    async def releasedir(self, fh: int) -> None:
+        self.requests["releasedir"] += 1
+
+    async def forget(self, inode_list: Any) -> None:
+        self.requests["forget"] += 1
+
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        self.requests["readdir"] += 1
         if fh == TREE_INODE:
             for i in range(start_id, len(self.names)):
                 if not pyfuse3.readdir_reply(token, self.names[i], self._attr(FIRST_TREE_FILE + i), i + 1):
@@ -108,23 +119,31 @@ class MemFS(pyfuse3.Operations):
             pyfuse3.readdir_reply(token, TREE_NAME.encode(), self._attr(TREE_INODE), 2)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        self.requests["open"] += 1
         if inode != FILE_INODE and inode not in self.files:
             raise pyfuse3.FUSEError(errno.EISDIR)
         return pyfuse3.FileInfo(fh=inode, direct_io=self.direct_io, keep_cache=False)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self.requests["read"] += 1
         self.read_sizes[size] += 1
         data = self.data if fh == FILE_INODE else self.files[fh]
         return data[off : off + size]  # type: ignore[return-value]
 
+    async def release(self, fh: int) -> None:
+        self.requests["release"] += 1
+
+    # No flush (as the sidecar): pyfuse3 answers ENOSYS once and the kernel stops sending FLUSH.
+
 
 async def serve(mountpoint: str, data: bytes, direct_io: bool, readahead_kib: int,
-                tree: dict[str, bytes] | None = None) -> Counter[int]:
-    """Serve until SIGTERM/SIGINT; returns the FUSE read request sizes the kernel sent (size -> count)."""
+                tree: dict[str, bytes] | None = None) -> MemFS:
+    """Serve until SIGTERM/SIGINT; returns the filesystem (its request counts)."""
+    from sidecar import fuseloop
     from sidecar.lifecycle import terminate_fuse
     from sidecar.mounts import probe, set_kernel_readahead
 
-    pyfuse3_asyncio.enable()
+    fuseloop.enable()  # the sidecar's pyfuse3 plumbing, so that the gap is the sidecar's own work
     fs = MemFS(data, direct_io, tree)
     pyfuse3.init(fs, mountpoint, {"fsname=eddy-memfs", "ro"})
     loop = asyncio.get_running_loop()
@@ -143,7 +162,7 @@ async def serve(mountpoint: str, data: bytes, direct_io: bool, readahead_kib: in
     finally:
         stopper.cancel()
         pyfuse3.close(unmount=True)
-    return fs.read_sizes
+    return fs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,14 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--direct-io", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--kernel-readahead-kib", type=int, default=4096)
     parser.add_argument("--tree", type=int, default=0, help="also serve tree/ with this many small files")
-    parser.add_argument("--read-sizes", default="", help="on exit, write {request size: count} here")
+    parser.add_argument("--counts", default="",
+                        help='on exit, write {"read_sizes": {size: n}, "requests": {operation: n}} here')
     args = parser.parse_args(argv)
     data = bench_content(args.size_mib * MiB, args.seed)
     os.makedirs(args.mountpoint, exist_ok=True)
-    sizes = asyncio.run(serve(args.mountpoint, data, args.direct_io, args.kernel_readahead_kib,
-                              tree_files(args.tree) if args.tree else None))
-    if args.read_sizes:  # which request sizes the kernel used: the FUSE request-size question, measured
-        Path(args.read_sizes).write_text(json.dumps(dict(sorted(sizes.items()))))
+    fs = asyncio.run(serve(args.mountpoint, data, args.direct_io, args.kernel_readahead_kib,
+                           tree_files(args.tree) if args.tree else None))
+    if args.counts:  # which requests the kernel sent, and of which read sizes: measured, not assumed
+        counts = {"read_sizes": dict(sorted(fs.read_sizes.items())),
+                  "requests": dict(sorted(fs.requests.items()))}
+        Path(args.counts).write_text(json.dumps(counts))
     return 0
 
 

@@ -111,7 +111,8 @@ class BlockFetcher:
         assert self.client is not None
         t0 = time.perf_counter()
         try:
-            data = await asyncio.wait_for(self.client.get_block(url, ref), self.worker_timeout)
+            async with asyncio.timeout(self.worker_timeout):  # no task per fetch, as wait_for makes
+                data = await self.client.get_block(url, ref)
         except TimeoutError:
             self.breaker.trip(url)
             self._fallback("timeout", url, ref, "timed out")

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfuse3
-import pyfuse3.asyncio as pyfuse3_asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eddy.config import RuntimeConfig
 from eddy.secrets import SecretSource
+from sidecar import fuseloop
 from sidecar.fs import EddyFS, FsOptions
 from sidecar.metrics import SidecarMetrics
 from sidecar.mounts import is_fuse_mount, prepare_mountpoint, probe, set_kernel_readahead, unmount_all_fuse
@@ -128,17 +128,9 @@ def tune_malloc(keep_bytes: int) -> bool:
     return int(libc.mallopt(m_trim_threshold, max(keep_bytes, 64 * 1024 * 1024))) == 1 and ok
 
 
-def _notify_closing(fd: int) -> None:
-    """pyfuse3's asyncio shim fails (InvalidStateError) when a reader's future already has its result,
-    leaving the other waiters asleep; this version wakes every waiter that is still waiting."""
-    for future in list(pyfuse3_asyncio._read_futures.get(fd, ())):
-        if not future.done():
-            future.set_exception(pyfuse3_asyncio.ClosedResourceError())
-
-
 def terminate_fuse() -> None:
-    """`pyfuse3.terminate()` with the asyncio wake-up fixed (see `_notify_closing`)."""
-    pyfuse3_asyncio.notify_closing = _notify_closing
+    """End pyfuse3's main loop: its waiting task is woken by `sidecar.fuseloop.notify_closing` (which,
+    unlike pyfuse3.asyncio's, does not fail with InvalidStateError on a waiter that already woke)."""
     pyfuse3.terminate()
 
 
@@ -173,7 +165,7 @@ async def run_mount(settings: MountSettings) -> int:
             log.info("asked to stop before mounting; exiting")
             return 0
         fs = EddyFS(reader.metadata, reader, settings.fs)
-        pyfuse3_asyncio.enable()
+        fuseloop.enable()
         pyfuse3.init(fs, str(mountpoint), _fuse_options(settings))
         mounted = True
         reader.metadata.start_refresh()

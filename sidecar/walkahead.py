@@ -24,35 +24,40 @@ class WalkaheadPolicy:
 
 
 class WalkaheadState:
-    """The last open (directory, index) and how far ahead of it prefetch was already asked."""
+    """The last open (directory, index), how far ahead of it prefetch was already asked, and how many
+    file bytes lie between the two (so each open costs O(1) plus the files it adds, not O(window))."""
 
-    __slots__ = ("_ahead", "_last", "_policy")
+    __slots__ = ("_ahead", "_ahead_bytes", "_last", "_policy")
 
     def __init__(self, policy: WalkaheadPolicy) -> None:
         self._policy = policy
         self._last: tuple[int, int] = (-1, -1)  # (directory inode, index of the last opened file)
         self._ahead: tuple[int, int] = (-1, -1)  # (directory inode, first index not yet prefetched)
+        self._ahead_bytes = 0  # bytes of the files after the last opened one and before `_ahead`
 
     def observe(self, directory: int, index: int, count: int, size_of: Callable[[int], int]) -> range:
         """Record the open of entry `index` of a directory of `count` entries, `size_of(i)` giving each
         entry's size (-1 for a subdirectory); returns the indexes to prefetch (an empty range if none).
 
-        Only the entries between the reader and the window's end are looked at: O(window) per open."""
+        Only the opened entry and the entries the window grows by are looked at."""
         last_dir, last_index = self._last
         self._last = (directory, index)
         if last_dir != directory or index != last_index + 1 or self._policy.window_bytes <= 0:
+            self._ahead, self._ahead_bytes = (-1, -1), 0  # no streak: a new one starts from scratch
             return range(0)
         ahead_dir, ahead = self._ahead
-        start = max(index + 1, ahead if ahead_dir == directory else 0)
-        budget, stop = self._policy.window_bytes, start
-        # stop at the window: count the files between the reader and `start` as already in flight
-        for i in range(index + 1, start):
-            budget -= max(size_of(i), 0)
+        if ahead_dir == directory and ahead > index:
+            self._ahead_bytes -= max(size_of(index), 0)  # this file is the reader's now, not ahead of it
+            start = ahead
+        else:
+            self._ahead_bytes, start = 0, index + 1
+        budget, stop = self._policy.window_bytes - self._ahead_bytes, start
         while stop < count and stop - index <= self._policy.max_files and budget > 0:
             size = size_of(stop)
             if size > self._policy.max_file_size:
                 break
             budget -= max(size, 0)
+            self._ahead_bytes += max(size, 0)
             stop += 1
         if stop <= start:
             return range(0)

@@ -300,6 +300,27 @@ def test_walkahead_prefetches_the_next_files_of_an_ordered_walk() -> None:
     assert list(walk.observe(7, 3, len(sizes), sizes.__getitem__)) == [11]
 
 
+def test_walkahead_looks_at_each_entry_about_once_and_restarts_after_a_jump() -> None:
+    from sidecar.walkahead import WalkaheadPolicy, WalkaheadState
+
+    sizes = [100 * 1024] * 1000
+    looked: list[int] = []
+
+    def size_of(i: int) -> int:
+        looked.append(i)
+        return sizes[i]
+
+    walk = WalkaheadState(WalkaheadPolicy(window_bytes=4 * MiB, max_files=32, max_file_size=4 * MiB))
+    ahead: list[int] = []
+    for index in range(500):
+        ahead.extend(walk.observe(3, index, len(sizes), size_of))
+    assert ahead == list(range(2, 532))  # every file after the second, once, up to 32 ahead of the reader
+    assert len(looked) <= 2 * 500 + 32  # the opened entry and the new ones: not the whole window each time
+    # a jump ends the streak; the next streak asks again from the reader on (the cache skips blocks it has)
+    assert list(walk.observe(3, 100, len(sizes), size_of)) == []
+    assert list(walk.observe(3, 101, len(sizes), size_of)) == list(range(102, 134))
+
+
 def test_walkahead_ignores_random_opens_and_stops_at_big_files_and_the_end() -> None:
     from sidecar.walkahead import WalkaheadPolicy, WalkaheadState
 

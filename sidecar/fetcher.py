@@ -93,6 +93,10 @@ class BlockFetcher:
         self.metrics = metrics
         self.breaker = breaker or CircuitBreaker()
         self.worker_timeout = worker_timeout
+        # the labelled children, looked up once (labels() costs a lock and a dict lookup per call)
+        self._seconds = {s: metrics.fetch_seconds.labels(s) for s in ("worker", "store")}
+        self._bytes = {s: metrics.fetched_bytes.labels(s) for s in ("worker", "store")}
+        self._count = {s: metrics.fetches.labels(s) for s in ("worker", "store")}
 
     async def fetch(self, ref: BlockRef) -> bytes | bytearray:
         if ref.length == 0:
@@ -137,10 +141,13 @@ class BlockFetcher:
             self._fallback("short_block", url, ref, f"{len(data)} of {ref.length} bytes")
             return None
         self.breaker.reset(url)
-        self.metrics.fetch_seconds.labels("worker").observe(time.perf_counter() - t0)
-        self.metrics.fetched_bytes.labels("worker").inc(len(data))
-        self.metrics.fetches.labels("worker").inc()
+        self._fetched("worker", t0, len(data))
         return data
+
+    def _fetched(self, source: str, t0: float, nbytes: int) -> None:
+        self._seconds[source].observe(time.perf_counter() - t0)
+        self._bytes[source].inc(nbytes)
+        self._count[source].inc()
 
     def _fallback(self, reason: str, url: str, ref: BlockRef, detail: str) -> None:
         self.metrics.fallbacks.labels(reason).inc()
@@ -162,7 +169,5 @@ class BlockFetcher:
             raise BlockUnavailable(str(exc)) from exc
         if len(data) != ref.length:
             raise StaleBlock(ref, f"store returned {len(data)} of {ref.length} bytes")
-        self.metrics.fetch_seconds.labels("store").observe(time.perf_counter() - t0)
-        self.metrics.fetched_bytes.labels("store").inc(len(data))
-        self.metrics.fetches.labels("store").inc()
+        self._fetched("store", t0, len(data))
         return data

@@ -342,6 +342,20 @@ def test_walkahead_ignores_random_opens_and_stops_at_big_files_and_the_end() -> 
     assert list(off.observe(1, 1, 3, [1, 1, 1].__getitem__)) == []
 
 
+def test_block_query_carries_the_worker_api_parameters() -> None:
+    from urllib.parse import parse_qs
+
+    from eddy.blocks import BlockRef
+    from eddy.wire import DATASET_PARAM, ref_to_params
+    from sidecar.blockclient import block_query
+
+    for key in ("stream/data.bin", "a b/c+d&e=f?#%/\u00fc.bin"):
+        ref = BlockRef("demo", key, "abc-1", 3, 12345, 8 * MiB)
+        expected = {**ref_to_params(ref), DATASET_PARAM: "default/bench data"}
+        assert {k: v[0] for k, v in parse_qs(block_query(ref, "default/bench data")).items()} == expected
+    assert DATASET_PARAM not in parse_qs(block_query(ref, None))
+
+
 def test_uninitialized_bytearray_is_a_writable_buffer_of_the_size() -> None:
     from sidecar.buffers import uninitialized_bytearray
 

@@ -3,8 +3,8 @@
 The webhook runs in cluster mode against the Kubernetes API test server (`tests/support/kube.py`,
 started inside this process; it counts calls), with the seed's Dataset, its PVC and runtime in it.
 Figures: `max_per_s` (closed loop on 16 connections, 5,000 requests max, 10 s max), `p50_ms`/`p99_ms`/
-`p999_ms` at a fixed 200/s (10 s, 4 s with --quick; its requests interleaved with
-the ceiling's, each at 200/s, so that both meet the same instants of the machine's load),
+`p999_ms` at a fixed 200/s (10 s, 4 s with --quick, in 20 short rounds that alternate with the
+ceiling's, so that both meet the machine's load of the same seconds),
 `api_calls_per_admission` (API calls made while admitting / admissions). The client is
 bench/webhook_tail.py's: connections opened before the run, open loop timed from each request's due time.
 Ceiling: a trivial aiohttp TLS endpoint answering a fixed small JSON body, driven the same way.
@@ -34,11 +34,13 @@ import yaml
 from bench.profiles import profile_during, py_spy
 from bench.webhook_tail import (
     GC_WRAPPER,
+    ROUNDS,
+    WARM_PER_ROUND,
     KeepAliveClient,
+    alternating_runs,
     closed_loop,
     handler_buckets,
     handler_figures,
-    measured_run,
     open_loop,
     own_gc_pauses,
     read_pauses,
@@ -245,12 +247,12 @@ async def run(args: Any) -> dict[str, Any]:
                 hook_ctx = ssl.create_default_context(cafile=str(ca_path))
                 handler_before = await handler_buckets(url, hook_ctx)
                 with own_gc_pauses() as client_gc:
-                    bare_run, hook_run = await measured_run([(ceiling_proc.pid, bare), (proc.pid, hook)],
-                                                            seconds, RATE)
+                    bare_run, hook_run = await alternating_runs([(ceiling_proc.pid, bare), (proc.pid, hook)],
+                                                                seconds, RATE)
                 handler = handler_figures(handler_before, await handler_buckets(url, hook_ctx))
                 calls = sum(api.calls.values()) - before
                 latencies = [s.latency for s in hook_run[0]]
-                admissions = 1 + sent + len(latencies) + 50
+                admissions = 1 + sent + len(latencies) + WARM_PER_ROUND * ROUNDS
                 tail = {**tail_figures(hook_run[0], read_pauses(work / "gc-on.json"), client_gc),
                         **hook_run[1].figures(), "handler": handler}
                 ceiling_tail = {**tail_figures(bare_run[0]), **bare_run[1].figures()}
@@ -266,8 +268,8 @@ async def run(args: Any) -> dict[str, Any]:
             ):
                 await _watches_open(api, kinds)
                 await closed_loop(hook, MAX_SECONDS, 500)  # warm like the measured run
-                off_bare, off_hook = await measured_run([(ceiling_proc.pid, bare), (proc.pid, hook)],
-                                                        seconds, RATE)
+                off_bare, off_hook = await alternating_runs([(ceiling_proc.pid, bare), (proc.pid, hook)],
+                                                            seconds, RATE)
                 gc_off = {**tail_figures(off_hook[0], read_pauses(work / "gc-off.json")),
                           **off_hook[1].figures(), "ceiling_server": tail_figures(off_bare[0])}
         finally:

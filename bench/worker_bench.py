@@ -28,6 +28,7 @@ import aiohttp
 import yaml
 
 from bench.cpu import cpu_seconds, per_gib
+from bench.profiles import profile_during, py_spy
 from eddy.blocks import BlockRef, blocks_of
 from eddy.wire import BLOCK_PATH, ref_to_params
 from eddy.workerclient import WorkerClient
@@ -277,6 +278,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         small_samples[t].append(got)
             async with WorkerClient(timeout=120) as client:
                 client_bps = await _client_throughput(client, default_url, refs, total // 2)
+            profile: dict[str, Any] = {}
+            if py_spy() is not None:  # one more (unmeasured) pass under py-spy: the default-mode worker
+                async with aiohttp.ClientSession(read_bufsize=MiB, auto_decompress=False) as s:
+                    step = _throughput(s, targets[DEFAULT_MODE], 1, total // rounds)
+                    _, profile = await profile_during({"worker": pids[DEFAULT_MODE]}, "serve", step,
+                                                      "warm 8 MiB block GETs, 1 stream")
 
         med = {key: _median(vals) for key, vals in samples.items()}
         gbps = 1e9
@@ -322,6 +329,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                       "client": {"large": cpus["ceiling"].per_gib()["client"],
                                                  "small": small_cpu["ceiling"].per_gib()["client"]}},
             "cpu_s_per_gib_by_mode": {t: c.per_gib()["server"] for t, c in cpus.items() if t != "ceiling"},
+            "profile": profile,
             "small_files": {"count": SMALL_FILES, "bytes": sum(small_sizes),
                             "GB_s": round(_median(small_samples[DEFAULT_MODE]) / gbps, 3),
                             "ceiling_GB_s": round(_median(small_samples["ceiling"]) / gbps, 3),

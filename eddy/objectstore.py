@@ -419,11 +419,7 @@ class ObjectStore:
     ) -> AsyncIterator[aiohttp.ClientResponse | None]:
         """One signed ranged GET; yields the checked response, or None when the range starts past the end."""
         assert self._http is not None
-        url = self._object_url(key)
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        if etag:
-            headers["If-Match"] = f'"{etag}"'
-        headers = self._sign("GET", url, headers)
+        url, headers = self.ranged_request(key, start, end, etag)
         async with self._http.get(URL(url, encoded=True), headers=headers, allow_redirects=False) as resp:
             if resp.status == 416:  # the range starts at or past the end: nothing to read, like read(2)
                 yield None
@@ -435,6 +431,16 @@ class ObjectStore:
                 raise ObjectChanged(f"GetObject {self.uri(key)}: ETag is now {got!r}, expected {etag!r}",
                                     code="ETagMismatch", status=resp.status)
             yield resp
+
+    def ranged_request(self, key: str, start: int, end: int, etag: str | None) -> tuple[str, dict[str, str]]:
+        """The URL and signed headers of a GET of bytes `[start, end)` pinned to `etag` (If-Match): what
+        `_ranged` sends, for a caller that sends it on its own connection (the worker's read-through
+        fast path, worker/rangefetch.py, which leaves every answer but a plain 206 to this client)."""
+        url = self._object_url(key)
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            headers["If-Match"] = f'"{etag}"'
+        return url, self._sign("GET", url, headers)
 
     def _object_url(self, key: str) -> str:
         parts = urlsplit(self.endpoint_url or "")

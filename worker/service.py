@@ -80,12 +80,6 @@ class VerifiedHit:
     mapped: memoryview | None = None
 
 
-def _ranged_request(store: ObjectStore, ref: BlockRef) -> tuple[str, dict[str, str]]:
-    url = store._object_url(ref.key)
-    headers = {"Range": f"bytes={ref.start}-{ref.end - 1}", "If-Match": f'"{ref.etag}"'}
-    return url, store._sign("GET", url, headers)
-
-
 class BlockService:
     def __init__(
         self,
@@ -319,7 +313,7 @@ class BlockService:
         """The block's bytes into `view`: the fast path (worker/rangefetch.py) for plain http
         endpoints, else (or when it declines) the object store client, with its retries and typed
         errors. Returns the number of bytes the object has in the block's range."""
-        url, headers = _ranged_request(store, ref)
+        url, headers = store.ranged_request(ref.key, ref.start, ref.end, ref.etag)
         if self._fetcher.handles(url):
             try:
                 await self._fetcher.get_into(url, headers, view, ref.start, ref.etag)

@@ -64,7 +64,12 @@ class _BlockProtocol(asyncio.BufferedProtocol):
             self._got += nbytes
             self._maybe_finish()
             return
-        self._head += self._scratch[:nbytes]
+        if not self._head:
+            end = self._scratch.find(b"\r\n\r\n", 0, nbytes)
+            if end >= 0:  # the whole head in the first read (the usual case): parsed where it landed
+                self._parse_head(bytes(self._scratch[:end]), memoryview(self._scratch)[end + 4 : nbytes])
+                return
+        self._head += memoryview(self._scratch)[:nbytes]
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
             if len(self._head) > _MAX_HEAD:

@@ -23,6 +23,7 @@ between the two stays the sidecar's own cost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import select
 import types
 
@@ -91,6 +92,48 @@ class ReadableFd:
             waiter.set_exception(ClosedResourceError())
 
 
+class HandoffLock:
+    """pyfuse3's read lock (`async with lock:`), cheaper than `asyncio.Lock`: a release hands the lock
+    straight to the first waiter (which then need not re-check and re-take it), and `async with` runs
+    no extra `acquire()` coroutine. Its tasks take turns once per FUSE request; with asyncio.Lock that
+    was ~8% of the sidecar's Python time on small files."""
+
+    __slots__ = ("_locked", "_waiters")
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def locked(self) -> bool:
+        return self._locked
+
+    async def __aenter__(self) -> None:
+        if not self._locked:
+            self._locked = True
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future  # on wake-up the lock is already ours
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self._release()  # handed to us as we were cancelled: pass it on
+            elif future in self._waiters:
+                self._waiters.remove(future)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # stays locked: it is the waiter's now
+                return
+        self._locked = False
+
+
 _fds: dict[int, ReadableFd] = {}
 
 
@@ -112,8 +155,9 @@ def notify_closing(fd: int) -> None:
 def _trio_like() -> types.ModuleType:
     """The namespace pyfuse3 calls as `trio`: pyfuse3.asyncio's, with this module's descriptor waits."""
     shim = types.ModuleType("sidecar.fuseloop.trio")
-    for name in ("Lock", "current_trio_token", "current_task", "open_nursery"):
+    for name in ("current_trio_token", "current_task", "open_nursery"):
         setattr(shim, name, getattr(pyfuse3_asyncio, name))
+    shim.Lock = HandoffLock  # type: ignore[attr-defined]
     shim.ClosedResourceError = ClosedResourceError  # type: ignore[attr-defined]
     shim.wait_readable = wait_readable  # type: ignore[attr-defined]
     shim.notify_closing = notify_closing  # type: ignore[attr-defined]

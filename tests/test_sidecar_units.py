@@ -404,3 +404,80 @@ async def test_fast_block_client_checks_the_crc_in_place() -> None:
         await client.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_fast_block_client_reads_a_head_split_across_reads() -> None:
+    """A response head that arrives in pieces (here: two writes with a pause between) is assembled
+    before it is parsed; one that arrives whole is parsed where it landed. Both give the body."""
+    from eddy.workerclient import WorkerClient
+    from sidecar.blockclient import FastBlockClient
+
+    body = bytes(range(256)) * 300  # larger than a first read's share, smaller than a block
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nX-Eddy-Cache: hit\r\n\r\n".encode()
+    splits = [20, 0]  # first response: head cut after 20 bytes; second: in one piece
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while splits and await reader.readuntil(b"\r\n\r\n"):
+            cut = splits.pop(0)
+            if cut:
+                writer.write(head[:cut])
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(head[cut:] + body)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = FastBlockClient(WorkerClient(timeout=5))
+    ref = BlockRef("demo", "k", "e", 0, len(body), 8 << 20)
+    try:
+        for _ in range(2):
+            assert bytes(await client.get_block(f"http://127.0.0.1:{port}", ref)) == body
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+# ------------------------------------------------------------------------------- FUSE loop plumbing
+async def test_handoff_lock_is_exclusive_in_order_and_survives_cancellation() -> None:
+    """pyfuse3's read lock (sidecar/fuseloop.py): one holder at a time, waiters served in arrival
+    order, and a waiter cancelled while waiting (or right as the lock is handed to it) passes it on."""
+    from sidecar.fuseloop import HandoffLock
+
+    lock = HandoffLock()
+    order: list[str] = []
+    inside = 0
+
+    async def hold(name: str, rounds: int = 1) -> None:
+        nonlocal inside
+        for _ in range(rounds):
+            async with lock:
+                inside += 1
+                assert inside == 1
+                order.append(name)
+                await asyncio.sleep(0)
+                inside -= 1
+
+    await asyncio.gather(*(hold(n, 3) for n in "abc"))
+    assert sorted(order) == sorted("abc" * 3) and not lock.locked()
+    assert order[:3] == ["a", "b", "c"]
+
+    async with lock:
+        waiter = asyncio.create_task(hold("cancelled"))
+        after = asyncio.create_task(hold("after"))
+        await asyncio.sleep(0)
+        waiter.cancel()  # cancelled while waiting: its place goes to the next waiter
+    await after
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert order[-1] == "after" and not lock.locked()
+
+    async with lock:
+        handed = asyncio.create_task(hold("handed"))
+        last = asyncio.create_task(hold("last"))
+        await asyncio.sleep(0)
+    handed.cancel()  # the lock was just handed to it, before it ran: it passes the lock on
+    await last
+    assert order[-1] == "last" and not lock.locked()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -369,13 +371,30 @@ def test_uninitialized_bytearray_is_a_writable_buffer_of_the_size() -> None:
 
 
 # ------------------------------------------------------------------------------- fast block client
+@contextlib.asynccontextmanager
+async def fast_client_against(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[tuple[Any, str]]:
+    """A FastBlockClient and the URL of a raw HTTP server on 127.0.0.1 answering with `serve`."""
+    from eddy.workerclient import WorkerClient
+    from sidecar.blockclient import FastBlockClient
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = FastBlockClient(WorkerClient(timeout=5))
+    try:
+        yield client, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_fast_block_client_checks_the_crc_in_place() -> None:
     """The raw client checks X-Eddy-Crc32c over the received bytearray (no copy): a right CRC returns
     the body, a wrong one is a WorkerUnavailable (the reader then tries elsewhere)."""
     import google_crc32c
 
-    from eddy.workerclient import WorkerClient, WorkerUnavailable
-    from sidecar.blockclient import FastBlockClient
+    from eddy.workerclient import WorkerUnavailable
 
     body = bytes(range(256)) * 4096  # 1 MiB
     good = int(google_crc32c.value(body))
@@ -391,27 +410,17 @@ async def test_fast_block_client_checks_the_crc_in_place() -> None:
                 break
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = FastBlockClient(WorkerClient(timeout=5))
     ref = BlockRef("demo", "k", "e", 0, len(body), 8 << 20)
-    try:
-        got = await client.get_block(f"http://127.0.0.1:{port}", ref)
+    async with fast_client_against(serve) as (client, url):
+        got = await client.get_block(url, ref)
         assert bytes(got) == body
         with pytest.raises(WorkerUnavailable, match="CRC32C mismatch"):
-            await client.get_block(f"http://127.0.0.1:{port}", ref)
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
+            await client.get_block(url, ref)
 
 
 async def test_fast_block_client_reads_a_head_split_across_reads() -> None:
     """A response head that arrives in pieces (here: two writes with a pause between) is assembled
     before it is parsed; one that arrives whole is parsed where it landed. Both give the body."""
-    from eddy.workerclient import WorkerClient
-    from sidecar.blockclient import FastBlockClient
-
     body = bytes(range(256)) * 300  # larger than a first read's share, smaller than a block
     head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nX-Eddy-Cache: hit\r\n\r\n".encode()
     splits = [20, 0]  # first response: head cut after 20 bytes; second: in one piece
@@ -427,17 +436,10 @@ async def test_fast_block_client_reads_a_head_split_across_reads() -> None:
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = FastBlockClient(WorkerClient(timeout=5))
     ref = BlockRef("demo", "k", "e", 0, len(body), 8 << 20)
-    try:
+    async with fast_client_against(serve) as (client, url):
         for _ in range(2):
-            assert bytes(await client.get_block(f"http://127.0.0.1:{port}", ref)) == body
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
+            assert bytes(await client.get_block(url, ref)) == body
 
 
 # ------------------------------------------------------------------------------- FUSE loop plumbing

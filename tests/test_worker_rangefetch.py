@@ -63,6 +63,9 @@ async def test_read_through_takes_the_fast_path_over_pooled_connections(
             results = await client.warm(url, refs)
             assert [r.status for r in results] == ["cached"] * 4
         assert (fetcher.served, fetcher.declined) == (4, 0)
+        sample = server.metrics.registry.get_sample_value
+        name = "eddy_worker_readthrough_fast_path_total"
+        assert sample(name, {"result": "served"}) == 4 and not sample(name, {"result": "declined"})
         assert fetcher.connections == 1  # one keep-alive connection for four sequential misses
         assert fault_proxy.requests == 4
     finally:
@@ -88,6 +91,9 @@ async def test_other_answers_are_declined_and_the_regular_client_decides(
             with pytest.raises(BlockChanged):
                 await client.get_block(url, BlockRef("demo", "obj.bin", "0" * 32, 1, len(DATA), BS))
             assert fetcher.declined == 2
+            declined = server.metrics.registry.get_sample_value(
+                "eddy_worker_readthrough_fast_path_total", {"result": "declined"})
+            assert declined == 2
     finally:
         await gen.aclose()
 

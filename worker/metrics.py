@@ -63,6 +63,10 @@ class WorkerMetrics:
             "eddy_worker_readthrough_requests", "Object store reads made on misses, by outcome", ["outcome"],
             registry=r,
         )
+        self.fast_path = Counter(
+            "eddy_worker_readthrough_fast_path", "Reads on misses by the fast path (worker/rangefetch.py): "
+            "served, or declined and redone by the object store client", ["result"], registry=r,
+        )
         self.cache_write_failures = Counter(
             "eddy_worker_cache_write_failures", "Fetched blocks that could not be kept", ["reason"],
             registry=r,

@@ -318,9 +318,11 @@ class BlockService:
             try:
                 await self._fetcher.get_into(url, headers, view, ref.start, ref.etag)
             except FastPathUnavailable as exc:
+                self.metrics.fast_path.labels("declined").inc()
                 log.debug("block %s: fast path declined (%s); asking the object store client",
                           ref.digest, exc)
             else:
+                self.metrics.fast_path.labels("served").inc()
                 REQUESTS.labels("GetObject", "ok").inc()
                 BYTES.inc(len(view))
                 return len(view)

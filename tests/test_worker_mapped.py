@@ -7,6 +7,7 @@ above the size under which MEM hits are read into the response instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from eddy.wire import BLOCK_PATH, ref_to_params
 from eddy.workerclient import WorkerClient
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3 import S3Server
+from tests.test_worker_server import _flip_byte
 from worker.server import WorkerServer, WorkerSettings
 from worker.service import MAP_MIN_BYTES
 from worker.tierstore import LevelConfig
@@ -28,6 +30,7 @@ BS = 1 << 20
 BLOCKS = 6
 
 
+@contextlib.asynccontextmanager
 async def _worker(
     s3: S3Server, bucket: str, proxy: FaultProxy, tmp: Path, mem_blocks: int, mapped_bytes: int = 1 << 30,
 ) -> AsyncIterator[tuple[str, WorkerServer]]:
@@ -56,22 +59,12 @@ def _object(s3: S3Server, bucket: str) -> tuple[bytes, list[BlockRef]]:
     return data, [BlockRef("demo", "big.bin", etag, i, len(data), BS) for i in range(BLOCKS)]
 
 
-def _flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 async def test_mem_hits_come_from_mappings_and_match(
     s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     assert BS > MAP_MIN_BYTES
     data, refs = _object(s3_server, s3_bucket)
-    gen = _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=16)
-    url, server = await gen.__anext__()
-    try:
+    async with _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=16) as (url, server):
         assert server.service is not None and server.service.mapped is not None
         mapped = server.service.mapped
         async with WorkerClient(timeout=10) as client:
@@ -94,40 +87,34 @@ async def test_mem_hits_come_from_mappings_and_match(
             async with session.get(url + BLOCK_PATH, params=params, headers=tail) as r:
                 assert r.status == 206
                 assert await r.read() == data[refs[3].end - 10:refs[3].end]
-    finally:
-        await gen.aclose()
 
 
 async def test_a_changed_mapped_block_is_caught_and_refetched(
     s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     data, refs = _object(s3_server, s3_bucket)
-    gen = _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=16)
-    url, server = await gen.__anext__()
-    try:
-        async with WorkerClient(timeout=10) as client:
-            ref = refs[1]
-            await client.get_block(url, ref)
-            assert (await client.get_block_reply(url, ref)).cache == "hit"
-            hit = server.store.lookup(ref)
-            assert hit is not None
-            _flip_byte(hit.path, hit.header.header_len + 4321)  # written through the filesystem
-            reply = await client.get_block_reply(url, ref)
-            assert reply.cache == "miss" and reply.data == data[ref.start:ref.end]  # never the flipped bytes
-            assert server.store.corrupt == 1
-            again = await client.get_block_reply(url, ref)
-            assert again.cache == "hit" and again.data == data[ref.start:ref.end]
-    finally:
-        await gen.aclose()
+    async with (
+        _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=16) as (url, server),
+        WorkerClient(timeout=10) as client,
+    ):
+        ref = refs[1]
+        await client.get_block(url, ref)
+        assert (await client.get_block_reply(url, ref)).cache == "hit"
+        hit = server.store.lookup(ref)
+        assert hit is not None
+        _flip_byte(hit.path, hit.header.header_len + 4321)  # written through the filesystem
+        reply = await client.get_block_reply(url, ref)
+        assert reply.cache == "miss" and reply.data == data[ref.start:ref.end]  # never the flipped bytes
+        assert server.store.corrupt == 1
+        again = await client.get_block_reply(url, ref)
+        assert again.cache == "hit" and again.data == data[ref.start:ref.end]
 
 
 async def test_mappings_leave_with_their_blocks(
     s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     data, refs = _object(s3_server, s3_bucket)
-    gen = _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=3)
-    url, server = await gen.__anext__()
-    try:
+    async with _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=3) as (url, server):
         assert server.service is not None and server.service.mapped is not None
         mapped = server.service.mapped
         mem = server.store.index.levels[0]
@@ -141,8 +128,6 @@ async def test_mappings_leave_with_their_blocks(
             assert server.store.demotions > 0
             await client.purge(url)
         assert len(mapped) == 0 and mapped.bytes == 0
-    finally:
-        await gen.aclose()
 
 
 async def test_mapped_bytes_bound_and_off(
@@ -150,9 +135,8 @@ async def test_mapped_bytes_bound_and_off(
 ) -> None:
     data, refs = _object(s3_server, s3_bucket)
     for cap, most in ((2 * BS, 2), (0, 0)):
-        gen = _worker(s3_server, s3_bucket, fault_proxy, tmp_path / str(cap), mem_blocks=16, mapped_bytes=cap)
-        url, server = await gen.__anext__()
-        try:
+        worker = _worker(s3_server, s3_bucket, fault_proxy, tmp_path / str(cap), 16, mapped_bytes=cap)
+        async with worker as (url, server):
             assert server.service is not None
             async with WorkerClient(timeout=10) as client:
                 for _ in range(2):
@@ -160,5 +144,3 @@ async def test_mapped_bytes_bound_and_off(
                         assert await client.get_block(url, ref) == data[ref.start:ref.end]
             mapped = server.service.mapped
             assert (len(mapped) if mapped is not None else 0) == most
-        finally:
-            await gen.aclose()

@@ -8,6 +8,7 @@ Against the real S3 server (SeaweedFS) through the worker, and against a small a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,7 @@ BS = 256 * 1024
 DATA = os.urandom(3 * BS + 100)
 
 
+@contextlib.asynccontextmanager
 async def _worker(
     s3: S3Server, bucket: str, tmp: Path, endpoint: str
 ) -> AsyncIterator[tuple[str, WorkerServer]]:
@@ -52,9 +54,7 @@ async def test_read_through_takes_the_fast_path_over_pooled_connections(
 ) -> None:
     etag = s3_server.put_object(s3_bucket, "data/obj.bin", DATA)
     refs = [BlockRef("demo", "obj.bin", etag, i, len(DATA), BS) for i in range(4)]
-    gen = _worker(s3_server, s3_bucket, tmp_path, fault_proxy.endpoint)
-    url, server = await gen.__anext__()
-    try:
+    async with _worker(s3_server, s3_bucket, tmp_path, fault_proxy.endpoint) as (url, server):
         assert server.service is not None
         fetcher = server.service._fetcher
         async with WorkerClient(timeout=10) as client:
@@ -68,17 +68,13 @@ async def test_read_through_takes_the_fast_path_over_pooled_connections(
         assert sample(name, {"result": "served"}) == 4 and not sample(name, {"result": "declined"})
         assert fetcher.connections == 1  # one keep-alive connection for four sequential misses
         assert fault_proxy.requests == 4
-    finally:
-        await gen.aclose()
 
 
 async def test_other_answers_are_declined_and_the_regular_client_decides(
     s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     etag = s3_server.put_object(s3_bucket, "data/obj.bin", DATA)
-    gen = _worker(s3_server, s3_bucket, tmp_path, fault_proxy.endpoint)
-    url, server = await gen.__anext__()
-    try:
+    async with _worker(s3_server, s3_bucket, tmp_path, fault_proxy.endpoint) as (url, server):
         assert server.service is not None
         fetcher = server.service._fetcher
         async with WorkerClient(timeout=10) as client:
@@ -94,10 +90,9 @@ async def test_other_answers_are_declined_and_the_regular_client_decides(
             declined = server.metrics.registry.get_sample_value(
                 "eddy_worker_readthrough_fast_path_total", {"result": "declined"})
             assert declined == 2
-    finally:
-        await gen.aclose()
 
 
+@contextlib.asynccontextmanager
 async def _odd_server() -> AsyncIterator[str]:
     """Answers by path: /ignore (200, whole object), /etag (206 with another ETag), /chunked (206,
     chunked), /short (206, fewer bytes than asked), /ok (206), /close (206, `Connection: close`)."""
@@ -135,25 +130,23 @@ async def _odd_server() -> AsyncIterator[str]:
 
 
 async def test_fetcher_declines_what_it_does_not_handle() -> None:
-    gen = _odd_server()
-    base = await gen.__anext__()
-    fetcher = RangeFetcher(timeout=5)
-    try:
-        headers = {"Range": f"bytes={BS}-{2 * BS - 1}"}
-        buf = bytearray(BS)
-        await fetcher.get_into(f"{base}/ok", headers, memoryview(buf), BS, "e")
-        assert buf == DATA[BS:2 * BS]
-        for kind in ("ignore", "etag", "chunked", "short"):
-            with pytest.raises(FastPathUnavailable):
-                await fetcher.get_into(f"{base}/{kind}", headers, memoryview(bytearray(BS)), BS, "e")
-        with pytest.raises(FastPathUnavailable, match="not a plain http"):
-            await fetcher.get_into("https://127.0.0.1:1/x", headers, memoryview(bytearray(BS)), BS, "e")
-        # a connection the server closes after its answer is not pooled; the next request opens another
-        before = fetcher.connections
-        for _ in range(2):
-            await fetcher.get_into(f"{base}/close", headers, memoryview(buf), BS, "e")
-        assert fetcher.connections == before + 2
-        assert fetcher.served == 3 and fetcher.declined == 4  # (https is never tried: `handles`)
-    finally:
-        fetcher.close()
-        await gen.aclose()
+    async with _odd_server() as base:
+        fetcher = RangeFetcher(timeout=5)
+        try:
+            headers = {"Range": f"bytes={BS}-{2 * BS - 1}"}
+            buf = bytearray(BS)
+            await fetcher.get_into(f"{base}/ok", headers, memoryview(buf), BS, "e")
+            assert buf == DATA[BS:2 * BS]
+            for kind in ("ignore", "etag", "chunked", "short"):
+                with pytest.raises(FastPathUnavailable):
+                    await fetcher.get_into(f"{base}/{kind}", headers, memoryview(bytearray(BS)), BS, "e")
+            with pytest.raises(FastPathUnavailable, match="not a plain http"):
+                await fetcher.get_into("https://127.0.0.1:1/x", headers, memoryview(bytearray(BS)), BS, "e")
+            # a connection the server closes after its answer is not pooled; the next request opens another
+            before = fetcher.connections
+            for _ in range(2):
+                await fetcher.get_into(f"{base}/close", headers, memoryview(buf), BS, "e")
+            assert fetcher.connections == before + 2
+            assert fetcher.served == 3 and fetcher.declined == 4  # (https is never tried: `handles`)
+        finally:
+            fetcher.close()

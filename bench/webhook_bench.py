@@ -7,7 +7,9 @@ Figures: `max_per_s` (closed loop on 16 connections, 5,000 requests max, 10 s ma
 ceiling's, so that both meet the machine's load of the same seconds),
 `api_calls_per_admission` (API calls made while admitting / admissions). The client is
 bench/webhook_tail.py's: connections opened before the run, open loop timed from each request's due time.
-Ceiling: a trivial aiohttp TLS endpoint answering a fixed small JSON body, driven the same way.
+Ceiling: a trivial aiohttp TLS endpoint answering a fixed small JSON body, driven the same way; and the
+same endpoint spending the webhook's extra CPU per request in a busy loop (`tail.ceiling_same_cpu`): the
+tail any server with the webhook's CPU cost gets on this machine at that moment.
 Goals: >= 1,000/s, p99 <= 5 ms, 0 calls.
 """
 
@@ -37,6 +39,7 @@ from bench.webhook_tail import (
     ROUNDS,
     WARM_PER_ROUND,
     KeepAliveClient,
+    RunCost,
     alternating_runs,
     closed_loop,
     handler_buckets,
@@ -55,12 +58,17 @@ MAX_REQUESTS = 5000
 MAX_SECONDS = 10.0
 RATE = 200
 
+# `?burn_us=N` makes it spend N µs of CPU per request: the "same CPU" twin of the webhook.
 _CEILING_SERVER = """
-import asyncio, ssl, sys
+import asyncio, ssl, sys, time
 from aiohttp import web
 body = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true}}'
 async def ok(request):
     await request.read()
+    burn = int(request.query.get("burn_us", "0")) / 1e6
+    started = time.thread_time()
+    while time.thread_time() - started < burn:
+        pass
     return web.Response(body=body, content_type="application/json")
 async def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -213,6 +221,16 @@ async def _watches_open(api: Any, kinds: tuple[str, ...]) -> None:
             await asyncio.sleep(0.05)
 
 
+async def extra_cpu_us(bare_pid: int, bare: KeepAliveClient, hook_pid: int, hook: KeepAliveClient) -> int:
+    """The webhook's CPU per admission beyond the bare server's at RATE (2 s of each, µs)."""
+    (_, bare_cost), (_, hook_cost) = await alternating_runs([(bare_pid, bare), (hook_pid, hook)], 2.0, RATE,
+                                                            rounds=2)
+    def per_request(cost: RunCost) -> float:
+        return cost.server_cpu / max(1, cost.requests)
+
+    return max(0, round((per_request(hook_cost) - per_request(bare_cost)) * 1e6))
+
+
 async def run(args: Any) -> dict[str, Any]:
     quick = bool(getattr(args, "quick", False))
     seconds = 4.0 if quick else 10.0
@@ -245,17 +263,20 @@ async def run(args: Any) -> dict[str, Any]:
                 before = sum(api.calls.values())
                 best, sent = await closed_loop(hook, MAX_SECONDS, total)
                 hook_ctx = ssl.create_default_context(cafile=str(ca_path))
-                handler_before = await handler_buckets(url, hook_ctx)
-                with own_gc_pauses() as client_gc:
-                    bare_run, hook_run = await alternating_runs([(ceiling_proc.pid, bare), (proc.pid, hook)],
-                                                                seconds, RATE)
-                handler = handler_figures(handler_before, await handler_buckets(url, hook_ctx))
+                burn_us = await extra_cpu_us(ceiling_proc.pid, bare, proc.pid, hook)
+                async with KeepAliveClient(f"{ceiling_url}?burn_us={burn_us}", ctx, body) as twin:
+                    handler_before = await handler_buckets(url, hook_ctx)
+                    with own_gc_pauses() as client_gc:
+                        targets = [(ceiling_proc.pid, bare), (ceiling_proc.pid, twin), (proc.pid, hook)]
+                        bare_run, twin_run, hook_run = await alternating_runs(targets, seconds, RATE)
+                    handler = handler_figures(handler_before, await handler_buckets(url, hook_ctx))
                 calls = sum(api.calls.values()) - before
                 latencies = [s.latency for s in hook_run[0]]
                 admissions = 1 + sent + len(latencies) + WARM_PER_ROUND * ROUNDS
                 tail = {**tail_figures(hook_run[0], read_pauses(work / "gc-on.json"), client_gc),
                         **hook_run[1].figures(), "handler": handler}
                 ceiling_tail = {**tail_figures(bare_run[0]), **bare_run[1].figures()}
+                twin_tail = {**tail_figures(twin_run[0]), **twin_run[1].figures(), "burn_us": burn_us}
                 profile: dict[str, Any] = {}
                 if py_spy() is not None:  # a second pass at 200/s under py-spy (not the measured one)
                     _, profile = await profile_during({"webhook": proc.pid}, "webhook-200",
@@ -287,8 +308,10 @@ async def run(args: Any) -> dict[str, Any]:
         "p999_ms": tail["p999_ms"],
         "first_admission_ms": round(first * 1000, 3),
         # the tail, explained (bench/webhook_tail.py): the same 200/s against the bare TLS server in
-        # alternating rounds, GC pauses under the slow requests, run-queue waits, and gc disabled
-        "tail": {"webhook": tail, "ceiling_server": ceiling_tail, "webhook_gc_disabled": gc_off},
+        # alternating rounds, and against it burning the webhook's extra CPU per request; GC pauses
+        # under the slow requests, run-queue waits, and gc disabled
+        "tail": {"webhook": tail, "ceiling_server": ceiling_tail, "ceiling_same_cpu": twin_tail,
+                 "webhook_gc_disabled": gc_off},
         "profile": profile,
         "fixed_rate_per_s": RATE,
         "fixed_rate_seconds": seconds,

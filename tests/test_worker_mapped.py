@@ -7,12 +7,16 @@ above the size under which MEM hits are read into the response instead.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from eddy.api import parse_dataset
@@ -144,3 +148,27 @@ async def test_mapped_bytes_bound_and_off(
                         assert await client.get_block(url, ref) == data[ref.start:ref.end]
             mapped = server.service.mapped
             assert (len(mapped) if mapped is not None else 0) == most
+
+
+async def test_a_reader_leaving_mid_block_is_a_disconnect_not_an_error(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data, refs = _object(s3_server, s3_bucket)
+    async with (
+        _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=16) as (url, server),
+        WorkerClient(timeout=10) as client,
+    ):
+        for ref in refs:
+            await client.get_block(url, ref)  # kept and mapped
+        assert server.service is not None and server.service.mapped is not None
+        assert len(server.service.mapped) == BLOCKS
+        host, port = url.removeprefix("http://").split(":")
+        query = urlencode(ref_to_params(refs[0]))
+        for _ in range(5):  # read the head and a little of the body, then close
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET {BLOCK_PATH}?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            await reader.readexactly(4096)
+            writer.transport.abort()  # an RST: the worker's send fails mid-body
+        assert await client.get_block(url, refs[0]) == data[:BS]  # and it goes on serving
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

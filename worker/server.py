@@ -509,7 +509,10 @@ async def _sock_sendall(transport: asyncio.BaseTransport, data: memoryview) -> N
             # loop rounds (3-10% of the worker's CPU per GiB in paired runs; the kernel caps the size
             # at net.core.wmem_max and the memory is only taken while bytes are queued).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        await asyncio.get_running_loop().sock_sendall(sock, data)
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, data)
+        except (BrokenPipeError, ConnectionError) as exc:  # the reader left mid-body: a disconnect
+            raise ConnectionResetError(f"client went away: {exc}") from None
 
 
 def make_app(settings: WorkerSettings) -> web.Application:

@@ -22,7 +22,7 @@ from aiohttp import web
 from eddy.api import parse_dataset
 from eddy.blocks import BlockRef
 from eddy.wire import BLOCK_PATH, ref_to_params
-from eddy.workerclient import WorkerClient
+from eddy.workerclient import WorkerClient, WorkerUnavailable
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3 import S3Server
 from tests.test_worker_server import _flip_byte
@@ -172,3 +172,32 @@ async def test_a_reader_leaving_mid_block_is_a_disconnect_not_an_error(
             writer.transport.abort()  # an RST: the worker's send fails mid-body
         assert await client.get_block(url, refs[0]) == data[:BS]  # and it goes on serving
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_verify_always_set_on_a_running_worker_checks_mapped_blocks(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A rotted byte under an unchanged stamp (simulated: flipped, then the new stamp recorded as
+    checked and the mapping made again) is served from the mapping under `changed` (the client's CRC
+    check refuses it), and caught by the worker once `verify` is `always`."""
+    data, refs = _object(s3_server, s3_bucket)
+    async with (
+        _worker(s3_server, s3_bucket, fault_proxy, tmp_path, mem_blocks=16) as (url, server),
+        WorkerClient(timeout=10) as client,
+    ):
+        service = server.service
+        assert service is not None and service.mapped is not None
+        ref = refs[2]
+        await client.get_block(url, ref)
+        hit = server.store.lookup(ref)
+        assert hit is not None
+        _flip_byte(hit.path, hit.header.header_len + 99)
+        st = os.stat(hit.path)
+        hit.entry.verified = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), 0.0)
+        with pytest.raises(WorkerUnavailable, match="CRC32C mismatch"):
+            await client.get_block(url, ref)  # mapped again under the recorded stamp, not re-checked
+        assert service.mapped.get(ref.digest) is not None
+        service.verify = "always"
+        reply = await client.get_block_reply(url, ref)
+        assert reply.cache == "miss" and reply.data == data[ref.start:ref.end]
+        assert server.store.corrupt == 1

@@ -181,11 +181,19 @@ class BlockService:
             return VerifiedHit(hit, None, os.fdopen(fd, "rb", buffering=0))
         return None
 
+    def _mapping_on(self) -> bool:
+        """Mappings serve hits only under the policy they were made for (checked per hit: the policy
+        attributes may be changed on a running service): sendfile mode, `verify="changed"`, no
+        time-based re-check of MEM blocks."""
+        return (self.mapped is not None and self.serve_mode == "sendfile" and self.verify == "changed"
+                and not self.reverify_mem)
+
     def _kept_mapping(self, hit: Hit) -> Mapped | None:
         """The block's kept mapping if its file is unchanged since it was mapped and checked (one
         `stat`, as for any hit between checks); a stale mapping is dropped."""
-        if self.mapped is None:
+        if not self._mapping_on():
             return None
+        assert self.mapped is not None
         digest = hit.entry.digest
         kept = self.mapped.get(digest)
         if kept is None:
@@ -203,9 +211,10 @@ class BlockService:
 
     def _map(self, hit: Hit, fd: int) -> Mapped | None:
         """Map a checked MEM block for the next hits (None: not mapped, send the file)."""
-        if (self.mapped is None or hit.header.data_len <= MAP_MIN_BYTES
+        if (not self._mapping_on() or hit.header.data_len <= MAP_MIN_BYTES
                 or hit.mediumtype.partition(".")[0] != "MEM" or not isinstance(hit.entry.verified, tuple)):
             return None
+        assert self.mapped is not None
         try:
             mapped = map_block(fd, hit.header.header_len, hit.entry.verified[0])
         except (OSError, ValueError) as exc:

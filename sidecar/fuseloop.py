@@ -48,6 +48,7 @@ class ReadableFd:
 
     async def wait(self) -> None:
         """Return when a request can be read without blocking (pyfuse3's read is a blocking one)."""
+        self.idle_wakeups = 0  # somebody came to read: the reports so far were not for nothing
         while True:
             if self.closed:
                 raise ClosedResourceError()
@@ -57,7 +58,6 @@ class ReadableFd:
                 return
             future = self.loop.create_future()
             self.waiter = future
-            self.idle_wakeups = 0
             if not self.registered:
                 self.loop.add_reader(self.fd, self._on_readable)
                 self.registered = True
@@ -72,8 +72,8 @@ class ReadableFd:
             waiter.set_result(None)
             self.waiter = None
             return
-        # Nobody waiting: the woken task has not read yet, or every task is busy. Twice in a row
-        # means the loop would keep waking for nothing; the next wait registers again.
+        # Nobody waiting: the woken task has not read yet, or every task is busy. Twice with no wait
+        # in between means the loop would keep waking for nothing; the next wait registers again.
         self.idle_wakeups += 1
         if self.idle_wakeups > 1:
             self._unregister()

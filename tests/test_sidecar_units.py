@@ -483,3 +483,45 @@ async def test_handoff_lock_is_exclusive_in_order_and_survives_cancellation() ->
     handed.cancel()  # the lock was just handed to it, before it ran: it passes the lock on
     await last
     assert order[-1] == "last" and not lock.locked()
+
+
+async def test_fuse_fd_wait_returns_only_when_a_read_would_not_block() -> None:
+    """sidecar/fuseloop.py's wait for /dev/fuse, on a pipe: it returns at once when data is queued, and
+    a readiness report that is out of date by the time the woken task runs (its request was read by
+    another task through the poll path) sends the task back to waiting instead of into a blocking
+    read, which would stop the whole event loop."""
+    import os
+
+    from sidecar.fuseloop import ReadableFd
+
+    r, w = os.pipe()
+    state = ReadableFd(asyncio.get_running_loop(), r)
+    try:
+        os.write(w, b"x")
+        await asyncio.wait_for(state.wait(), 5)  # queued: no wait
+        assert os.read(r, 1) == b"x"
+
+        waiter = asyncio.create_task(state.wait())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not waiter.done() and state.registered
+        state._on_readable()  # a report of a request that is gone by now (read by someone else)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiter.done()  # back to waiting: a read now would block
+        os.write(w, b"y")
+        await asyncio.wait_for(waiter, 5)
+        assert os.read(r, 1) == b"y"
+
+        # nobody waits while data sits there: reported twice, the reader is removed; the next wait
+        # still sees the data at once
+        os.write(w, b"z")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not state.registered
+        await asyncio.wait_for(state.wait(), 5)
+        assert os.read(r, 1) == b"z"
+    finally:
+        state.close()
+        os.close(r)
+        os.close(w)

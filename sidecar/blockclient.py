@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 
 from eddy.blocks import BlockRef
 from eddy.crc import crc32c_of
-from eddy.wire import BLOCK_PATH, DATASET_PARAM, HEADER_CRC, ref_to_params
+from eddy.wire import BLOCK_PATH, DATASET_PARAM, HEADER_CRC
 from eddy.workerclient import WorkerClient, WorkerUnavailable
 from sidecar.buffers import uninitialized_bytearray
 
@@ -147,12 +147,12 @@ class _Target:
 
 
 def block_query(ref: BlockRef, dataset: str | None) -> str:
-    """The block's query string (eddy/wire.py `ref_to_params`, plus the dataset): `urlencode` cost
-    ~11 us a block (its quote_plus machinery), a fair share of a small file's fetch; this ~4 us."""
-    params = ref_to_params(ref)
-    if dataset:
-        params[DATASET_PARAM] = dataset
-    return "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())
+    """The block's query string: eddy/wire.py `ref_to_params` plus the dataset (a unit test holds the
+    two to the same parameters). `urlencode` of that dict cost ~11 us a block, a fair share of a small
+    file's fetch; quoting only the strings (`/` kept, as a query may hold it) costs ~3 us."""
+    query = (f"mount={quote(ref.mount, safe='')}&key={quote(ref.key)}&etag={quote(ref.etag, safe='')}"
+             f"&index={ref.index}&size={ref.object_size}&block_size={ref.block_size}")
+    return f"{query}&{DATASET_PARAM}={quote(dataset, safe='')}" if dataset else query
 
 
 class FastBlockClient:

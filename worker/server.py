@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 INLINE_MAX = 512 << 10  # MEM-level hits up to this size are read into the response (see _inline)
-SEND_BUFFER = 4 << 20  # SO_SNDBUF for bodies sent from a mapping (see _sock_sendall)
 MAX_WARM_BLOCKS = 10_000
 WARM_MAX_BYTES = 4 << 20  # 10 000 references fit in ~3 MiB; parsed JSON costs ~10x its size in memory
 
@@ -504,11 +503,6 @@ async def _sock_sendall(transport: asyncio.BaseTransport, data: memoryview) -> N
         raise ConnectionResetError("client went away")
     with socket.socket(fileno=os.dup(raw.fileno())) as sock:
         sock.setblocking(False)
-        if len(data) > 1 << 20:
-            # A block in one or two sends rather than one per autotuned buffer's worth: fewer event
-            # loop rounds (3-10% of the worker's CPU per GiB in paired runs; the kernel caps the size
-            # at net.core.wmem_max and the memory is only taken while bytes are queued).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
             await asyncio.get_running_loop().sock_sendall(sock, data)
         except (BrokenPipeError, ConnectionError) as exc:  # the reader left mid-body: a disconnect

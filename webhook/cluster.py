@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from webhook.resolver import CachedResolver
 from webhook.server import Metrics, make_app
 from webhook.serving import serve_with_renewal, settings_from
 from webhook.tlssecret import CertKeeper, Conflict
-from webhook.versions import kubelet_versions, server_version, supports_native_sidecars
+from webhook.versions import kubelet_version, runs_native_sidecars, server_version
 
 log = logging.getLogger("eddy.webhook.cluster")
 
@@ -81,25 +80,43 @@ class KubeSecretStore:
 
 
 class NativeSidecarState:
-    """Native sidecars on iff the API server and every node run Kubernetes >= 1.29 (or forced)."""
+    """Native sidecars on iff the API server and every node run Kubernetes >= 1.29 (or forced).
 
-    def __init__(self, mode: str, server: str, nodes: kube.Informer | None, every: float = 2.0) -> None:
+    The node informer's handler keeps the names of the nodes whose kubelet is too old (or unknown), so
+    an admission reads one set's emptiness instead of scanning every Node (8.7 ms at 5,000). The handler
+    re-reads the informer's store for the node an event names rather than trusting the event: the store
+    is the newest state, so an event handled late (or twice: the state is seeded from the store when it
+    is made, and events queued before that are handled after) cannot leave a stale answer. A re-list
+    after 410 Gone delivers its difference to the store as ADDED/MODIFIED/DELETED, handled the same way.
+    Until the node list has synced the answer is no: classic sidecars run on every kubelet."""
+
+    def __init__(self, mode: str, server: str, nodes: kube.Informer | None) -> None:
         self.mode = mode
         self.server = server
         self.nodes = nodes
-        self.every = every  # recompute at most this often: a scan of every node is not per-admission work
-        self._value = mode == "on"
-        self._at = -every
+        self.too_old: set[str] = set()  # names of nodes whose kubelet cannot run native sidecars
+        self._server_ok = runs_native_sidecars(server)
+        if mode == "auto" and nodes is not None:
+            nodes.add_handler(self.on_node_event)
+            for node in nodes.items():
+                self._note(kube.object_key(node)[1])
 
     def enabled(self) -> bool:
         if self.mode != "auto":
             return self.mode == "on"
-        now = time.monotonic()
-        if now - self._at >= self.every:
-            nodes = list(self.nodes.items()) if self.nodes is not None else []
-            self._value = supports_native_sidecars(self.server, kubelet_versions(nodes))
-            self._at = now
-        return self._value
+        if self.nodes is None:
+            return self._server_ok
+        return self._server_ok and not self.too_old and self.nodes.synced
+
+    async def on_node_event(self, etype: str, obj: dict[str, Any]) -> None:
+        self._note(kube.object_key(obj)[1])
+
+    def _note(self, name: str) -> None:
+        node = self.nodes.get(None, name) if self.nodes is not None else None
+        if node is None or runs_native_sidecars(kubelet_version(node)):
+            self.too_old.discard(name)
+        else:
+            self.too_old.add(name)
 
 
 @contextlib.asynccontextmanager

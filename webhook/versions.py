@@ -29,10 +29,19 @@ def server_version(version_doc: Mapping[str, Any]) -> str:
     return f"{version_doc.get('major', '')}.{minor}"
 
 
+def kubelet_version(node: Mapping[str, Any]) -> str:
+    return str(((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", ""))
+
+
 def kubelet_versions(nodes: Iterable[Mapping[str, Any]]) -> list[str]:
-    return [str(((n.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")) for n in nodes]
+    return [kubelet_version(n) for n in nodes]
+
+
+def runs_native_sidecars(version: str) -> bool:
+    """Is this API server or kubelet version >= 1.29? (Unparseable: no.)"""
+    parsed = minor_version(version)
+    return parsed is not None and parsed >= NATIVE_SIDECAR_MINIMUM
 
 
 def supports_native_sidecars(server: str, kubelets: Iterable[str]) -> bool:
-    versions = [minor_version(server), *(minor_version(k) for k in kubelets)]
-    return all(v is not None and v >= NATIVE_SIDECAR_MINIMUM for v in versions)
+    return runs_native_sidecars(server) and all(runs_native_sidecars(k) for k in kubelets)

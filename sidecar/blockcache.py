@@ -37,10 +37,6 @@ class BlockCache:
     def cached_bytes(self) -> int:
         return self._bytes
 
-    @property
-    def prefetching_bytes(self) -> int:
-        return self._prefetching
-
     def __contains__(self, ref: BlockRef) -> bool:
         return ref.identity in self._lru or ref.identity in self._inflight
 

@@ -217,10 +217,6 @@ class EddyFS(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
-    @property
-    def open_handles(self) -> int:
-        return len(self._handles)
-
     # ------------------------------------------------------------------ read-only
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

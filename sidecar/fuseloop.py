@@ -104,9 +104,6 @@ class HandoffLock:
         self._locked = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def locked(self) -> bool:
-        return self._locked
-
     async def __aenter__(self) -> None:
         if not self._locked:
             self._locked = True

@@ -278,9 +278,6 @@ class Namespace:
             node = self.lookup(node.ino, segment)
         return node
 
-    def path_of(self, ino: int) -> str | None:
-        return self._paths.get(ino)
-
     def entries(self, ino: int, offset: int) -> Iterator[tuple[int, Node]]:
         """Children of a directory from readdir `offset` on, each with the offset that follows it.
 

@@ -12,7 +12,7 @@ import os
 import re
 import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ from sandbox.apiserver import KubeApiServer
 from tests.test_injector import seed_pod
 from tests.test_webhook import SECRET_VALUES, dataset_doc, review
 from webhook.certs import CertBundle, TlsReloader, service_names
-from webhook.cluster import KubeSecretStore, informers
+from webhook.cluster import InformerCache, KubeSecretStore, NativeSidecarState, informers
+from webhook.resolver import CachedResolver
 from webhook.tlssecret import CertKeeper, Conflict
 
 REPO = Path(__file__).parents[1]
@@ -382,3 +383,111 @@ async def test_secret_store_maps_404_and_409(api: KubeApiServer) -> None:
                                     ("get", "mutatingwebhookconfigurations"))}
     assert calls == {("get", "secrets"): 2, ("create", "secrets"): 2, ("update", "secrets"): 1,
                      ("get", "mutatingwebhookconfigurations"): 2}  # failed calls count too
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110 - polls what an informer's handler keeps
+            await asyncio.sleep(0.02)
+
+
+def kubelet_node(name: str, version: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"nodeInfo": {"kubeletVersion": version}}}
+
+
+async def test_native_sidecars_follow_node_events(kube_api: KubeApiServer) -> None:
+    """The decision is kept by the node informer's handler (no scan per admission): a node joining,
+    upgraded, leaving, and one that joined unseen while the watch was cut, delivered by the re-list."""
+    cluster_objects(kube_api)  # node-1 runs v1.30.1
+    async with kube.Kube(await kube.make_api_client(url=kube_api.url)) as client:
+        nodes = kube.Informer(client, kube.NODES)
+        state = NativeSidecarState("auto", "v1.30.0", nodes)
+        assert not state.enabled()  # nodes not listed yet: classic sidecars, which every kubelet runs
+        async with nodes:
+            await until(state.enabled)
+            await client.create(kube.NODES, kubelet_node("virtual-kubelet", "v1.26.3-vk-2.11"))
+            await until(lambda: not state.enabled())
+            assert state.too_old == {"virtual-kubelet"}
+            await client.patch_status(kube.NODES, "virtual-kubelet",
+                                      {"status": {"nodeInfo": {"kubeletVersion": "v1.29.2-vk-2.12"}}})
+            await until(state.enabled)  # upgraded in place: MODIFIED
+            await client.create(kube.NODES, kubelet_node("edge", "unknown"))
+            await until(lambda: not state.enabled())
+            await client.delete(kube.NODES, "edge")
+            await until(state.enabled)  # DELETED
+            assert state.too_old == set()
+            # An old node joins while the watch is cut and the server forgets the history: the watch
+            # gets 410 Gone, and the re-list's difference reaches the handler.
+            await watches_open(kube_api, ("nodes",))
+            kube_api.fail_next(10**9, 503, path="/nodes?watch=true")
+            kube_api.close_watches()
+            await until(lambda: nodes.errors > 0)
+            kube_api.put(kubelet_node("unseen", "v1.27.0"))
+            kube_api.compact()
+            kube_api.clear_faults()
+            await until(lambda: not state.enabled())
+            assert nodes.relists == 1 and state.too_old == {"unseen"}
+            # Made after the list (as the server's app is): seeded from the store.
+            assert NativeSidecarState("auto", "v1.30.0", nodes).too_old == {"unseen"}
+            kube_api.remove("nodes", None, "unseen")
+            await until(state.enabled)
+            assert not NativeSidecarState("auto", "v1.28.9", nodes).enabled()  # the API server counts too
+            assert NativeSidecarState("on", "v1.28.9", nodes).enabled()
+            assert not NativeSidecarState("off", "v1.30.0", nodes).enabled()
+
+
+async def seen(informer: kube.Informer, written: dict[str, Any]) -> None:
+    meta = written["metadata"]
+    await until(lambda: (informer.get(meta["namespace"], meta["name"]) or {}).get("metadata", {})
+                .get("resourceVersion") == meta["resourceVersion"])
+
+
+async def test_status_writes_do_not_parse_again_and_spec_changes_do(kube_api: KubeApiServer) -> None:
+    """The controller writes status often: the resolver keeps the parsed Dataset and JindoRuntime across
+    status-only writes (reading the phase from the new document), and parses again at once on a spec
+    or label change."""
+    cluster_objects(kube_api)
+    async with kube.Kube(await kube.make_api_client(url=kube_api.url)) as client, informers(
+        client, watch_nodes=False
+    ) as found:
+
+        async def fetch(namespace: str, name: str) -> dict[str, Any] | None:
+            return await client.get_or_none(kube.DATASETS, name, namespace)
+
+        resolver = CachedResolver(InformerCache(found["datasets"]), InformerCache(found["pvcs"]),
+                                  InformerCache(found["runtimes"]), fetch)
+        datasets, runtimes = resolver.dataset_models, resolver.runtime_models
+
+        async def resolve() -> Any:
+            return (await resolver.resolve("default", ["serverless-data"]))["serverless-data"]
+
+        first = await resolve()
+        assert first.bound and first.runtime is not None
+        assert (datasets.parses, runtimes.parses) == (1, 1)
+        assert await resolve() == first and (datasets.parses, runtimes.parses) == (1, 1)
+        for phase, bound in (("NotBound", False), ("Bound", True)):
+            await seen(found["runtimes"], await client.patch_status(
+                kube.JINDORUNTIMES, "serverless-data", {"status": {"workerNumberReady": 1}}, "default"))
+            await seen(found["datasets"], await client.patch_status(
+                kube.DATASETS, "serverless-data", {"status": {"phase": phase}}, "default"))
+            now = await resolve()
+            assert now.bound is bound and (bound or "NotBound" in now.why_not_bound)
+            assert now.dataset is first.dataset and now.runtime is first.runtime
+            assert (datasets.parses, runtimes.parses) == (1, 1), "status-only writes: no parse"
+        changed = await client.patch(kube.DATASETS, "serverless-data",
+                                     {"spec": {"accessModes": ["ReadWriteMany"]}}, "default")
+        assert changed["metadata"]["generation"] == 2
+        await seen(found["datasets"], changed)
+        now = await resolve()
+        assert now.dataset.access_modes == ("ReadWriteMany",) and datasets.parses == 2
+        fuse = {"spec": {"fuse": {"args": ["--cache-mib=256"]}}}
+        await seen(found["runtimes"],
+                   await client.patch(kube.JINDORUNTIMES, "serverless-data", fuse, "default"))
+        now = await resolve()
+        assert now.runtime.fuse.args == ("--cache-mib=256",) and runtimes.parses == 2
+        await seen(found["datasets"], await client.patch(
+            kube.DATASETS, "serverless-data", {"metadata": {"labels": {"team": "a"}}}, "default"))
+        now = await resolve()
+        assert now.dataset.meta.labels == {"team": "a"} and datasets.parses == 3  # labels: no generation
+        assert (datasets.parses, runtimes.parses) == (3, 2)

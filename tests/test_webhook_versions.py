@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from webhook.versions import kubelet_versions, minor_version, server_version, supports_native_sidecars
+from webhook.versions import (
+    kubelet_version,
+    kubelet_versions,
+    minor_version,
+    runs_native_sidecars,
+    server_version,
+    supports_native_sidecars,
+)
 
 
 @pytest.mark.parametrize(
@@ -32,3 +39,12 @@ def test_server_and_nodes_must_all_be_new_enough() -> None:
     assert supports_native_sidecars("v1.31.0", [])
     assert server_version({"major": "1", "minor": "30+"}) == "1.30"
     assert server_version({"gitVersion": "v1.29.4-gke.1"}) == "v1.29.4-gke.1"
+
+
+def test_one_version_at_a_time() -> None:
+    """What the node informer's handler decides per node (webhook/cluster.py's NativeSidecarState)."""
+    assert [runs_native_sidecars(v) for v in ("v1.29.0-eks-1", "v1.30.2", "2.0", "v1.28.9", "", "v1")] == [
+        True, True, True, False, False, False]
+    virtual = {"status": {"nodeInfo": {"kubeletVersion": "v1.26.3-aliyun.1"}}}
+    assert kubelet_version(virtual) == "v1.26.3-aliyun.1"
+    assert kubelet_version({"status": None}) == kubelet_version({}) == ""

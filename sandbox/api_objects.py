@@ -82,7 +82,10 @@ class Objects:
         else:
             for k in ("uid", "creationTimestamp"):
                 meta.setdefault(k, old["metadata"].get(k))
-            meta.setdefault("generation", old["metadata"].get("generation", 1))
+            generation = old["metadata"].get("generation", 1)
+            if obj.get("spec") != old.get("spec"):  # as the API server does: a new spec is a new generation
+                generation += 1
+            meta.setdefault("generation", generation)
         return copy.deepcopy(self._commit(kind, ns, meta["name"], obj, old))
 
     def get_object(self, resource: str, namespace: str | None, name: str) -> Obj | None:

@@ -129,6 +129,21 @@ class Procs:
                 subprocess.run([*cmd, str(mount)], capture_output=True, check=False)
 
 
+def upload_multipart(client: Any, bucket: str, key: str, data: bytes, part: int = 32 * MiB) -> None:
+    """A big object in parallel parts (one PUT of 1 GiB takes long here); `client` is botocore's."""
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+    def put(n: int) -> dict[str, Any]:
+        body = data[n * part : (n + 1) * part]
+        resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=n + 1, Body=body)
+        return {"PartNumber": n + 1, "ETag": resp["ETag"]}
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        parts = list(pool.map(put, range(-(-len(data) // part))))
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                     MultipartUpload={"Parts": parts})
+
+
 def upload(s3: Any, data: bytes, tree: dict[str, bytes]) -> None:
     import botocore.session
 
@@ -137,19 +152,7 @@ def upload(s3: Any, data: bytes, tree: dict[str, bytes]) -> None:
         aws_secret_access_key=s3.secret_key, region_name="us-east-1",
     )
     client.create_bucket(Bucket=BUCKET)
-    key = f"{PREFIX}/{KEY}"
-    upload_id = client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
-    part = 32 * MiB
-
-    def put(n: int) -> dict[str, Any]:
-        body = data[n * part : (n + 1) * part]
-        resp = client.upload_part(Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=n + 1, Body=body)
-        return {"PartNumber": n + 1, "ETag": resp["ETag"]}
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        parts = list(pool.map(put, range(-(-len(data) // part))))
-    client.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload_id,
-                                     MultipartUpload={"Parts": parts})
+    upload_multipart(client, BUCKET, f"{PREFIX}/{KEY}", data)
     for name, body in tree.items():
         client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{TREE_NAME}/{name}", Body=body)
     client.close()

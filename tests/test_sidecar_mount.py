@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.sidecar_bench import upload_multipart
 from sidecar.mounts import wait_for_mount
 from tests.support.fuse import require_fuse
 
@@ -61,21 +62,6 @@ def big_content(size: int, seed: int) -> bytes:
     rng = random.Random(seed)
     chunk = rng.randbytes(MiB)
     return b"".join((i.to_bytes(8, "big") * 2 + chunk[16:]) for i in range(size // MiB))
-
-
-def upload_multipart(client: Any, bucket: str, key: str, data: bytes, part: int = 16 * MiB) -> None:
-    """A big object in parallel parts (one PUT of 256 MiB takes seconds here)."""
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-
-    def put(n: int) -> dict[str, Any]:
-        body = data[n * part : (n + 1) * part]
-        resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n + 1, Body=body)
-        return {"PartNumber": n + 1, "ETag": resp["ETag"]}
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        parts = list(pool.map(put, range(-(-len(data) // part))))
-    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
-                                     MultipartUpload={"Parts": parts})
 
 
 def sha256(path: Path) -> str:
@@ -210,7 +196,7 @@ def dataset(s3_server: Any, tmp_path_factory: pytest.TempPathFactory, fuse_ok: N
         (src / key).write_bytes(data)
     small = [(f"tree/{k}", v) for k, v in files.items() if len(v) < 64 * MiB]
     s3_server.put_objects(bucket, small, concurrency=8)
-    upload_multipart(s3_server.client, bucket, "tree/big/huge.bin", files["big/huge.bin"])
+    upload_multipart(s3_server.client, bucket, "tree/big/huge.bin", files["big/huge.bin"], part=16 * MiB)
     s3_server.put_object(bucket, "tree/marker-only/", b"")
     (src / "marker-only").mkdir()
     # a large directory (readdir offsets across many getdents calls); kept out of the copied tree

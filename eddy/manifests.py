@@ -47,7 +47,9 @@ class LoadResult:
 SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _documents(path: str) -> list[Any]:
+def documents(path: str) -> list[Any]:
+    """The documents of a YAML stream or JSON file ('-': standard input), `List`s unpacked; raises
+    ManifestError with the file, and the line and column where YAML gives them."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
@@ -78,7 +80,7 @@ def load_manifests(
 ) -> LoadResult:
     """Parse every document of a Fluid kind in the file; others are skipped (or failed if strict)."""
     result = LoadResult(path)
-    for index, doc in enumerate(_documents(path)):
+    for index, doc in enumerate(documents(path)):
         kind = doc.get("kind", "") if isinstance(doc, dict) else ""
         meta = doc.get("metadata") if isinstance(doc, dict) else None
         name = meta.get("name", "") if isinstance(meta, dict) else ""

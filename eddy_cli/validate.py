@@ -16,7 +16,7 @@ from typing import Any
 
 from eddy.api import GROUP, KINDS, Dataset, Model, ValidationError, parse_object
 from eddy.cliargs import add_filename_arg
-from eddy.manifests import ManifestError, _documents
+from eddy.manifests import ManifestError, documents
 from eddy.secrets import plain_credentials
 
 # Fluid's kinds in data.fluid.io/v1alpha1 (its config/crd/bases), beside the three Eddy serves.
@@ -78,7 +78,7 @@ def check_file(path: str) -> tuple[list[Model], list[str], list[str]]:
     models: list[Model] = []
     errors: list[str] = []
     skipped: list[str] = []
-    for index, doc in enumerate(_documents(path)):
+    for index, doc in enumerate(documents(path)):
         why = kind_error(doc)
         if why:
             errors.append(f"{path}: {_label(doc, index)}: {why}")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from eddy.config import ConfigError, RuntimeConfig, build_config, load_config
+from eddy.manifests import ManifestError, documents
 from eddy.names import CONFIG_FILE_KEY, CONFIG_MOUNT_DIR
 from sidecar.readahead import MiB, ReadaheadPolicy
 from sidecar.walkahead import WalkaheadPolicy
@@ -44,17 +42,10 @@ class ReaderOptions:
 
 
 def _docs(paths: Sequence[str]) -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = []
-    for path in paths:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        try:
-            docs.extend(d for d in yaml.safe_load_all(text) if isinstance(d, dict))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return docs
+    try:
+        return [d for path in paths for d in documents(path) if isinstance(d, dict)]
+    except ManifestError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_settings(

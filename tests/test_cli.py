@@ -60,6 +60,7 @@ CASES = [
     (["worker", "--file", "{missing}"], 2),
     (["sidecar", "mount", "-f", "{missing}", "--mountpoint", "{kubeconfig}"], 2),
     (["sidecar", "mount", "--file", "{missing}", "--mountpoint", "{kubeconfig}"], 2),
+    (["sidecar", "mount", "--filename", "{binary}", "--mountpoint", "{kubeconfig}"], 2),
     (["preload", "-f", "{missing}"], 2),
     (["preload", "--filename", "{binary}"], 2),
     (["demo", "--size", "5GB"], 1),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from webhook.versions import (
     kubelet_version,
-    kubelet_versions,
     minor_version,
     runs_native_sidecars,
     server_version,
-    supports_native_sidecars,
 )
+
+
+def supports_native_sidecars(server: str, nodes: list[dict[str, Any]]) -> bool:
+    """The decision webhook/cluster.py's NativeSidecarState keeps up to date from node events."""
+    return runs_native_sidecars(server) and all(runs_native_sidecars(kubelet_version(n)) for n in nodes)
 
 
 @pytest.mark.parametrize(
@@ -31,11 +36,11 @@ def test_minor_version(text: str, expected: tuple[int, int] | None) -> None:
 
 def test_server_and_nodes_must_all_be_new_enough() -> None:
     nodes = [{"status": {"nodeInfo": {"kubeletVersion": v}}} for v in ("v1.30.1", "v1.29.0-eks-1")]
-    assert supports_native_sidecars("v1.30.0", kubelet_versions(nodes))
-    assert not supports_native_sidecars("v1.28.9", kubelet_versions(nodes))
+    assert supports_native_sidecars("v1.30.0", nodes)
+    assert not supports_native_sidecars("v1.28.9", nodes)
     virtual = [*nodes, {"status": {"nodeInfo": {"kubeletVersion": "v1.26.3-vk-2.11"}}}]
-    assert not supports_native_sidecars("v1.30.0", kubelet_versions(virtual))
-    assert not supports_native_sidecars("v1.30.0", kubelet_versions([{"status": {}}]))
+    assert not supports_native_sidecars("v1.30.0", virtual)
+    assert not supports_native_sidecars("v1.30.0", [{"status": {}}])
     assert supports_native_sidecars("v1.31.0", [])
     assert server_version({"major": "1", "minor": "30+"}) == "1.30"
     assert server_version({"gitVersion": "v1.29.4-gke.1"}) == "v1.29.4-gke.1"

@@ -8,7 +8,7 @@ native sidecar on a kubelet that ignores `restartPolicy: Always` would block for
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 NATIVE_SIDECAR_MINIMUM = (1, 29)
@@ -33,15 +33,8 @@ def kubelet_version(node: Mapping[str, Any]) -> str:
     return str(((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", ""))
 
 
-def kubelet_versions(nodes: Iterable[Mapping[str, Any]]) -> list[str]:
-    return [kubelet_version(n) for n in nodes]
-
-
 def runs_native_sidecars(version: str) -> bool:
     """Is this API server or kubelet version >= 1.29? (Unparseable: no.)"""
     parsed = minor_version(version)
     return parsed is not None and parsed >= NATIVE_SIDECAR_MINIMUM
 
-
-def supports_native_sidecars(server: str, kubelets: Iterable[str]) -> bool:
-    return runs_native_sidecars(server) and all(runs_native_sidecars(k) for k in kubelets)

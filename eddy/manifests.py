@@ -34,14 +34,6 @@ class LoadResult:
             lines.extend(f"{self.path}: {label}: {e}" for e in error.errors)
         return lines
 
-    def note_lines(self) -> list[str]:
-        """Fluid fields present in valid objects that Eddy accepts but does not act on."""
-        return [
-            f"{self.path}: {model.kind}/{model.meta.name}: {path}: accepted, ignored by Eddy"
-            for model in self.models
-            for path in model.ignored
-        ]
-
 
 # libyaml's safe loader where PyYAML was built with it (about 7x faster on large files), else PyYAML's.
 SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

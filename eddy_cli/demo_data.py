@@ -13,7 +13,6 @@ import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiobotocore.session import get_session
 from botocore.config import Config
@@ -69,14 +68,6 @@ def content_pieces(path: str, size: int, piece: int = 8 * MiB) -> Iterator[bytes
 
 def file_content(path: str, size: int) -> bytes:
     return b"".join(content_pieces(path, size))
-
-
-def write_file(path: str, size: int, dest: Path) -> None:
-    """Write the file's bytes to `dest` piece by piece (benchmarks' local copies)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as out:
-        for piece in content_pieces(path, size):
-            out.write(piece)
 
 
 async def upload(

@@ -236,15 +236,6 @@ def verify_fd(fd: int, writable: bool, header_len: int, data_len: int, data_crc:
     return stamp
 
 
-def verify_file(path: Path, header_len: int, data_len: int, data_crc: int) -> Stamp:
-    """`verify_fd` on a path."""
-    fd, writable = open_block(path)
-    try:
-        return verify_fd(fd, writable, header_len, data_len, data_crc)
-    finally:
-        os.close(fd)
-
-
 def file_stamp(path: Path) -> Stamp:
     st = os.stat(path)
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

@@ -20,6 +20,10 @@ Errors are typed (`ObjectNotFound`, `ObjectChanged`, `ObjectStoreDenied`) and
 name the operation and the object, never a credential: messages are scrubbed of the key pair and no
 library exception is chained into them. botocore's DEBUG logging (which prints the Authorization
 header, and so the access key id) is capped at INFO unless a user configures it explicitly.
+
+A LIST page's `LastModified` values are parsed by `parse_s3_timestamp` (the ISO-8601 form S3 and
+SeaweedFS send, `2024-01-02T03:04:05.000Z`, by `datetime.fromisoformat`; anything else by botocore's
+default parser): botocore's own, through dateutil, was ~60% of a LIST's CPU.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -45,6 +50,7 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.credentials
 import botocore.exceptions
+import botocore.utils
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore import UNSIGNED
@@ -166,10 +172,27 @@ def _limited(policy: RetryPolicy, budgeted: bool) -> RetryPolicy:
     return replace(policy, attempts=None) if budgeted else replace(policy, budget=None)
 
 
+_S3_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z", re.ASCII)
+
+
+def parse_s3_timestamp(value: Any) -> datetime:
+    """A response timestamp as botocore's default parser gives it (an aware UTC datetime), fast for the
+    form S3 and SeaweedFS use in LIST pages (`2024-01-02T03:04:05.000Z`: ~0.2 us against ~45 us through
+    dateutil, ~60% of a 600-key LIST's CPU); other forms (HEAD's RFC 822 dates, epochs, offsets) go to
+    botocore's parser. Digits past microseconds are dropped, as botocore drops them."""
+    if isinstance(value, str) and _S3_TIMESTAMP.fullmatch(value):
+        return datetime.fromisoformat(value)  # Python 3.11: "Z" is UTC, 1-9 fraction digits
+    parsed: datetime = botocore.utils.parse_timestamp(value)
+    return parsed
+
+
 @functools.cache
 def _session() -> Any:
-    """One shared aiobotocore session: it caches the S3 service model, which costs ~0.5 s to load."""
-    return get_session()
+    """One shared aiobotocore session: it caches the S3 service model, which costs ~0.5 s to load. Its
+    response parsers read timestamps with `parse_s3_timestamp`."""
+    session = get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_s3_timestamp)
+    return session
 
 
 def _strip_etag(etag: str) -> str:

@@ -6,9 +6,12 @@ import asyncio
 import logging
 import os
 import random
+import re
 import traceback
 from pathlib import Path
+from typing import Any
 
+import botocore.utils
 import pytest
 
 from eddy.api import parse_dataset
@@ -22,6 +25,7 @@ from eddy.objectstore import (
     ObjectStoreError,
     ObjectStoreUnavailable,
     endpoint_settings,
+    parse_s3_timestamp,
     retry_budget,
 )
 from eddy.retry import RetryPolicy
@@ -79,6 +83,47 @@ async def test_list_retries_a_throttled_page(s3_server: S3Server, s3_bucket: str
                 fault_proxy.fail_next(2, "slowdown")  # the second page is throttled twice
     assert seen == [f"k{i:03d}" for i in range(50)]
     assert fault_proxy.faults_served == 2
+
+
+def test_the_fast_timestamp_parser_gives_what_botocores_default_gives() -> None:
+    """LIST pages' timestamps go through parse_s3_timestamp (set on the shared session's parsers): the
+    forms S3 and SeaweedFS send, and the ones botocore's parser keeps (HEAD's RFC 822, epochs, offsets),
+    parse to the same instant and zone as botocore's default parser gives."""
+    forms = [
+        "2024-01-02T03:04:05.000Z",  # S3, OSS
+        "2024-01-02T03:04:05Z",  # SeaweedFS
+        "2024-02-29T23:59:59.5Z", "1999-12-31T00:00:00.123456Z", "2024-01-02T03:04:05.123456789Z",
+        "Tue, 02 Jan 2024 03:04:05 GMT", "2024-01-02T03:04:05+02:00", "1704164645", "2024-01-02T03:04:05",
+    ]
+    for value in forms:
+        ours, theirs = parse_s3_timestamp(value), botocore.utils.parse_timestamp(value)
+        assert ours == theirs and ours.utcoffset() == theirs.utcoffset(), value
+        assert ours.timestamp() == theirs.timestamp(), value
+
+
+async def test_listed_mtimes_equal_the_default_parsers_on_the_real_server(
+        s3_server: S3Server, s3_bucket: str) -> None:
+    """The timestamps SeaweedFS really sends in a LIST page take the fast form, and the store's mtimes
+    equal those of a plain botocore client (default parser) for the same page, and for a HEAD."""
+    keys = [f"data/t{i:02d}" for i in range(20)]
+    s3_server.put_objects(s3_bucket, [(k, b"x" * i) for i, k in enumerate(keys)])
+    raw: list[bytes] = []
+    client = make_client(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
+    client.meta.events.register("before-parse.s3.ListObjectsV2",
+                                lambda response_dict, **_: raw.append(response_dict["body"]))
+    page: dict[str, Any] = await asyncio.to_thread(client.list_objects_v2, Bucket=s3_bucket, Prefix="data/")
+    head: dict[str, Any] = await asyncio.to_thread(client.head_object, Bucket=s3_bucket, Key=keys[3])
+    client.close()
+    sent = re.findall(rb"<LastModified>([^<]*)</LastModified>", raw[0])
+    assert len(sent) == len(keys)
+    assert all(re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", t) for t in sent), sent[:3]
+    expected = {str(item["Key"]).removeprefix("data/"): item["LastModified"].timestamp()
+                for item in page["Contents"]}
+    async with _store(s3_server, s3_bucket, "data") as store:
+        listed = {info.key: info.mtime async for info in store.list()}
+        headed = await store.head(keys[3].removeprefix("data/"))
+    assert listed == expected
+    assert headed.mtime == head["LastModified"].timestamp()
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -12,10 +12,10 @@ PARTS = ("webhook", "sidecar", "preloader", "worker", "controller")
 KERNEL = "eddy"
 OUTSIDE_PRODUCTION = ("sandbox", "eddy_cli", "bench", "tests")
 # The hard logic, kept pure (DESIGN.md "Keep the hard logic pure and the I/O thin").
-PURE = ("webhook.injector", "worker.eviction", "preloader.plan", "sidecar.namespace", "sidecar.readahead",
-        "eddy.blocks", "eddy.quantity", "eddy.names", "eddy.listing", "eddy.crc", "eddy.retry", "eddy.ratelimit",
-        "eddy.cron", "eddy.manifests", "eddy.cliargs", "eddy.kube.hooks", "eddy.kube.flags", "controller.plan",
-        "webhook.sidecar_container", "preloader.schedule")
+PURE = ("webhook.injector", "webhook.sidecar_container", "worker.eviction", "preloader.plan",
+        "preloader.schedule", "sidecar.namespace", "sidecar.readahead", "controller.plan",
+        "eddy.blocks", "eddy.quantity", "eddy.names", "eddy.listing", "eddy.crc", "eddy.retry",
+        "eddy.ratelimit", "eddy.cron", "eddy.manifests", "eddy.cliargs", "eddy.kube.hooks", "eddy.kube.flags")
 IO_LIBRARIES = ("aiohttp", "aiobotocore", "botocore", "kubernetes_asyncio")
 
 

@@ -417,6 +417,37 @@ async def test_fast_block_client_checks_the_crc_in_place() -> None:
             await client.get_block(url, ref)
 
 
+async def test_fast_block_client_hands_odd_answers_to_workerclient_and_fails_broken_ones() -> None:
+    """Over eddy/rawhttp.py: a chunked answer is redone by the regular WorkerClient (here it gets a
+    plain answer), and a connection closed mid-body is a WorkerUnavailable, not a short block."""
+    from eddy.workerclient import WorkerUnavailable
+
+    body = bytes(range(256)) * 64
+    plain = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    chunked = (f"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n".encode() + body
+               + b"\r\n0\r\n\r\n")
+    answers = [chunked, plain, plain[: len(plain) - 100]]  # raw, then WorkerClient's redo, then cut short
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while answers:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                answer = answers.pop(0)
+                writer.write(answer)
+                await writer.drain()
+                if answer is not plain and answer is not chunked:
+                    break  # closes mid-body
+        writer.close()
+
+    ref = BlockRef("demo", "k", "e", 0, len(body), 8 << 20)
+    async with fast_client_against(serve) as (client, url):
+        assert bytes(await client.get_block(url, ref)) == body
+        with pytest.raises(WorkerUnavailable, match=r"mid-response|lost"):
+            await client.get_block(url, ref)
+    assert len(heads) == 3 and b"aiohttp" not in heads[0] and b"aiohttp" in heads[1].lower()
+
+
 async def test_fast_block_client_reads_a_head_split_across_reads() -> None:
     """A response head that arrives in pieces (here: two writes with a pause between) is assembled
     before it is parsed; one that arrives whole is parsed where it landed. Both give the body."""

@@ -15,7 +15,8 @@ OUTSIDE_PRODUCTION = ("sandbox", "eddy_cli", "bench", "tests")
 PURE = ("webhook.injector", "webhook.sidecar_container", "worker.eviction", "preloader.plan",
         "preloader.schedule", "sidecar.namespace", "sidecar.readahead", "controller.plan",
         "eddy.blocks", "eddy.quantity", "eddy.names", "eddy.listing", "eddy.crc", "eddy.retry",
-        "eddy.ratelimit", "eddy.cron", "eddy.manifests", "eddy.cliargs", "eddy.kube.hooks", "eddy.kube.flags")
+        "eddy.ratelimit", "eddy.cron", "eddy.manifests", "eddy.cliargs", "eddy.kube.hooks", "eddy.kube.flags",
+        "eddy.rawhttp")
 IO_LIBRARIES = ("aiohttp", "aiobotocore", "botocore", "kubernetes_asyncio")
 
 

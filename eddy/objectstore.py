@@ -5,9 +5,11 @@
 Addressing is virtual-hosted (OSS requires it) except for an IP or `localhost` endpoint, or when
 `fs.<scheme>.path-style-access: "true"`. An endpoint without a scheme means https.
 
-List and head go through aiobotocore. Ranged GETs — the data path, thousands per second — are signed
-with botocore's SigV4 signer and sent on a plain aiohttp session: the full client costs ~5 ms of CPU per
-request in its event/parse machinery, this path well under 1 ms (docs/objectstore.md has the numbers).
+List and head go through aiobotocore (eddy/objectstore_meta.py). Ranged GETs — the data path, thousands
+per second — are signed with botocore's SigV4 signer and sent on a plain aiohttp session
+(eddy/objectstore_ranged.py): the full client costs ~5 ms of CPU per request in its event/parse
+machinery, this path well under 1 ms (docs/objectstore.md has the numbers). This module holds what they
+share: the mount's settings, the sessions' lifecycle and the retry loop.
 
 Every request runs in our own retry loop (botocore's retries are off, so the budget is ours and
 testable): throttling (503 SlowDown, 429), other 5xx, connection errors, timeouts and truncated bodies
@@ -16,14 +18,10 @@ are retried under `eddy.retry.RetryPolicy` (exponential backoff, full jitter), t
 `RetryPolicy.attempts` tries; LIST and HEAD — one failed LIST fails a whole DataLoad or mount — keep
 retrying for a time budget, `RetryPolicy.budget` seconds (default 60; the mount option
 `fs.eddy.retry-budget-seconds` sets it).
-Errors are typed (`ObjectNotFound`, `ObjectChanged`, `ObjectStoreDenied`) and
-name the operation and the object, never a credential: messages are scrubbed of the key pair and no
+Errors are typed (`ObjectNotFound`, `ObjectChanged`, `ObjectStoreDenied`; eddy/objectstore_errors.py)
+and name the operation and the object, never a credential: messages are scrubbed of the key pair and no
 library exception is chained into them. botocore's DEBUG logging (which prints the Authorization
 header, and so the access key id) is capped at INFO unless a user configures it explicitly.
-
-A LIST page's `LastModified` values are parsed by `parse_s3_timestamp` (the ISO-8601 form S3 and
-SeaweedFS send, `2024-01-02T03:04:05.000Z`, by `datetime.fromisoformat`; anything else by botocore's
-default parser): botocore's own, through dateutil, was ~60% of a LIST's CPU.
 """
 
 from __future__ import annotations
@@ -36,31 +34,39 @@ import logging
 import os
 import random
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
-import botocore.auth
-import botocore.awsrequest
-import botocore.credentials
-import botocore.exceptions
-import botocore.utils
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore import UNSIGNED
 from prometheus_client import Counter
-from yarl import URL
 
+from eddy import objectstore_meta as meta
+from eddy import objectstore_ranged as ranged
 from eddy.api import Mount
 from eddy.listing import ObjectInfo
+from eddy.objectstore_errors import (
+    ObjectChanged,
+    ObjectNotFound,
+    ObjectStoreDenied,
+    ObjectStoreError,
+    ObjectStoreUnavailable,
+    Transient,
+    translate,
+)
+from eddy.objectstore_ranged import Chunks
 from eddy.retry import RetriesExhausted, RetryPolicy, retrying
 from eddy.secrets import Credentials, SecretSource, credentials_for
+
+# The errors are part of this client's API: callers import them from here.
+__all__ = [
+    "DEFAULT_RETRY", "DEFAULT_RETRY_BUDGET", "REQUESTS", "RETRIES", "RETRY_BUDGET_OPTION", "Chunks",
+    "ObjectChanged", "ObjectNotFound", "ObjectStore", "ObjectStoreDenied", "ObjectStoreError",
+    "ObjectStoreUnavailable", "endpoint_settings", "retry_budget",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,74 +79,8 @@ REQUESTS = Counter(
     "eddy_objectstore_requests", "Object store requests by operation and outcome", ["op", "outcome"]
 )
 RETRIES = Counter("eddy_objectstore_retries", "Object store request attempts that were retried", ["op"])
-BYTES = Counter("eddy_objectstore_read_bytes", "Bytes read from the object store by ranged GETs")
 
-_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-_TRANSIENT_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
-     "RequestTimeout", "InternalError", "ServiceUnavailable"}
-)
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound"})
-_DENIED_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "InvalidToken",
-     "ExpiredToken"}
-)
-_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError,
-    botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError,
-    aiohttp.ClientError, asyncio.TimeoutError, ConnectionError,
-)
 _OSS_HOST = re.compile(r"^(?:s3\.)?oss-(?P<region>[a-z0-9-]+?)(?P<internal>-internal)?\.aliyuncs\.com$")
-
-
-# --------------------------------------------------------------------------------------------- errors
-Chunks = list[bytes]  # a body as received (named here: ObjectStore.list shadows the builtin in the class)
-
-
-class ObjectStoreError(Exception):
-    """Base of every object store error; the text names operation and object, never a credential."""
-
-    def __init__(self, message: str, *, code: str = "", status: int = 0) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
-class ObjectNotFound(ObjectStoreError):
-    """The object (or the bucket) does not exist."""
-
-
-class ObjectChanged(ObjectStoreError):
-    """The object no longer has the pinned ETag (HTTP 412, or the server returned another ETag)."""
-
-
-class ObjectStoreDenied(ObjectStoreError):
-    """The store refused the credentials or the access (403, unknown key id, bad signature)."""
-
-
-class ObjectStoreUnavailable(ObjectStoreError):
-    """Transient failures (throttling, 5xx, timeouts, connection errors) outlasted the retry budget."""
-
-
-class _HttpError(Exception):
-    """A non-2xx answer on the direct GET path: `(status, S3 error code, message)`."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, code, message)
-        self.status, self.code, self.message = status, code, message
-
-
-class _ShortBody(Exception):
-    """The body ended before the announced length: retryable."""
-
-
-class _Transient(Exception):
-    """A failure worth another try, already translated into the error to report if none is left."""
-
-    def __init__(self, error: ObjectStoreError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
 
 # ---------------------------------------------------------------------------------------------- model
 DEFAULT_RETRY_BUDGET = 60.0
@@ -170,33 +110,6 @@ DEFAULT_RETRY = RetryPolicy(initial=0.1, maximum=5.0, jitter=1.0, attempts=6, bu
 def _limited(policy: RetryPolicy, budgeted: bool) -> RetryPolicy:
     """The policy with one limit: LIST and HEAD the time budget alone, ranged GETs the tries alone."""
     return replace(policy, attempts=None) if budgeted else replace(policy, budget=None)
-
-
-_S3_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z", re.ASCII)
-
-
-def parse_s3_timestamp(value: Any) -> datetime:
-    """A response timestamp as botocore's default parser gives it (an aware UTC datetime), fast for the
-    form S3 and SeaweedFS use in LIST pages (`2024-01-02T03:04:05.000Z`: ~0.2 us against ~45 us through
-    dateutil, ~60% of a 600-key LIST's CPU); other forms (HEAD's RFC 822 dates, epochs, offsets) go to
-    botocore's parser. Digits past microseconds are dropped, as botocore drops them."""
-    if isinstance(value, str) and _S3_TIMESTAMP.fullmatch(value):
-        return datetime.fromisoformat(value)  # Python 3.11: "Z" is UTC, 1-9 fraction digits
-    parsed: datetime = botocore.utils.parse_timestamp(value)
-    return parsed
-
-
-@functools.cache
-def _session() -> Any:
-    """One shared aiobotocore session: it caches the S3 service model, which costs ~0.5 s to load. Its
-    response parsers read timestamps with `parse_s3_timestamp`."""
-    session = get_session()
-    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_s3_timestamp)
-    return session
-
-
-def _strip_etag(etag: str) -> str:
-    return etag.strip().removeprefix("W/").strip('"')
 
 
 def _truthy(value: str | None) -> bool:
@@ -311,37 +224,22 @@ class ObjectStore:
         if stack is not None:
             await stack.aclose()
 
+
     async def _open(self) -> Any:
         """The aiobotocore client (list, head) and the aiohttp session (GETs), created once."""
         if self._client is not None:
             return self._client
         async with self._lock:
             if self._client is None:
-                config = AioConfig(
-                    max_pool_connections=self.max_connections,
-                    connect_timeout=self.connect_timeout,
-                    read_timeout=self.request_timeout,
-                    retries={"total_max_attempts": 1},  # our loop retries, see _call
-                    s3={"addressing_style": "path" if self.path_style else "virtual"},
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                    signature_version=None if self.credentials else UNSIGNED,
-                )
-                kwargs: dict[str, Any] = {
-                    "region_name": self.region, "config": config, "endpoint_url": self.endpoint_url,
-                }
-                if self.credentials is not None:
-                    kwargs["aws_access_key_id"] = self.credentials.access_key
-                    kwargs["aws_secret_access_key"] = self.credentials.secret_key
-                    kwargs["aws_session_token"] = self.session_token
                 stack = AsyncExitStack()
-                client = await stack.enter_async_context(_session().create_client("s3", **kwargs))
-                self._http = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=self.max_connections),
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=self.connect_timeout, sock_read=self.request_timeout
-                    ),
-                    auto_decompress=False,
+                client = await meta.open_client(
+                    stack, region=self.region, endpoint_url=self.endpoint_url, path_style=self.path_style,
+                    credentials=self.credentials, session_token=self.session_token,
+                    max_connections=self.max_connections, connect_timeout=self.connect_timeout,
+                    request_timeout=self.request_timeout,
+                )
+                self._http = ranged.open_http(
+                    self.max_connections, self.connect_timeout, self.request_timeout
                 )
                 stack.push_async_callback(self._http.close)
                 self._stack, self._client = stack, client
@@ -365,23 +263,19 @@ class ObjectStore:
                 "ListObjectsV2", self.uri(prefix), functools.partial(client.list_objects_v2, **params),
                 budgeted=True,
             )
-            for item in page.get("Contents", ()):
-                key = str(item["Key"])[len(self.prefix):]
-                if key:  # skip the mount root's own "dir/" marker
-                    yield ObjectInfo(key, int(item["Size"]), _strip_etag(item.get("ETag", "")),
-                                     item["LastModified"].timestamp())
+            for info in meta.page_objects(page, self.prefix):
+                yield info
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
 
     async def head(self, key: str) -> ObjectInfo:
         client = await self._open()
-        meta = await self._call(
+        answer = await self._call(
             "HeadObject", self.uri(key),
             lambda: client.head_object(Bucket=self.bucket, Key=self.prefix + key), budgeted=True,
         )
-        return ObjectInfo(key, int(meta["ContentLength"]), _strip_etag(meta.get("ETag", "")),
-                          meta["LastModified"].timestamp())
+        return meta.head_object(key, answer)
 
     async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
         """Bytes `[start, end)` of an object (fewer if it ends sooner); `etag` pins the version.
@@ -397,19 +291,12 @@ class ObjectStore:
         await self._open()
 
         async def attempt() -> bytes:
-            async with self._ranged(key, start, end, etag) as resp:
-                if resp is None:
-                    return b""
-                # One copy: join the received chunks once (resp.read() joins twice, ~2x the CPU on 8 MiB).
-                data = b"".join([chunk async for chunk, _ in resp.content.iter_chunks()])
-                content_range = resp.headers.get("Content-Range", "")
-            if not content_range:  # a server that ignored Range sent the whole object
-                data = data[start:end]
-            _check_length(content_range, start, end, len(data))
-            return data
+            assert self._http is not None
+            url, headers = self.ranged_request(key, start, end, etag)
+            return await ranged.read_range(self._http, url, headers, start, end, etag, self.uri(key))
 
         data = await self._call("GetObject", self.uri(key), attempt)
-        BYTES.inc(len(data))
+        ranged.BYTES.inc(len(data))
         return data
 
     async def get_range_chunks(self, key: str, start: int, end: int, etag: str | None = None) -> Chunks:
@@ -422,64 +309,26 @@ class ObjectStore:
         await self._open()
 
         async def attempt() -> Chunks:
-            async with self._ranged(key, start, end, etag) as resp:
-                if resp is None:
-                    return []
-                chunks = [chunk async for chunk, _ in resp.content.iter_chunks()]
-                content_range = resp.headers.get("Content-Range", "")
-            if not content_range:  # a server that ignored Range sent the whole object
-                chunks = [b"".join(chunks)[start:end]]
-            _check_length(content_range, start, end, sum(len(c) for c in chunks))
-            return chunks
+            assert self._http is not None
+            url, headers = self.ranged_request(key, start, end, etag)
+            return await ranged.read_range_chunks(self._http, url, headers, start, end, etag, self.uri(key))
 
         chunks = await self._call("GetObject", self.uri(key), attempt)
-        BYTES.inc(sum(len(c) for c in chunks))
+        ranged.BYTES.inc(sum(len(c) for c in chunks))
         return chunks
-
-    @contextlib.asynccontextmanager
-    async def _ranged(
-        self, key: str, start: int, end: int, etag: str | None
-    ) -> AsyncIterator[aiohttp.ClientResponse | None]:
-        """One signed ranged GET; yields the checked response, or None when the range starts past the end."""
-        assert self._http is not None
-        url, headers = self.ranged_request(key, start, end, etag)
-        async with self._http.get(URL(url, encoded=True), headers=headers, allow_redirects=False) as resp:
-            if resp.status == 416:  # the range starts at or past the end: nothing to read, like read(2)
-                yield None
-                return
-            if resp.status >= 300:
-                raise _HttpError(resp.status, *_parse_error(await resp.read()))
-            got = _strip_etag(resp.headers.get("ETag", ""))
-            if etag and got and got != etag:
-                raise ObjectChanged(f"GetObject {self.uri(key)}: ETag is now {got!r}, expected {etag!r}",
-                                    code="ETagMismatch", status=resp.status)
-            yield resp
 
     def ranged_request(self, key: str, start: int, end: int, etag: str | None) -> tuple[str, dict[str, str]]:
         """The URL and signed headers of a GET of bytes `[start, end)` pinned to `etag` (If-Match): what
-        `_ranged` sends, for a caller that sends it on its own connection (the worker's read-through
+        `get_range` sends, for a caller that sends it on its own connection (the worker's read-through
         fast path, worker/rangefetch.py, which leaves every answer but a plain 206 to this client)."""
         url = self._object_url(key)
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        if etag:
-            headers["If-Match"] = f'"{etag}"'
-        return url, self._sign("GET", url, headers)
+        headers = ranged.range_headers(start, end, etag)
+        return url, ranged.sign("GET", url, headers, self.credentials, self.session_token, self.region)
 
     def _object_url(self, key: str) -> str:
-        parts = urlsplit(self.endpoint_url or "")
-        path = quote(self.prefix + key, safe="/~")
-        base = parts.path.rstrip("/")
-        if self.path_style:
-            return f"{parts.scheme}://{parts.netloc}{base}/{self.bucket}/{path}"
-        return f"{parts.scheme}://{self.bucket}.{parts.netloc}{base}/{path}"
-
-    def _sign(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
-        if self.credentials is None:
-            return headers
-        request = botocore.awsrequest.AWSRequest(method=method, url=url, headers=headers)
-        creds = botocore.credentials.Credentials(*self.credentials, token=self.session_token)
-        botocore.auth.S3SigV4Auth(creds, "s3", self.region).add_auth(request)
-        return dict(request.headers.items())
+        return ranged.object_url(
+            self.endpoint_url, self.bucket, self.prefix + key, path_style=self.path_style
+        )
 
     # --------------------------------------------------------------------------------------- retries
     async def _call(
@@ -491,6 +340,7 @@ class ObjectStore:
         more than `retry.budget` seconds after the first try began (at least one try, whatever the budget).
         """
         policy = _limited(self.retry, budgeted)
+        secrets = (*(self.credentials or ()), self.session_token)
 
         async def once() -> T:
             try:
@@ -498,20 +348,20 @@ class ObjectStore:
             except ObjectStoreError:
                 raise
             except Exception as exc:
-                transient, error = self._translate(op, where, exc)
+                transient, error = translate(op, where, exc, secrets)
                 if not transient:
                     raise error from None
-                raise _Transient(error) from None
+                raise Transient(error) from None
 
         def note(failures: int, pause: float, exc: BaseException) -> None:
             RETRIES.labels(op).inc()
             log.info("%s; retry %d in %.2fs", exc, failures, pause)
 
         try:
-            result = await retrying(once, policy, retry_on=_Transient, rng=self.rng, on_retry=note)
+            result = await retrying(once, policy, retry_on=Transient, rng=self.rng, on_retry=note)
         except RetriesExhausted as gave_up:
             REQUESTS.labels(op, "unavailable").inc()
-            assert isinstance(gave_up.last, _Transient)  # the only failure retried
+            assert isinstance(gave_up.last, Transient)  # the only failure retried
             error = gave_up.last.error
             how = f"{gave_up.tries} attempts"
             if budgeted:
@@ -524,57 +374,3 @@ class ObjectStore:
             raise
         REQUESTS.labels(op, "ok").inc()
         return result
-
-    def _translate(self, op: str, where: str, exc: Exception) -> tuple[bool, ObjectStoreError]:
-        """(transient?, error) for a failure; the text holds no library message but the server's."""
-        if isinstance(exc, botocore.exceptions.ClientError):
-            err = exc.response.get("Error", {})
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            code = str(err.get("Code", "") or status)
-            return self._classify(op, where, status, code, str(err.get("Message", "")))
-        if isinstance(exc, _HttpError):
-            return self._classify(op, where, exc.status, exc.code or str(exc.status), exc.message)
-        kind = type(exc).__name__
-        if isinstance(exc, _ShortBody):
-            return True, ObjectStoreError(f"{op} {where}: {exc}", code=kind)
-        if isinstance(exc, _TRANSIENT_ERRORS):
-            return True, ObjectStoreError(self._scrub(f"{op} {where}: {kind}"), code=kind)
-        return False, ObjectStoreError(self._scrub(f"{op} {where}: {kind}: {exc}"), code=kind)
-
-    def _classify(
-        self, op: str, where: str, status: int, code: str, message: str
-    ) -> tuple[bool, ObjectStoreError]:
-        text = self._scrub(f"{op} {where}: {code} (HTTP {status})" + (f": {message}" if message else ""))
-        if status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES:
-            return True, ObjectStoreError(text, code=code, status=status)
-        if status == 404 or code in _NOT_FOUND_CODES:
-            return False, ObjectNotFound(text, code=code, status=status)
-        if status == 412 or code == "PreconditionFailed":
-            return False, ObjectChanged(text, code=code, status=status)
-        if status in (401, 403) or code in _DENIED_CODES:
-            return False, ObjectStoreDenied(text, code=code, status=status)
-        return False, ObjectStoreError(text, code=code, status=status)
-
-    def _scrub(self, text: str) -> str:
-        for value in (*(self.credentials or ()), self.session_token):
-            if value:
-                text = text.replace(value, "***")
-        return text
-
-
-def _parse_error(body: bytes) -> tuple[str, str]:
-    """`(Code, Message)` of an S3 XML error body; empty strings when there is none (e.g. HEAD)."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return "", ""
-    return (root.findtext("Code") or "", root.findtext("Message") or "")
-
-
-def _check_length(content_range: str, start: int, end: int, got: int) -> None:
-    """A ranged GET must return up to `end`, clipped to the size in `bytes a-b/size`; else retry."""
-    total = content_range.rsplit("/", 1)[-1] if "/" in content_range else ""
-    if total.isdigit():
-        expected = max(0, min(end, int(total)) - start)
-        if got != expected:
-            raise _ShortBody(f"short body: {got} of {expected} bytes")

@@ -25,9 +25,9 @@ from eddy.objectstore import (
     ObjectStoreError,
     ObjectStoreUnavailable,
     endpoint_settings,
-    parse_s3_timestamp,
     retry_budget,
 )
+from eddy.objectstore_meta import parse_s3_timestamp
 from eddy.retry import RetryPolicy
 from eddy.secrets import SecretError, SecretSource, credentials_for
 from sandbox.s3server import start_seaweedfs

@@ -22,7 +22,8 @@ from typing import Any, BinaryIO
 from eddy.api import Dataset
 from eddy.blocks import BlockRef
 from eddy.crc import crc32c_of
-from eddy.objectstore import BYTES, REQUESTS, ObjectStore
+from eddy.objectstore import REQUESTS, ObjectStore
+from eddy.objectstore_ranged import BYTES
 from eddy.wire import ERR_CACHE_FULL, BadBlockRef
 from worker.blockfile import (
     BlockFileError,

@@ -225,8 +225,10 @@ def _build_root(plan: dict[str, Any]) -> str:
         os.mkdir(f"{STAGE}/{name}")
     root = f"{STAGE}/root"
     mount("overlay", root, "overlay", 0, f"lowerdir=/,upperdir={STAGE}/upper,workdir={STAGE}/work")
-    # The venv's interpreter lives under /root/.pyenv: /root must be searchable for non-root users.
-    os.chmod(root + "/root", 0o755)
+    # The venv's interpreter may live under /root/.pyenv: /root must be searchable for non-root users
+    # (a root file system without /root, such as a test's minimal chroot, has nothing to open up).
+    if os.path.isdir(root + "/root"):
+        os.chmod(root + "/root", 0o755)
     privileged = bool(plan["privileged"])
     _step = "mounting /proc"
     _bind("/proc", root + "/proc", read_only=False)

@@ -1,4 +1,6 @@
-"""The worker's HTTP server (aiohttp): eddy/wire.py's API over a `BlockService`.
+"""The worker's HTTP server (aiohttp): eddy/wire.py's API over a `BlockService`: the routes and their
+handlers. How a block's bytes are sent (Range, mapping, sendfile) is worker/blocksend.py's job, how a
+failure is answered worker/httperror.py's.
 
 `make_app(settings)` builds the application; its startup opens the tiered store (re-indexing the
 block files found on the levels) and the object-store clients, and its cleanup closes them.
@@ -9,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -27,10 +26,8 @@ from eddy.secrets import SecretSource
 from eddy.wire import (
     BLOCK_PATH,
     DATASET_PARAM,
-    ERR_BAD_REQUEST,
     ERR_META_FULL,
     ERR_NOT_FOUND,
-    ERR_RANGE,
     ERR_TIMEOUT,
     ERR_TOO_LARGE,
     ERR_UNKNOWN_DATASET,
@@ -46,9 +43,10 @@ from eddy.wire import (
     BadBlockRef,
     ref_from_mapping,
 )
-from worker.blockfile import BlockFileError
-from worker.errors import BadRequest, describe
+from worker.blocksend import INLINE_MAX, BlockSender, parse_range, span_length
+from worker.errors import BadRequest
 from worker.guard import Tokens, auth_middleware
+from worker.httperror import HTTPError, error_middleware, json_error
 from worker.metastore import BadMetaName, MetaStore
 from worker.metrics import WorkerMetrics
 from worker.service import BlockService
@@ -56,8 +54,6 @@ from worker.tierstore import LevelConfig, TierStore
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-INLINE_MAX = 512 << 10  # MEM-level hits up to this size are read into the response (see _inline)
 MAX_WARM_BLOCKS = 10_000
 WARM_MAX_BYTES = 4 << 20  # 10 000 references fit in ~3 MiB; parsed JSON costs ~10x its size in memory
 
@@ -86,81 +82,12 @@ class WorkerSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _HTTPError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-
-
-def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
-
-
-_STATUS_CODES = {404: ERR_NOT_FOUND, 405: "method_not_allowed", 413: ERR_TOO_LARGE}
-
-
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except _HTTPError as exc:
-        return json_error(exc.status, exc.code, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return json_error(exc.status, _STATUS_CODES.get(exc.status, ERR_BAD_REQUEST), exc.reason)
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise
-    except Exception as exc:
-        status, code, message = describe(exc)
-        if status == 500:
-            log.exception("%s %s failed", request.method, request.path)
-        return json_error(status, code, message)
-
-
 def _parse_json(raw: bytes, what: str) -> Any:
     """JSON or 400: malformed, not UTF-8, or nested too deep for the parser (RecursionError)."""
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
         raise BadRequest(f"{what} is not JSON (malformed, or nested too deeply)") from None
-
-
-def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
-    """`(start, stop)` (stop exclusive) of a single `bytes=` range inside a block of `length` bytes."""
-    if header is None:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip() != "bytes" or not spec or "," in spec:
-        raise _HTTPError(400, ERR_BAD_REQUEST, f"Range {header[:80]!r}: only one 'bytes=a-b' range is served")
-    first, dash, last = spec.strip().partition("-")
-    try:
-        if not dash:
-            raise ValueError
-        if first == "":
-            suffix = int(last)
-            if suffix < 0:
-                raise ValueError
-            start, stop = (max(0, length - suffix), length) if suffix else (length, length)
-        else:
-            start = int(first)
-            stop = int(last) + 1 if last else max(length, start + 1)
-            if start < 0 or stop <= start:
-                raise ValueError
-    except ValueError:
-        raise _HTTPError(400, ERR_BAD_REQUEST, f"Range {header[:80]!r} is malformed") from None
-    if start >= length or stop == start:
-        raise _HTTPError(
-            416, ERR_RANGE, f"Range {header[:80]!r} is not satisfiable in the {length}-byte block",
-            {"Content-Range": f"bytes */{length}"},
-        )
-    return start, min(stop, length)
-
-
-def _span(rng: tuple[int, int] | None, length: int) -> int:
-    return length if rng is None else rng[1] - rng[0]
 
 
 class WorkerServer:
@@ -175,6 +102,7 @@ class WorkerServer:
         self.meta = MetaStore(settings.meta_dir)
         self.service: BlockService | None = None
         self.ready = False
+        self.send = BlockSender(self.metrics.served_bytes)
         self._block_seconds: dict[str, Any] = {}  # request_seconds children by result, looked up once
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -226,7 +154,7 @@ class WorkerServer:
     async def _body(self, request: web.Request, limit: int) -> bytes:
         """The request body: at most `limit` bytes (413 beyond, before reading when the length is
         announced) and within `body_timeout` (408 after)."""
-        too_big = _HTTPError(413, ERR_TOO_LARGE, f"this request's body may hold at most {limit} bytes")
+        too_big = HTTPError(413, ERR_TOO_LARGE, f"this request's body may hold at most {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             raise too_big
         buf = bytearray()
@@ -238,19 +166,19 @@ class WorkerServer:
                         raise too_big
         except TimeoutError:
             late = f"the request body did not arrive within {self.settings.body_timeout:g}s"
-            raise _HTTPError(408, ERR_TIMEOUT, late) from None
+            raise HTTPError(408, ERR_TIMEOUT, late) from None
         return bytes(buf)
 
     def _check_meta_total(self, name: str, size: int) -> None:
         total = self.meta.total_bytes() - len(self.meta.peek(name)) + size
         if total > self.settings.meta_max_total:
-            raise _HTTPError(507, ERR_META_FULL,
+            raise HTTPError(507, ERR_META_FULL,
                              f"meta blobs may hold {self.settings.meta_max_total} bytes in all; this one "
                              f"({size} bytes) would make {total}")
 
     def _service(self) -> BlockService:
         if self.service is None or not self.ready:
-            raise _HTTPError(503, "not_ready", "the worker is starting or stopping")
+            raise HTTPError(503, "not_ready", "the worker is starting or stopping")
         return self.service
 
     def _check_dataset(self, value: str | None) -> None:
@@ -258,7 +186,7 @@ class WorkerServer:
             return
         meta = self.dataset.meta
         if value not in (meta.key, meta.name):
-            raise _HTTPError(404, ERR_UNKNOWN_DATASET,
+            raise HTTPError(404, ERR_UNKNOWN_DATASET,
                              f"this worker serves dataset {meta.key}, not {value!r}")
 
     # ---------------------------------------------------------------------------------------- block
@@ -281,14 +209,14 @@ class WorkerServer:
                     HEADER_CACHE: "hit", HEADER_TIER: hit.mediumtype, HEADER_CRC: str(hit.header.data_crc)
                 }
                 if verified.mapped is not None:
-                    return await self._send_view(request, verified.mapped, ref, rng, headers)
+                    return await self.send.send_view(request, verified.mapped, ref, rng, headers)
                 if verified.file is not None:
                     offset = hit.header.header_len
-                    if hit.mediumtype == "MEM" and _span(rng, ref.length) <= INLINE_MAX:
-                        return self._inline(verified.file, offset, ref, rng, headers)
-                    return await self._send_file(request, verified.file, offset, ref, rng, headers)
+                    if hit.mediumtype == "MEM" and span_length(rng, ref.length) <= INLINE_MAX:
+                        return self.send.inline(verified.file, offset, ref, rng, headers)
+                    return await self.send.send_file(request, verified.file, offset, ref, rng, headers)
                 assert verified.data is not None
-                return await self._send_bytes(request, verified.data, rng, headers)
+                return await self.send.send_bytes(request, verified.data, rng, headers)
             result = "miss"
             self.metrics.misses.inc()
             fetched = await service.fetch(ref)
@@ -299,16 +227,16 @@ class WorkerServer:
                 del fetched
                 kept = await service.read_hit(ref)
                 if kept is not None and kept.mapped is not None:
-                    return await self._send_view(request, kept.mapped, ref, rng, headers)
+                    return await self.send.send_view(request, kept.mapped, ref, rng, headers)
                 if kept is not None and kept.file is not None:
-                    return await self._send_file(
+                    return await self.send.send_file(
                         request, kept.file, kept.hit.header.header_len, ref, rng, headers
                     )
                 if kept is not None and kept.data is not None:
-                    return await self._send_bytes(request, kept.data, rng, headers)
+                    return await self.send.send_bytes(request, kept.data, rng, headers)
                 # evicted before it could be served: read it through again, not kept
-                return await self._send_bytes(request, await service.read_through(ref), rng, headers)
-            return await self._send_bytes(request, fetched.data, rng, headers)
+                return await self.send.send_bytes(request, await service.read_through(ref), rng, headers)
+            return await self.send.send_bytes(request, fetched.data, rng, headers)
         except BaseException:
             result = "error"
             raise
@@ -317,90 +245,6 @@ class WorkerServer:
             if seconds is None:
                 seconds = self._block_seconds[result] = self.metrics.request_seconds.labels("block", result)
             seconds.observe(time.perf_counter() - t0)
-
-    def _response(
-        self, n: int, total: int, rng: tuple[int, int] | None, headers: dict[str, str]
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(status=206 if rng is not None else 200, headers=headers)
-        resp.content_type = "application/octet-stream"
-        resp.headers["Accept-Ranges"] = "bytes"
-        if rng is not None:
-            resp.headers["Content-Range"] = f"bytes {rng[0]}-{rng[1] - 1}/{total}"
-        resp.content_length = n
-        return resp
-
-    def _inline(
-        self, file: BinaryIO, offset: int, ref: BlockRef, rng: tuple[int, int] | None, headers: dict[str, str]
-    ) -> web.StreamResponse:
-        """A small block on the MEM level, read into the response: headers and body leave in one
-        write, where sendfile costs a second syscall and a wait for the socket to drain (per request,
-        this is most of a small block's cost). A tmpfs read is a memory copy, never a wait for a disk."""
-        start, stop = rng if rng is not None else (0, ref.length)
-        with file:
-            data = os.pread(file.fileno(), stop - start, offset + start)
-        if len(data) != stop - start:
-            raise BlockFileError(f"truncated: {len(data)} of {stop - start} bytes")
-        resp = web.Response(body=data, status=206 if rng is not None else 200, headers=headers,
-                            content_type="application/octet-stream")
-        resp.headers["Accept-Ranges"] = "bytes"
-        if rng is not None:
-            resp.headers["Content-Range"] = f"bytes {rng[0]}-{rng[1] - 1}/{ref.length}"
-        self.metrics.served_bytes.inc(stop - start)
-        return resp
-
-    async def _send_bytes(
-        self, request: web.Request, data: bytes | bytearray, rng: tuple[int, int] | None,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        start, stop = rng if rng is not None else (0, len(data))
-        resp = self._response(stop - start, len(data), rng, headers)
-        await resp.prepare(request)
-        view = memoryview(data)
-        for off in range(start, stop, CHUNK):
-            await resp.write(view[off:min(off + CHUNK, stop)])
-        await resp.write_eof()
-        self.metrics.served_bytes.inc(stop - start)
-        return resp
-
-    async def _send_view(
-        self, request: web.Request, view: memoryview, ref: BlockRef, rng: tuple[int, int] | None,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        """A block from its mapping (worker/mapped.py): the head through aiohttp, then the body with
-        send(2) straight from the mapping on the connection's socket (as asyncio's own sendfile does
-        after the head): no copy in user space, where `transport.write` would copy what the socket
-        does not take at once into its buffer."""
-        start, stop = rng if rng is not None else (0, ref.length)
-        resp = self._response(stop - start, ref.length, rng, headers)
-        await resp.prepare(request)  # sends the head now (StreamResponse does not hold it back)
-        body = view[start:stop]
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("client went away")
-        if transport.get_write_buffer_size():
-            await resp.write(body)  # the head is still queued: the transport keeps the order
-        elif body:
-            await _sock_sendall(transport, body)
-        await resp.write_eof()
-        self.metrics.served_bytes.inc(stop - start)
-        return resp
-
-    async def _send_file(
-        self, request: web.Request, file: BinaryIO, offset: int, ref: BlockRef, rng: tuple[int, int] | None,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        start, stop = rng if rng is not None else (0, ref.length)
-        with file:
-            resp = self._response(stop - start, ref.length, rng, headers)
-            await resp.prepare(request)
-            if stop > start:
-                transport = request.transport
-                if transport is None:
-                    raise ConnectionResetError("client went away")
-                await asyncio.get_running_loop().sendfile(transport, file, offset + start, stop - start)
-            await resp.write_eof()
-        self.metrics.served_bytes.inc(stop - start)
-        return resp
 
     # ----------------------------------------------------------------------------------------- warm
     async def warm(self, request: web.Request) -> web.StreamResponse:
@@ -440,11 +284,11 @@ class WorkerServer:
             raise BadRequest(str(exc)) from None
         cap = self.settings.meta_max_bytes
         if request.content_length is not None and request.content_length > cap:
-            raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {cap} bytes")
+            raise HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {cap} bytes")
         self._check_meta_total(name, request.content_length or 0)
         data = await self._body(request, cap)
         if len(data) > cap:
-            raise _HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {cap} bytes")
+            raise HTTPError(413, ERR_TOO_LARGE, f"meta blobs are at most {cap} bytes")
         self._check_meta_total(name, len(data))
         await self.meta.put(name, data)
         return web.json_response({"name": name, "bytes": len(data)})
@@ -457,7 +301,7 @@ class WorkerServer:
         except BadMetaName as exc:
             raise BadRequest(str(exc)) from None
         if data is None:
-            raise _HTTPError(404, ERR_NOT_FOUND, f"no meta blob named {name!r}")
+            raise HTTPError(404, ERR_NOT_FOUND, f"no meta blob named {name!r}")
         return web.Response(body=data, content_type="application/octet-stream")
 
     # -------------------------------------------------------------------------------------- control
@@ -492,21 +336,6 @@ class WorkerServer:
         # byte counters (eddy/objectstore.py) and the process collectors live there.
         body = generate_latest(self.metrics.registry) + generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _sock_sendall(transport: asyncio.BaseTransport, data: memoryview) -> None:
-    """Send `data` on a transport's socket with the event loop's `sock_sendall`, through a duplicate
-    descriptor (the loop refuses a transport's own fd; the duplicate shares the connection and is
-    unregistered before it is closed). The transport's buffer must be empty: the caller checks."""
-    raw = transport.get_extra_info("socket")
-    if raw is None:
-        raise ConnectionResetError("client went away")
-    with socket.socket(fileno=os.dup(raw.fileno())) as sock:
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_sendall(sock, data)
-        except (BrokenPipeError, ConnectionError) as exc:  # the reader left mid-body: a disconnect
-            raise ConnectionResetError(f"client went away: {exc}") from None
 
 
 def make_app(settings: WorkerSettings) -> web.Application:

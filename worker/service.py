@@ -66,7 +66,7 @@ class Fetched:
         return b"".join(self.chunks)
 
 
-MAP_MIN_BYTES = 512 << 10  # smaller MEM blocks are read into the response (worker/server.py `_inline`)
+MAP_MIN_BYTES = 512 << 10  # smaller MEM blocks are read into the response (blocksend.py `inline`)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ RESOURCES: dict[str, Resource] = {
 
 
 class KubeApi:
-    """`PreloaderApi` (preloader/consumer.py) over an `eddy.kube.Kube`."""
+    """`PreloaderApi` (preloader/runner.py) over an `eddy.kube.Kube`."""
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube

@@ -28,7 +28,8 @@ from prometheus_client.registry import Collector
 
 from eddy.kube.metrics import api_request_counter
 from eddy.secrets import SecretSource
-from preloader.consumer import Consumer, PreloaderApi
+from preloader.consumer import Consumer
+from preloader.runner import PreloaderApi
 
 PHASES = ("Pending", "Executing", "Complete", "Failed")
 Key = tuple[str, str]

@@ -15,9 +15,10 @@ from eddy.blocks import DEFAULT_BLOCK_SIZE
 from eddy.kube.flags import connect, watched_namespace
 from eddy.kube.leader import run_elected
 from eddy.secrets import SecretSource
-from preloader.consumer import Consumer, ConsumerSettings
+from preloader.consumer import Consumer
 from preloader.kubeapi import KubeApi, dataload_informer
 from preloader.metrics import MeteredApi, PreloaderMetrics, observed
+from preloader.runner import ConsumerSettings
 
 log = logging.getLogger(__name__)
 

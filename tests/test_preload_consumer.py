@@ -23,8 +23,9 @@ from eddy.api import GROUP, PLURALS, VERSION
 from eddy.blocks import owners
 from eddy.kube import Informer, Kube, make_api_client
 from eddy.retry import RetryPolicy
-from preloader.consumer import Consumer, ConsumerSettings
+from preloader.consumer import Consumer
 from preloader.kubeapi import KubeApi, dataload_informer
+from preloader.runner import ConsumerSettings
 from tests.support.clock import ManualClock
 from tests.support.s3 import S3Server
 from tests.support.seed import SEED

@@ -264,8 +264,8 @@ async def test_dispatch_retries_then_isolates_a_dead_worker() -> None:
 
 
 def test_backoff_limit_option_and_default() -> None:
-    from preloader.consumer import RETRIED_REASONS, backoff_limit
     from preloader.options import DEFAULT_BACKOFF_LIMIT
+    from preloader.runner import RETRIED_REASONS, backoff_limit
 
     assert DEFAULT_BACKOFF_LIMIT == 3  # Fluid's dataloader chart: the loader Job's backoffLimit
     assert parse_options({}).backoff_limit == 3

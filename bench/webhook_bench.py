@@ -49,6 +49,7 @@ from bench.webhook_tail import (
     read_pauses,
     tail_figures,
 )
+from eddy_cli.procs import stop_child
 from webhook.certs import new_bundle, write_private
 from webhook.review import pod_create_review, pod_of_template
 
@@ -132,13 +133,7 @@ async def _drain(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+    await stop_child(proc)
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -114,6 +115,20 @@ class Processes:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def stop_child(proc: asyncio.subprocess.Process | None, timeout: float = 10.0) -> None:
+    """SIGTERM an asyncio child, SIGKILL it if it is still there after `timeout`; reap it either way."""
+    if proc is None or proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
 
 
 def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.1) -> None:

@@ -20,6 +20,7 @@ from eddy.api import Dataset, parse_dataset
 from eddy.blocks import blocks_of
 from eddy.objectstore import ObjectStore
 from eddy.workerclient import WorkerClient
+from eddy_cli.procs import stop_child
 from tests.test_controller import OBJECTS, secret_doc, seed_docs
 
 
@@ -90,12 +91,6 @@ async def test_cached_columns_come_from_a_real_worker(
             "cached": "1.98MiB", "cacheCapacity": "5.00GiB", "cachedPercentage": "100.0%"}
         assert status["ufsTotal"] == "1.98MiB"
     finally:
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_child(proc)
         await reconciler.close()
         await kube.close()

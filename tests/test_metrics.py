@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eddy.api import parse_dataset
 from eddy.manifests import Manifests
+from eddy_cli.procs import stop_child
 from preloader.metrics import MeteredApi, PreloaderMetrics
 from sandbox.apiserver import KubeApiServer
 from sidecar.lifecycle import HealthServer
@@ -101,15 +102,7 @@ async def processes(kube_api: KubeApiServer) -> AsyncIterator[dict[str, str]]:
     try:
         yield {part: f"http://127.0.0.1:{port}/metrics" for part, port in ports.items()}
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await asyncio.gather(*(stop_child(proc) for proc in procs))
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from eddy_cli.procs import stop_child
 from sandbox.apiserver import KubeApiServer
 from tests.support.seed import SEED
 from webhook.certs import CertBundle, TlsReloader, new_bundle, service_names
@@ -144,13 +145,7 @@ async def eddy_webhook(api: KubeApiServer, tmp: Path, *, local: bool = False) ->
             await _ca_written(api, "eddy-webhook")
         yield hook
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_child(proc)
         if drain is not None:
             await drain
 

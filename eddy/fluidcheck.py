@@ -20,6 +20,7 @@ import logging
 from eddy.api import GROUP
 from eddy.crds import EDDY_CRD_LABEL, EDDY_CRD_LABEL_VALUE
 from eddy.kube import DEPLOYMENTS, Kube, KubeError, Resource
+from eddy.kube.client import Obj
 
 log = logging.getLogger("eddy.fluidcheck")
 
@@ -37,26 +38,26 @@ class FluidInstalled(RuntimeError):
     """Fluid runs in this cluster; the message says what was found and what to do."""
 
 
+async def _readable(kube: Kube, resource: Resource, looking_for: str) -> list[Obj]:
+    """Every object of `resource`, or none (with a warning) when the caller may not list them."""
+    try:
+        objects, _ = await kube.list(resource)
+    except KubeError as exc:
+        log.warning("cannot list %s to look for %s: %s", resource.plural, looking_for, exc)
+        return []
+    return objects
+
+
 async def fluid_evidence(kube: Kube) -> list[str]:
     """What shows that Fluid is installed (empty: nothing found)."""
     found: list[str] = []
-    try:
-        crds, _ = await kube.list(CRDS)
-    except KubeError as exc:
-        log.warning("cannot list CustomResourceDefinitions to look for Fluid: %s", exc)
-        crds = []
-    for crd in crds:
+    for crd in await _readable(kube, CRDS, "Fluid"):
         meta = crd.get("metadata") or {}
         if (crd.get("spec") or {}).get("group") != GROUP:
             continue
         if (meta.get("labels") or {}).get(EDDY_CRD_LABEL) != EDDY_CRD_LABEL_VALUE:
             found.append(f"CRD {meta.get('name')} was not installed by Eddy")
-    try:
-        deployments, _ = await kube.list(DEPLOYMENTS)
-    except KubeError as exc:
-        log.warning("cannot list Deployments to look for Fluid's controllers: %s", exc)
-        deployments = []
-    for dep in deployments:
+    for dep in await _readable(kube, DEPLOYMENTS, "Fluid's controllers"):
         meta = dep.get("metadata") or {}
         if meta.get("name") in FLUID_DEPLOYMENTS:
             found.append(f"Fluid's controller Deployment {meta.get('namespace')}/{meta.get('name')} exists")
